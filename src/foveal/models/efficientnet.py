@@ -266,9 +266,7 @@ def efficientnet_variant(name: str, **kwargs: Any) -> EfficientNet:
     return EfficientNet(**args)
 
 
-def efficientnet(
-    phi: float, alpha: float = 1.2, beta: float = 1.1, gamma: float = 1.15, **kwargs: Any
-) -> EfficientNet:
+def efficientnet(phi: float, alpha: float = 1.2, beta: float = 1.1, gamma: float = 1.15, **kwargs: Any) -> EfficientNet:
     """A model from compound coefficient φ (any real, negative too) and the paper's α, β, γ."""
     s = compound_scaling(phi, alpha, beta, gamma)
     args: dict[str, Any] = {"width": s.width, "depth": s.depth, "dropout": s.dropout}

@@ -113,6 +113,7 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
             ).to(conv.weight.device, conv.weight.dtype)
             fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            assert fused.bias is not None
             fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
             m.conv = fused
             m.bn = nn.Identity()

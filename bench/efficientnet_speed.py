@@ -1,0 +1,201 @@
+"""EfficientNet-B0 speed: foveal against timm and torchvision, eval forward and SGD train step, on CPU.
+
+Run: ``python bench/efficientnet_speed.py`` (peers come from ``pip install -e ".[bench]"``). Batch 8 × 3 × 224², fp32,
+two threads for everyone. Every setting is warmed up, then measured in interleaved rounds (one repetition of each
+setting per round, so drifting machine load hits all of them alike); we report min / median / max images per second,
+the ratio ours / peer on medians, and the achieved GFLOP/s (B0: 0.386 G multiply-adds = 0.77 GFLOP per 224² image
+forward, a train step ≈ 3 forwards). Writes ``bench/results/efficientnet_speed.json``.
+
+Each contender runs in the setting a user of that library gets at its best: foveal's eval path is its inference path
+(BatchNorm folded with ``fuse_conv_bn``, channels-last, ``torch.inference_mode``); peers get ``inference_mode`` and the
+faster of contiguous / channels-last. For training every library gets the faster of the two memory formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from foveal.models.efficientnet import count_flops, efficientnet_variant
+from foveal.models.layers import fuse_conv_bn
+
+BATCH = 8
+RES = 224
+THREADS = 2
+
+
+def _peers() -> dict[str, Callable[[], nn.Module]]:
+    builders: dict[str, Callable[[], nn.Module]] = {"foveal": lambda: efficientnet_variant("b0")}
+    import torchvision
+
+    try:
+        import timm
+
+        builders["timm"] = lambda: timm.create_model("efficientnet_b0")
+    except ImportError:
+        print("timm is not installed (pip install -e '.[bench]'); skipping it")
+    builders["torchvision"] = lambda: torchvision.models.efficientnet_b0()
+    return builders
+
+
+def _time(fn: Callable[[], Any], inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def _measure(settings: dict[str, Callable[[], Any]], warmup: int, reps: int, inner: int) -> dict[str, list[float]]:
+    """Images per second of each setting: ``warmup`` calls each, then ``reps`` interleaved rounds of ``inner`` calls."""
+    for fn in settings.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(reps):
+        for name, fn in settings.items():
+            out[name].append(BATCH / _time(fn, inner))
+    return out
+
+
+def _eval_settings(builders: dict[str, Callable[[], nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    settings: dict[str, Callable[[], Any]] = {}
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        model = build().eval()
+        if name == "foveal":
+            fused = fuse_conv_bn(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+            settings["foveal fused channels_last"] = _eval_fn(fused, x.contiguous(memory_format=torch.channels_last))
+            continue
+        settings[f"{name} contiguous"] = _eval_fn(model, x)
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        settings[f"{name} channels_last"] = _eval_fn(cl, x.contiguous(memory_format=torch.channels_last))
+    return settings
+
+
+def _eval_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def _train_settings(builders: dict[str, Callable[[], nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    settings: dict[str, Callable[[], Any]] = {}
+    target = torch.randint(0, 1000, (BATCH,), generator=torch.Generator().manual_seed(0))
+    for name, build in builders.items():
+        for fmt_name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            torch.manual_seed(0)
+            model = build().train().to(memory_format=fmt)
+            settings[f"{name} {fmt_name}"] = _train_fn(model, x.contiguous(memory_format=fmt), target)
+    return settings
+
+
+def _train_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Callable[[], Any]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run() -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), target)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return run
+
+
+def _best(results: dict[str, list[float]], lib: str) -> tuple[str, list[float]]:
+    """The setting of ``lib`` with the highest median."""
+    own = {k: v for k, v in results.items() if k.split()[0] == lib}
+    key = max(own, key=lambda k: statistics.median(own[k]))
+    return key, own[key]
+
+
+def _report(title: str, results: dict[str, list[float]], gflop_per_image: float) -> dict[str, Any]:
+    print(f"\n{title} (images/s, batch {BATCH} × {RES}², {THREADS} threads)")
+    print(f"  {'setting':34s} {'min':>7s} {'median':>7s} {'max':>7s} {'GFLOP/s':>8s}")
+    for key, vals in results.items():
+        med = statistics.median(vals)
+        print(f"  {key:34s} {min(vals):7.1f} {med:7.1f} {max(vals):7.1f} {med * gflop_per_image:8.1f}")
+    libs = list(dict.fromkeys(k.split()[0] for k in results))
+    best = {lib: _best(results, lib) for lib in libs}
+    ours_key, ours = best["foveal"]
+    summary: dict[str, Any] = {"settings": {}, "best": {}, "ratio_ours_over_peer": {}}
+    for key, vals in results.items():
+        summary["settings"][key] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "all": vals}
+    for lib, (key, vals) in best.items():
+        med = statistics.median(vals)
+        summary["best"][lib] = {"setting": key, "img_per_s": med, "gflop_per_s": med * gflop_per_image}
+        if lib != "foveal":
+            ratio = statistics.median(ours) / med
+            summary["ratio_ours_over_peer"][lib] = ratio
+            print(f"  ours / {lib}: {ratio:.2f}×  ({ours_key} vs {key})")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=7, help="measured rounds (median of these)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "efficientnet_speed.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, 3, RES, RES)
+    builders = _peers()
+    gflop = 2 * count_flops(efficientnet_variant("b0"), RES) / 1e9  # 2 FLOP per multiply-add
+
+    start = time.perf_counter()
+    evals = _measure(_eval_settings(builders, x), warmup=3, reps=args.reps, inner=2)
+    eval_summary = _report("Eval forward", evals, gflop)
+    trains = _measure(_train_settings(builders, x), warmup=2, reps=args.reps, inner=1)
+    train_summary = _report("SGD train step (forward + backward + step)", trains, 3 * gflop)
+    elapsed = time.perf_counter() - start
+    print(f"\nbench took {elapsed:.0f} s")
+
+    import torchvision
+
+    result = {
+        "bench": "efficientnet_b0_speed",
+        "batch": BATCH,
+        "resolution": RES,
+        "threads": THREADS,
+        "dtype": "float32",
+        "gflop_per_image_forward": gflop,
+        "reps": args.reps,
+        "eval": eval_summary,
+        "train": train_summary,
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": _version("timm"),
+            "python": platform.python_version(),
+        },
+        "machine": platform.processor() or platform.machine(),
+        "seconds": elapsed,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(__import__(module).__version__)
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The ``foveal`` command line: train, eval, predict, export, models, demo.
+
+Every error a user can cause is printed as one line ``foveal: error: ...`` with a non-zero exit code, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from foveal.errors import FovealError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _config_path(name: str | None, task: str) -> Path | None:
+    """A config path as given, or the name of a bundled recipe such as ``classify_cpu``."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.exists():
+        return p
+    bundled = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if bundled.is_file():
+        return bundled
+    recipes = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob(f"{task}_*.yaml")))
+    raise FovealError(f"config file not found: {name} (give a YAML path or a bundled recipe: {recipes})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from foveal.config import load_config
+    from foveal.tasks import classify
+
+    if args.task != "classify":
+        raise FovealError(f"task '{args.task}' is not available yet: use 'foveal train classify'")
+    if args.resume:
+        if args.overrides or args.config:
+            raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
+        result = classify.train(classify.ClassifyConfig(), resume=args.resume)
+    else:
+        cfg = load_config(classify.ClassifyConfig, _config_path(args.config, "classify"), args.overrides)
+        out = Path(args.out or cfg.out)
+        if out.exists() and any((out / "checkpoints").glob("step-*")) and not args.overwrite:
+            raise FovealError(
+                f"run directory {out} already holds checkpoints: continue it with --resume {out}, choose another "
+                "--out, or pass --overwrite to train over it"
+            )
+        result = classify.train(cfg, run_dir=out)
+    _print_metrics(result)
+    print(f"run directory: {result['run_dir']}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, object]) -> None:
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from foveal.report.tables import format_metrics
+    from foveal.tasks import classify
+
+    result = classify.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
+    print(format_metrics(result))
+    if args.out:
+        print(f"metrics and confusion matrix written to {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from foveal.report.tables import format_table, write_csv, write_json
+    from foveal.tasks import classify
+
+    preds = classify.predict(args.checkpoint, args.inputs, top_k=args.top_k)
+    print(format_table(preds))
+    if args.json:
+        write_json(preds, args.json)
+    if args.csv:
+        write_csv(preds, args.csv)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from foveal.inference.export import check_onnx, export_onnx
+    from foveal.tasks import classify
+
+    clf = classify.load_classifier(args.checkpoint)
+    path = export_onnx(clf.model, args.out, clf.channels, clf.resolution, opset=args.opset)
+    x = torch.randn(2, clf.channels, clf.resolution, clf.resolution)
+    diff = check_onnx(clf.model, path, x)
+    shape = f"N×{clf.channels}×{clf.resolution}×{clf.resolution}"
+    print(f"wrote {path} (input {shape}); onnxruntime vs torch: max |difference| = {diff:.2e}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from foveal.models.catalog import format_models
+
+    print(format_models(extra_phis=args.phi))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from foveal.demo import run_demo
+
+    out = run_demo(Path(args.out), quick=args.quick)
+    print(f"demo finished: everything is in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foveal", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (task: classify)")
+    p.add_argument("task", choices=["classify"], help="what to train")
+    p.add_argument("--config", help="YAML recipe (path, or bundled name such as classify_cpu)")
+    p.add_argument("--out", help="run directory (default: the config's 'out')")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="train into a run directory that already has checkpoints")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("--data", help="dataset spec (default: the checkpoint's validation data)")
+    p.add_argument("--split", default="test", help="split of an IDX dataset or image folder (default: test)")
+    p.add_argument("--out", help="folder for metrics.json and confusion.png")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of images")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--json", help="also write the predictions as JSON here")
+    p.add_argument("--csv", help="also write the predictions as CSV here")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against onnxruntime)")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list EfficientNet variants with parameters, FLOPs and resolution")
+    p.add_argument("--phi", type=float, action="append", default=[], help="also list the model for this φ")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample; write everything to one folder")
+    p.add_argument("--out", default="foveal-demo", help="output folder (default: foveal-demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come before or after options; anything else unknown is an error.
+    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    if unknown or (extra and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
+    try:
+        return int(args.func(args))
+    except FovealError as exc:
+        print(f"foveal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("foveal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

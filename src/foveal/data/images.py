@@ -1,0 +1,228 @@
+"""Load image files as uint8 tensors, and turn user arguments (files, folders, globs) into lists of image paths.
+
+Every image is decoded in full when loaded, so a truncated or corrupt file fails here with a message naming it,
+not later inside a batch. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay off (its default) for that.
+
+Channel rules of :func:`load_image`:
+
+- grayscale modes (``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``) have 1 channel, all others 3 (alpha is dropped;
+  palette images are expanded to RGB);
+- 16-bit grayscale (``I;16*``) is mapped to 8 bits by ``round(v / 257)``, so 0 → 0 and 65535 → 255 for every image
+  alike. 32-bit ``I`` images whose values lie in 0..255 are kept, in 0..65535 are treated as 16-bit, otherwise
+  stretched from their min..max to 0..255. Float ``F`` images in 0..1 are multiplied by 255, else treated like ``I``;
+- with ``channels=1`` colour images become luma (ITU-R 601-2, Pillow's ``L``); with ``channels=3`` grayscale is
+  repeated into three channels.
+
+EXIF orientation tags are not applied: pixels are returned as stored.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from foveal.errors import FovealError
+
+#: File extensions (lower case) treated as images when listing folders and globs.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"}
+)
+
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+# Pillow's exceptions for a damaged file: OSError ("image file is truncated", decoder errors), SyntaxError (broken
+# PNG chunks), ValueError / struct.error-like failures in some plugins, DecompressionBombError for absurd sizes.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a non-hidden file with an extension from :data:`IMAGE_EXTENSIONS`."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def _check_channels(channels: int | None) -> None:
+    if channels not in (None, 1, 3):
+        raise FovealError(f"bad channels={channels!r}: use 1 (grayscale), 3 (RGB) or None (keep the image's own)")
+
+
+def mode_channels(mode: str) -> int:
+    """Channels (1 or 3) that :func:`load_image` gives an image of Pillow mode ``mode`` when ``channels`` is None."""
+    return 1 if mode in _GRAY_MODES or mode.startswith("I;16") else 3
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FovealError(f"image not found: {path} (check the path)")
+    if path.is_dir():
+        raise FovealError(
+            f"expected an image file but {path} is a folder: pass a file, or the folder where a folder is accepted"
+        )
+
+
+def _open(path: Path) -> Image.Image:
+    _check_file(path)
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise FovealError(
+            f"{path} is not an image Pillow can read (corrupt, or not an image): fix or remove it"
+        ) from None
+    except PermissionError:
+        raise FovealError(f"cannot read image {path}: permission denied (check its permissions)") from None
+    except _DECODE_ERRORS as exc:
+        raise FovealError(f"cannot read image {path}: {exc} (the file is corrupt; fix or remove it)") from None
+
+
+def peek_channels(path: str | Path) -> int:
+    """Channels (1 or 3) of an image from its header alone, without decoding the pixels.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        1 for grayscale modes, 3 for the rest (see the module docstring).
+    """
+    with _open(Path(path)) as img:
+        return mode_channels(img.mode)
+
+
+def _to_uint8_gray(img: Image.Image) -> np.ndarray:
+    """(H, W) uint8 from a 16-bit, 32-bit int or float grayscale image."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    values = arr.astype(np.float64)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        values = values * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        values = values / 257.0
+    else:
+        values = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
+def _pixels(img: Image.Image, channels: int | None) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 array of a fully loaded image."""
+    mode = img.mode
+    target = channels if channels is not None else mode_channels(mode)
+    if mode.startswith("I") or mode == "F":
+        gray = _to_uint8_gray(img)
+        return gray if target == 1 else np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")  # applies palette transparency without Pillow's warning
+    if target == 1:
+        return np.asarray(img.convert("L"))
+    if img.mode in ("L", "1"):
+        return np.repeat(np.asarray(img.convert("L"))[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """Load and fully decode one image file.
+
+    Args:
+        path: the image file.
+        channels: 1 (grayscale), 3 (RGB) or None to keep the image's own (1 for grayscale modes, 3 otherwise).
+
+    Returns:
+        uint8 tensor of shape (C, H, W).
+
+    Raises:
+        FovealError: naming ``path`` when it is missing, a folder, unreadable, not an image, corrupt or truncated.
+    """
+    _check_channels(channels)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone enabled Pillow's process-wide flag: truncated files would load padded with grey, unnoticed.
+        raise FovealError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images cannot be detected: "
+            "set it back to False"
+        )
+    p = Path(path)
+    with _open(p) as img:
+        try:
+            img.load()
+            arr = _pixels(img, channels)
+        except _DECODE_ERRORS as exc:
+            raise FovealError(
+                f"cannot decode image {p}: {exc} (the file is truncated or corrupt; fix or remove it)"
+            ) from None
+    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(chw, dtype=np.uint8, order="C"))  # one copy: writable, contiguous
+
+
+def _has_glob(item: str) -> bool:
+    return any(ch in item for ch in "*?[")
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder``, sorted by path; hidden files and folders are skipped.
+
+    Args:
+        folder: an existing folder.
+        recursive: also list images in sub-folders (at any depth).
+
+    Returns:
+        Sorted paths; possibly empty.
+    """
+    root = Path(folder)
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    found = [
+        p
+        for p in candidates
+        if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(found)
+
+
+def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
+    """Turn command-line inputs into image paths.
+
+    Each item is one of: an image file (taken as given, whatever its extension); a folder (the images directly in it,
+    sorted — sub-folders are not searched); a glob pattern such as ``photos/*.jpg`` or ``data/**/*.png`` (``**``
+    matches any depth; only files with an image extension are kept, sorted). Duplicates are dropped, keeping the first.
+
+    Args:
+        items: files, folders and glob patterns.
+
+    Returns:
+        Image paths, in the order of ``items``.
+
+    Raises:
+        FovealError: naming the item when a file or folder does not exist, a folder holds no images, or a pattern
+            matches no image; also when ``items`` is empty.
+    """
+    if not items:
+        raise FovealError("no inputs given: pass image files, folders of images or glob patterns such as 'imgs/*.png'")
+    seen: set[Path] = set()
+    out: list[Path] = []
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise FovealError(
+                    f"folder {path} holds no images (looked for {exts}, not in sub-folders): "
+                    f"pass a folder with images, or a pattern such as '{path}/**/*.png'"
+                )
+        elif _has_glob(text):
+            found = sorted(Path(m) for m in glob.glob(text, recursive=True) if is_image_file(Path(m)))
+            if not found:
+                raise FovealError(f"pattern '{text}' matches no image files (extensions {exts}): check the pattern")
+        else:
+            raise FovealError(f"input not found: {path} (pass an existing image file, folder or glob pattern)")
+        for p in found:
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out

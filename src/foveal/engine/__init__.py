@@ -1,0 +1,1 @@
+"""Training engine shared by every task: trainer, checkpoints, schedules, distributed helpers, metric logs."""

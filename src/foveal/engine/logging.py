@@ -1,0 +1,66 @@
+"""Metric records: appended to JSONL as training goes, mirrored to CSV, kept for the curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class MetricLog:
+    """Append-only metric records in ``metrics.jsonl`` with a ``metrics.csv`` mirror.
+
+    On resume, records written after the checkpoint's step are dropped so the log matches the restored run.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+        self.jsonl = Path(run_dir) / "metrics.jsonl"
+        self.csv = Path(run_dir) / "metrics.csv"
+        self.records: list[dict[str, Any]] = []
+        if resume_step is not None and self.jsonl.is_file():
+            for line in self.jsonl.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if rec.get("step", 0) <= resume_step:
+                    self.records.append(rec)
+        self._rewrite_jsonl()
+
+    def _rewrite_jsonl(self) -> None:
+        self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_csv(self) -> None:
+        keys: list[str] = []
+        for r in self.records:
+            keys.extend(k for k in r if k not in keys)
+        fd, tmp = tempfile.mkstemp(dir=self.csv.parent, prefix=".metrics.", suffix=".csv")
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in self.records:
+                w.writerow({k: r.get(k, "") for k in keys})
+        os.replace(tmp, self.csv)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_text(p, json.dumps(data, indent=1) + "\n")

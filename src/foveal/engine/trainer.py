@@ -1,0 +1,281 @@
+"""The training loop shared by every task.
+
+A task hands the trainer a model, a dataset of training samples, a collate function, a loss function and an
+evaluation function; the trainer owns the rest: data order, learning-rate schedule, warm-up, gradient clipping, EMA,
+bf16 autocast, distributed data-parallel, progress bars, metric logs, curves and atomic checkpoints with exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.distributed import DistInfo, barrier
+from foveal.engine.logging import MetricLog
+from foveal.engine.optim import ModelEMA, OptimConfig, build_optimizer, build_schedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train; shared by every task.
+
+    ``max_steps`` stops the run early without changing the schedule (which is planned for ``epochs``);
+    ``max_minutes`` stops it after that much wall-clock training time. ``checkpoint_every`` (steps) adds resume points
+    between evaluations.
+    """
+
+    epochs: float = 350.0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    bf16: bool = False
+    ema_decay: float | None = None
+    eval_every: float = 1.0
+    checkpoint_every: int | None = None
+    keep_last: int = 2
+    log_every: int = 20
+    channels_last: bool = True
+    progress: bool = True
+    workers: int = 0
+    threads: int | None = None
+
+
+class EpochBatches:
+    """Global batches of (index, sample_seed) for one epoch, this process's share of each.
+
+    The permutation depends only on (seed, epoch), the per-sample augmentation seed only on (seed, epoch, index), so
+    a resumed or distributed run sees exactly the samples an uninterrupted single-process run sees.
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, epoch: int, start: int, dist_info: DistInfo) -> None:
+        self.n, self.gb, self.seed, self.epoch, self.start, self.dist = n, global_batch, seed, epoch, start, dist_info
+
+    def __len__(self) -> int:
+        return self.n // self.gb - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        local = self.gb // self.dist.world_size
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for b in range(self.start, self.n // self.gb):
+            chunk = perm[b * self.gb : (b + 1) * self.gb]
+            mine = chunk[self.dist.rank * local : (self.dist.rank + 1) * local]
+            yield [(i, (base + i) % (2**63)) for i in mine]
+
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+EvalFn = Callable[[nn.Module], dict[str, Any]]
+
+
+class Trainer:
+    """Runs training for one task.
+
+    Args:
+        model: the network (on ``device``); wrapped in DDP when distributed.
+        train_set: dataset indexed by (index, sample_seed) tuples, see :class:`EpochBatches`.
+        collate: batch collation for the DataLoader.
+        loss_fn: (model, batch) → scalar loss.
+        evaluate: model → metrics dict with a "score" entry (higher is better) used to keep the best checkpoint.
+        optim: optimizer config; train: loop config; batch_size: global batch.
+        run_dir: where checkpoints, logs and curves go.
+        meta: JSON-able record stored in every checkpoint (task, model spec, config, classes).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        train_set: Dataset[Any],
+        collate: Callable[[list[Any]], Any],
+        loss_fn: LossFn,
+        evaluate: EvalFn,
+        optim: OptimConfig,
+        train: TrainConfig,
+        batch_size: int,
+        run_dir: str | Path,
+        meta: dict[str, Any],
+        dist_info: DistInfo | None = None,
+        device: torch.device | None = None,
+        plot_curves: Callable[[list[dict[str, Any]], Path], object] | None = None,
+    ) -> None:
+        self.dist = dist_info or DistInfo()
+        self.device = device or torch.device("cpu")
+        self.model, self.train_set, self.collate = model, train_set, collate
+        self.loss_fn, self.evaluate = loss_fn, evaluate
+        self.ocfg, self.cfg = optim, train
+        self.run_dir = Path(run_dir)
+        self.meta = meta
+        self.plot_curves = plot_curves
+        self.global_batch = batch_size
+        n = len(train_set)  # type: ignore[arg-type]
+        self.steps_per_epoch = max(1, n // batch_size)
+        self.total_steps = int(math.ceil(train.epochs * self.steps_per_epoch))
+        self.optimizer = build_optimizer(model, optim, batch_size)
+        self.schedule = build_schedule(optim, batch_size, self.steps_per_epoch, self.total_steps)
+        self.ema = ModelEMA(model, train.ema_decay) if train.ema_decay else None
+        self.eval_interval = max(1, int(round(train.eval_every * self.steps_per_epoch)))
+        self.step = 0
+        self.best: float | None = None
+        self.ddp: nn.Module = model
+        if self.dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    def resume(self, ckpt: ckpt_io.Checkpoint) -> None:
+        """Restore everything from ``ckpt`` (written by this trainer) so the run continues exactly."""
+        ckpt_io.restore_training(ckpt, self.model, self.optimizer, self.ema.module if self.ema else None)
+        self.step = ckpt.step
+        self.best = ckpt.meta.get("best_score")
+        if self.ema is not None:
+            self.ema.updates = int(ckpt.meta.get("ema_updates", self.step))
+
+    def _save(self, name: str, metrics: dict[str, Any] | None = None) -> Path:
+        meta = {
+            **self.meta,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "best_score": self.best,
+            "metrics": metrics or {},
+            "ema_updates": self.ema.updates if self.ema else 0,
+        }
+        path = ckpt_io.save_checkpoint(
+            self.run_dir / "checkpoints" / name,
+            model=self.model,
+            meta=meta,
+            ema=self.ema.module if self.ema else None,
+            optimizer=self.optimizer,
+        )
+        return path
+
+    # -- loop --------------------------------------------------------------------------------------------------------
+    def _loader(self, epoch: int, start: int) -> DataLoader[Any]:
+        batches = EpochBatches(len(self.train_set), self.global_batch, self.cfg.seed, epoch, start, self.dist)  # type: ignore[arg-type]
+        return DataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            collate_fn=self.collate,
+            num_workers=self.cfg.workers,
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
+
+    def _should_stop(self, started: float) -> bool:
+        stop = self.step >= self.total_steps or (self.cfg.max_steps is not None and self.step >= self.cfg.max_steps)
+        if self.cfg.max_minutes is not None and not stop:
+            over = (time.perf_counter() - started) / 60 >= self.cfg.max_minutes
+            if self.dist.enabled:
+                flag = torch.tensor([float(over)])
+                dist.broadcast(flag, 0)
+                over = bool(flag.item())
+            stop = over
+        return stop
+
+    def _evaluate_and_save(self, log: MetricLog | None, train_time: float) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        if log is not None:
+            model = self.ema.module if self.ema else self.model
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                metrics = self.evaluate(model)
+            model.train(was_training)
+            score = metrics.get("score")
+            improved = score is not None and (self.best is None or score > self.best)
+            if improved:
+                self.best = float(score)  # type: ignore[arg-type]
+            record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "time_s": train_time}
+            record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            log.append(record)
+            path = self._save(f"step-{self.step:08d}", metrics)
+            if improved:
+                ckpt_io.save_checkpoint(
+                    self.run_dir / "checkpoints" / "best",
+                    model=self.model,
+                    meta={**ckpt_io.load_checkpoint(path).meta},
+                    ema=self.ema.module if self.ema else None,
+                    with_rng=False,
+                )
+            ckpt_io.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+            log.write_csv()
+            if self.plot_curves is not None:
+                self.plot_curves(log.records, self.run_dir / "curves.png")
+        barrier()
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the planned steps (or ``max_steps`` / ``max_minutes``), evaluating and checkpointing."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        log = MetricLog(self.run_dir, resume_step=self.step) if self.dist.is_main else None
+        self.model.train()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        last_eval_step = self.step if self.step > 0 else -1
+        running, seen, t_log = 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            total=self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps),
+            initial=self.step,
+            disable=not (cfg.progress and self.dist.is_main),
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        while not self._should_stop(started):
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            for batch in self._loader(epoch, start):
+                lr = self.schedule(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    loss = self.loss_fn(self.ddp, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.ocfg.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.ocfg.grad_clip)
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                running += float(loss.detach())
+                seen += 1
+                bar.update(1)
+                if log is not None and (self.step % cfg.log_every == 0 or self.step == 1):
+                    now = time.perf_counter()
+                    rate = seen * self.global_batch / max(now - t_log, 1e-9)
+                    rec = {
+                        "step": self.step,
+                        "epoch": round(self.step / self.steps_per_epoch, 4),
+                        "train_loss": running / seen,
+                        "lr": lr,
+                        "images_per_s": round(rate, 2),
+                    }
+                    log.append(rec)
+                    bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.3g}")
+                    running, seen, t_log = 0.0, 0, now
+                if self.step % self.eval_interval == 0:
+                    metrics = self._evaluate_and_save(log, time.perf_counter() - started)
+                    last_eval_step = self.step
+                elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    if self.dist.is_main:
+                        self._save(f"step-{self.step:08d}")
+                        ckpt_io.prune_checkpoints(self.run_dir, max(cfg.keep_last, 1))
+                    barrier()
+                if self._should_stop(started):
+                    break
+        bar.close()
+        if last_eval_step != self.step:
+            metrics = self._evaluate_and_save(log, time.perf_counter() - started)
+        return metrics

@@ -1,0 +1,33 @@
+"""Reports: PNG figures (confusion matrix, training curves) and text/JSON/CSV tables, all written atomically."""
+
+from foveal.report.plots import DEFAULT_CURVE_KEYS, plot_confusion, plot_curves
+from foveal.report.tables import (
+    CSV_HEADER,
+    ClassScore,
+    Prediction,
+    atomic_output,
+    format_metrics,
+    format_table,
+    predictions_from_logits,
+    predictions_to_records,
+    write_csv,
+    write_json,
+    write_metrics_json,
+)
+
+__all__ = [
+    "CSV_HEADER",
+    "DEFAULT_CURVE_KEYS",
+    "ClassScore",
+    "Prediction",
+    "atomic_output",
+    "format_metrics",
+    "format_table",
+    "plot_confusion",
+    "plot_curves",
+    "predictions_from_logits",
+    "predictions_to_records",
+    "write_csv",
+    "write_json",
+    "write_metrics_json",
+]

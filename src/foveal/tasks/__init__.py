@@ -1,0 +1,1 @@
+"""Tasks: per task, the model, loss, metrics and post-processing on top of the shared engine."""

@@ -1,0 +1,447 @@
+"""Image classification with EfficientNet: config, data pipeline, training, evaluation and prediction."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from foveal.config import to_dict
+from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
+from foveal.engine.logging import write_json
+from foveal.engine.optim import OptimConfig
+from foveal.engine.trainer import TrainConfig, Trainer
+from foveal.errors import FovealError
+from foveal.models import efficientnet as eff
+from foveal.models.layers import fuse_conv_bn
+from foveal.models.registry import rebuild
+
+TASK = "classify"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which EfficientNet. ``name`` is "efficientnet_b0" … "efficientnet_b7" (released coefficients) or
+    "efficientnet" (built from ``phi`` with ``alpha``, ``beta``, ``gamma``). ``resolution`` and ``dropout`` default
+    to the variant's. ``weights`` initialises from a foveal checkpoint or a timm / torchvision state-dict file."""
+
+    name: str = "efficientnet_b0"
+    phi: float = 0.0
+    alpha: float = 1.2
+    beta: float = 1.1
+    gamma: float = 1.15
+    resolution: int | None = None
+    dropout: float | None = None
+    drop_path: float = 0.2
+    stem_stride: int = 2
+    bn_momentum: float = 0.01
+    bn_eps: float = 1e-3
+    padding: Literal["symmetric", "same"] = "symmetric"
+    weights: str | None = None
+    new_classifier: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are prepared.
+
+    ``train`` / ``val`` are dataset specs: "fashion-mnist", "fashion-mnist-sample", a folder of IDX files or an image
+    folder (one sub-folder per class). ``val`` defaults to the test split of ``train``. ``batch_size`` is global.
+    An image folder without train/ and val/ sub-folders is split: ``val_fraction`` of each class is held out.
+    ``augment``: "autoaugment" (the paper: random-resized crop, flip, AutoAugment ImageNet policy), "crop-flip"
+    (reflect-pad, random crop, flip), "flip" or "none".
+    """
+
+    train: str = "fashion-mnist-sample"
+    val: str | None = None
+    channels: int | None = None
+    batch_size: int = 64
+    augment: Literal["autoaugment", "crop-flip", "flip", "none"] = "autoaugment"
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    limit: int | None = None
+    val_limit: int | None = None
+    val_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """The whole classification recipe: model, data, optimizer, training loop and output folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    label_smoothing: float = 0.0
+    out: str = "runs/classify"
+
+
+# -- model -----------------------------------------------------------------------------------------------------------
+def resolution_of(cfg: ModelConfig) -> int:
+    if cfg.resolution is not None:
+        return cfg.resolution
+    if cfg.name == "efficientnet":
+        return eff.compound_scaling(cfg.phi, cfg.alpha, cfg.beta, cfg.gamma).resolution
+    return _variant(cfg.name).resolution
+
+
+def _variant(name: str) -> eff.Scaling:
+    key = name.removeprefix("efficientnet_")
+    if key not in eff.VARIANTS:
+        raise FovealError(f"unknown model '{name}': use efficientnet_b0 … efficientnet_b7, or efficientnet with phi=")
+    return eff.VARIANTS[key]
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int, in_channels: int) -> eff.EfficientNet:
+    """The EfficientNet that ``cfg`` names, for ``num_classes`` outputs and ``in_channels`` input channels."""
+    if cfg.name == "efficientnet":
+        scaling = eff.compound_scaling(cfg.phi, cfg.alpha, cfg.beta, cfg.gamma)
+    else:
+        scaling = _variant(cfg.name)
+    return eff.EfficientNet(
+        width=scaling.width,
+        depth=scaling.depth,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        dropout=scaling.dropout if cfg.dropout is None else cfg.dropout,
+        drop_path=cfg.drop_path,
+        stem_stride=cfg.stem_stride,
+        padding=cfg.padding,
+        bn_momentum=cfg.bn_momentum,
+        bn_eps=cfg.bn_eps,
+    )
+
+
+def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> None:
+    """Load ``cfg.weights`` (foveal checkpoint or foreign state dict) into ``model``."""
+    assert cfg.weights is not None
+    path = Path(cfg.weights)
+    if path.is_dir():
+        weights = ckpt_io.load_checkpoint(path).weights
+    else:
+        from foveal.models.convert import import_efficientnet
+
+        weights = import_efficientnet(path, num_classes=None).state_dict()
+    if cfg.new_classifier:
+        weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+        weights.update({k: v for k, v in model.state_dict().items() if k.startswith("classifier.")})
+    own = model.state_dict().get("classifier.weight")
+    theirs = weights.get("classifier.weight")
+    if own is not None and theirs is not None and own.shape != theirs.shape:
+        raise FovealError(
+            f"weights {path} were trained for {theirs.shape[0]} classes but this data has {own.shape[0]}: "
+            "add model.new_classifier=true to fine-tune with a fresh classifier"
+        )
+    ckpt_io.load_weights_into(model, weights, f"weights {path}")
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    c = x.shape[-3]
+    m = torch.tensor(mean if len(mean) == c else mean[:1] * c).view(-1, 1, 1)
+    s = torch.tensor(std if len(std) == c else std[:1] * c).view(-1, 1, 1)
+    return (x.float() / 255.0 - m) / s
+
+
+def eval_transform(resolution: int) -> v2.Transform:
+    """Resize the shorter side to ``resolution`` and centre-crop a square (uint8 tensors)."""
+    return v2.Compose([v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
+
+
+def train_transform(resolution: int, augment: str) -> v2.Transform:
+    if augment == "autoaugment":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(resolution, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+            ]
+        )
+    base = eval_transform(resolution)
+    if augment == "crop-flip":
+        pad = max(1, resolution // 8)
+        return v2.Compose(
+            [base, v2.RandomCrop(resolution, padding=pad, padding_mode="reflect"), v2.RandomHorizontalFlip()]
+        )
+    if augment == "flip":
+        return v2.Compose([base, v2.RandomHorizontalFlip()])
+    return base
+
+
+class ClassifySamples(Dataset[tuple[Tensor, int]]):
+    """Transformed samples of a classification dataset.
+
+    Indexed by an int, or by (index, seed) from the trainer: then the random augmentation is a pure function of the
+    seed (the global RNG is forked around it), which makes resumed and distributed runs exact.
+    """
+
+    def __init__(self, data: Any, transform: v2.Transform, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.data, self.transform, self.mean, self.std = data, transform, mean, std
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        if isinstance(key, tuple):
+            index, seed = key
+            image, label = self.data.get(index)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(image)
+        else:
+            image, label = self.data.get(key)
+            image = self.transform(image)
+        return _normalize(image, self.mean, self.std), int(label)
+
+
+def collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    images = torch.stack([b[0] for b in batch])
+    return images, torch.tensor([b[1] for b in batch], dtype=torch.long)
+
+
+def _subset(data: Any, limit: int | None, seed: int = 0) -> Any:
+    """A class-stratified subset of about ``limit`` samples (all of ``data`` when ``limit`` is None)."""
+    if limit is None or limit >= len(data):
+        return data
+    from foveal.data.classification import split_train_val, subset
+
+    _, chosen = split_train_val(data, limit / len(data), seed)
+    return subset(data, chosen)
+
+
+def open_data(cfg: DataConfig) -> tuple[Any, Any]:
+    """(train, val) ``ClassificationData`` of ``cfg``; checks that both have the same classes."""
+    from foveal.data.classification import open_dataset, split_train_val, subset
+
+    train = open_dataset(cfg.train, "train", channels=cfg.channels)
+    val = open_dataset(cfg.val or cfg.train, "test" if cfg.val is None else "val", channels=train.channels)
+    if isinstance(train.images, list) and train.images == val.images:
+        # An image folder without train/ and val/ sub-folders: hold out a stratified part for validation.
+        keep, held = split_train_val(train, cfg.val_fraction, seed=0)
+        train, val = subset(train, keep), subset(train, held)
+    if list(val.classes) != list(train.classes):
+        raise FovealError(
+            f"validation data {cfg.val or cfg.train} has classes {val.classes} but training data has {train.classes}: "
+            "use datasets with the same class folders"
+        )
+    return _subset(train, cfg.limit), _subset(val, cfg.val_limit)
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, samples: Dataset[Any], classes: list[str], batch_size: int = 128) -> Any:
+    """Top-1, top-5, per-class accuracy and confusion matrix of ``model`` on ``samples``."""
+    from torch.utils.data import DataLoader
+
+    from foveal.metrics.classification import ClassificationMeter
+
+    meter = ClassificationMeter(len(classes), classes)
+    loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate)
+    channels_last = _uses_channels_last(model)
+    for images, targets in loader:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images).float()
+        meter.update(logits, targets, loss=F.cross_entropy(logits, targets, reduction="sum") / len(targets))
+    return meter.compute()
+
+
+def _uses_channels_last(model: nn.Module) -> bool:
+    w = next((p for p in model.parameters() if p.ndim == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+# -- training --------------------------------------------------------------------------------------------------------
+def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train a classifier as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
+
+    Returns the final validation metrics (a dict with top1, top5, ... and the run directory under "run_dir").
+    """
+    resume_ckpt = None
+    if resume is not None:
+        latest = ckpt_io.latest_checkpoint(resume)
+        if latest is None:
+            raise FovealError(f"nothing to resume in {resume}: it holds no checkpoints/step-* directory")
+        resume_ckpt = ckpt_io.load_checkpoint(latest, with_state=True)
+        _check_task(resume_ckpt)
+        from foveal.config import from_dict
+
+        cfg = from_dict(ClassifyConfig, resume_ckpt.meta["config"])
+        run_dir = Path(resume)
+    run = Path(run_dir or cfg.out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = init_distributed(device)
+    try:
+        return _train(cfg, run, resume_ckpt, dist_info, device)
+    finally:
+        shutdown_distributed()
+
+
+def _train(
+    cfg: ClassifyConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device
+) -> dict[str, Any]:
+    tcfg = cfg.train
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.data.batch_size % dist_info.world_size:
+        raise FovealError(
+            f"data.batch_size={cfg.data.batch_size} is the global batch and must divide by the {dist_info.world_size} "
+            "processes"
+        )
+    torch.manual_seed(tcfg.seed)
+    train_data, val_data = open_data(cfg.data)
+    res = resolution_of(cfg.model)
+    model = build_classifier(cfg.model, len(train_data.classes), train_data.channels)
+    if cfg.model.weights and resume_ckpt is None:
+        _init_weights(model, cfg.model)
+    if dist_info.enabled:
+        convert_batchnorm(model, device)
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean, std = cfg.data.mean, cfg.data.std
+    train_samples = ClassifySamples(train_data, train_transform(res, cfg.data.augment), mean, std)
+    val_samples = ClassifySamples(val_data, eval_transform(res), mean, std)
+    classes = list(train_data.classes)
+
+    def loss_fn(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        images, targets = batch
+        images = images.to(device, non_blocking=True)
+        if tcfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = net(images)
+        return F.cross_entropy(logits.float(), targets.to(device), label_smoothing=cfg.label_smoothing)
+
+    def evaluate_fn(net: nn.Module) -> dict[str, Any]:
+        result = evaluate(net, val_samples, classes)
+        return {"top1": result.top1, "top5": result.top5, "loss": result.loss, "score": result.top1}
+
+    from foveal.report.plots import plot_curves
+
+    meta = {
+        "task": TASK,
+        "model": {"arch": "efficientnet", "args": model.args},
+        "config": to_dict(cfg),
+        "classes": classes,
+        "input": {"resolution": res, "channels": train_data.channels, "mean": list(mean), "std": list(std)},
+    }
+    trainer = Trainer(
+        model=model,
+        train_set=train_samples,
+        collate=collate,
+        loss_fn=loss_fn,
+        evaluate=evaluate_fn,
+        optim=cfg.optim,
+        train=tcfg,
+        batch_size=cfg.data.batch_size,
+        run_dir=run,
+        meta=meta,
+        dist_info=dist_info,
+        device=device,
+        plot_curves=lambda records, path: plot_curves(records, path),
+    )
+    if resume_ckpt is not None:
+        trainer.resume(resume_ckpt)
+    metrics = trainer.fit()
+    if dist_info.is_main:
+        write_json(run / "config.json", to_dict(cfg))
+    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
+
+
+# -- loading for inference -------------------------------------------------------------------------------------------
+@dataclass
+class LoadedClassifier:
+    model: eff.EfficientNet
+    classes: list[str]
+    resolution: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meta: dict[str, Any]
+
+
+def _check_task(ckpt: ckpt_io.Checkpoint) -> None:
+    task = ckpt.meta.get("task")
+    if task != TASK:
+        raise FovealError(
+            f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a classifier; pass a classify checkpoint"
+        )
+
+
+def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
+    """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fuse``)."""
+    ckpt = ckpt_io.load_checkpoint(path)
+    _check_task(ckpt)
+    try:
+        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
+        model = rebuild(spec)
+    except (KeyError, TypeError) as exc:
+        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
+    if not isinstance(model, eff.EfficientNet):
+        raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
+    ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
+    model.eval()
+    if fuse:
+        model = copy.deepcopy(model)
+        fuse_conv_bn(model)
+        model.to(memory_format=torch.channels_last)
+    return LoadedClassifier(
+        model, classes, int(inp["resolution"]), int(inp["channels"]), tuple(inp["mean"]), tuple(inp["std"]), ckpt.meta
+    )
+
+
+@torch.no_grad()
+def predict(path: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 32) -> list[Any]:
+    """Top-k classes with probabilities for each image of ``inputs`` (files, folders, globs)."""
+    from foveal.data.images import expand_inputs, load_image
+    from foveal.report.tables import predictions_from_logits
+
+    clf = load_classifier(path, fuse=True)
+    files = expand_inputs(list(inputs))
+    tf = eval_transform(clf.resolution)
+    preds = []
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        batch = torch.stack([_normalize(tf(load_image(f, clf.channels)), clf.mean, clf.std) for f in chunk])
+        logits = clf.model(batch.contiguous(memory_format=torch.channels_last))
+        preds.extend(
+            predictions_from_logits([str(f) for f in chunk], logits, clf.classes, k=min(top_k, len(clf.classes)))
+        )
+    return preds
+
+
+def evaluate_checkpoint(path: str | Path, data: str | None, split: str, out: str | Path | None) -> Any:
+    """Evaluate a checkpoint on a dataset (default: its own validation data); write metrics and confusion PNG."""
+    from foveal.data.classification import open_dataset
+    from foveal.report.plots import plot_confusion
+    from foveal.report.tables import write_metrics_json
+
+    clf = load_classifier(path, fuse=True)
+    cfg_data = clf.meta.get("config", {}).get("data", {})
+    spec = data or cfg_data.get("val") or cfg_data.get("train")
+    if spec is None:
+        raise FovealError("the checkpoint names no dataset: pass --data")
+    dataset = open_dataset(spec, split, channels=clf.channels)
+    if len(dataset.classes) != len(clf.classes):
+        raise FovealError(
+            f"dataset {spec} has {len(dataset.classes)} classes but checkpoint has {len(clf.classes)}: "
+            "evaluate on data with the classes the model was trained on"
+        )
+    samples = ClassifySamples(dataset, eval_transform(clf.resolution), clf.mean, clf.std)
+    result = evaluate(clf.model, samples, clf.classes)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_metrics_json(result, out / "metrics.json")
+        plot_confusion(result.confusion, clf.classes, out / "confusion.png")
+    return result
