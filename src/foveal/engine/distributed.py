@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,21 +58,23 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
-        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_full((1,), float(x.numel() // c))])
-        total = dist_fn.all_reduce(local)
-        count = total[-1]
-        mean = total[:c] / count
-        var = total[c : 2 * c] / count - mean * mean
+        # Two passes (mean, then squared deviations) avoid the cancellation of E[x²] − E[x]².
+        count = float(x.numel() // c * dist.get_world_size())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the differentiable all-reduce is marked deprecated
+            mean = dist_fn.all_reduce(x.sum((0, 2, 3))) / count
+            centered = x - mean.view(1, c, 1, 1)
+            var = dist_fn.all_reduce((centered * centered).sum((0, 2, 3))) / count
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
-                unbiased = var * count / (count - 1).clamp(min=1)
+                unbiased = var * count / max(count - 1.0, 1.0)
                 self.running_mean.mul_(1 - m).add_(mean, alpha=m)
                 self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
                 if self.num_batches_tracked is not None:
                     self.num_batches_tracked.add_(1)
         shape = (1, c, 1, 1)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centered * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y

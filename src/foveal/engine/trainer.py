@@ -130,7 +130,7 @@ class Trainer:
         self.best: float | None = None
         self.ddp: nn.Module = model
         if self.dist.enabled:
-            self.ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+            self.ddp = nn.parallel.DistributedDataParallel(model)
 
     # -- state -------------------------------------------------------------------------------------------------------
     def resume(self, ckpt: ckpt_io.Checkpoint) -> None:

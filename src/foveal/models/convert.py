@@ -81,7 +81,8 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
             TensorFlow "same" padding and BN eps 1e-3). None infers width and depth from the tensor shapes; a ``tf_``
             port is then recognised only when the path contains "tf_efficientnet" (as timm's hub files do), else pass
             ``padding="same", bn_eps=1e-3``.
-        **model_kwargs: :class:`EfficientNet` arguments that override the inferred ones (e.g. ``dropout``).
+        **model_kwargs: :class:`EfficientNet` arguments that override the inferred ones (e.g. ``dropout``); a value of
+            None keeps the inferred one.
 
     Returns:
         The model in eval mode. Input channels and classes are those of the file; BN eps and padding follow the
@@ -107,11 +108,18 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
             args["bn_eps"] = 1e-5
         if tf_port:
             args.update(padding="same", bn_eps=1e-3)
-    args.update(model_kwargs)
+    args.update({k: v for k, v in model_kwargs.items() if v is not None})
     try:
         model = from_args(args)
     except (TypeError, ValueError) as exc:
         raise FovealError(f"cannot build EfficientNet with arguments {sorted(model_kwargs)}: {exc}") from None
+    built = [len(list(stage.children())) for stage in model.stages]
+    found = [len(stage) for stage in stages]
+    if built != found:
+        raise FovealError(
+            f"the {layout} weights have {found} blocks per stage, the requested model {built}; pass the right variant "
+            "(or variant=None to infer it from the file)"
+        )
     _load(model, renamed, layout)
     return model.eval()
 
@@ -191,7 +199,7 @@ def _stored_args(container: Any) -> dict[str, Any]:
 
 
 def _parse_variant(variant: str) -> tuple[str, bool]:
-    """Variant name and whether it is a TF port: "tf_efficientnet_b3.ns_jft_in1k" → ("b3", True); "b0" / "efficientnet-b0" → ("b0", False)."""
+    """Variant and whether it is a TF port: "tf_efficientnet_b3.ns_jft_in1k" → ("b3", True), "b0" → ("b0", False)."""
     found = re.fullmatch(r"(tf_)?(?:efficientnet[_-])?(b\d)", variant.strip().lower().split(".")[0])
     if not found or found.group(2) not in VARIANTS:
         raise FovealError(
@@ -308,28 +316,32 @@ def _infer_args(state: dict[str, Tensor], repeats: list[int], variant: str | Non
         if key not in state:
             raise FovealError(f"the weights lack '{key}'; the file is incomplete")
         outs.append(int(state[key].shape[0]))
-    args["width"] = _solve_width(stem, head, outs)
-    args["depth"] = _solve_depth(repeats)
-    for v in VARIANTS.values():  # a released variant: take its dropout too
-        if v.width == args["width"] and v.depth == args["depth"]:
-            args["dropout"] = v.dropout
+    for v in VARIANTS.values():  # a released variant (first match: B2's blocks are also ceil(1.1 · L))
+        if _width_fits(v.width, stem, head, outs) and _depth_fits(v.depth, repeats):
+            args.update(width=v.width, depth=v.depth, dropout=v.dropout)
+            return args
+    args.update(width=_solve_width(stem, head, outs), depth=_solve_depth(repeats))
     return args
+
+
+def _width_fits(w: float, stem: int, head: int, outs: list[int]) -> bool:
+    return (
+        round_channels(B0_STEM, w) == stem
+        and round_channels(B0_HEAD, w) == head
+        and all(round_channels(s.channels, w) == c for s, c in zip(B0_STAGES, outs, strict=True))
+    )
+
+
+def _depth_fits(d: float, repeats: list[int]) -> bool:
+    return all(round_repeats(s.repeats, d) == n for s, n in zip(B0_STAGES, repeats, strict=True))
 
 
 def _solve_width(stem: int, head: int, outs: list[int]) -> float:
     """A width multiplier whose rounded channels give the stem, head and stage widths found in the file."""
-
-    def fits(w: float) -> bool:
-        return (
-            round_channels(B0_STEM, w) == stem
-            and round_channels(B0_HEAD, w) == head
-            and all(round_channels(s.channels, w) == c for s, c in zip(B0_STAGES, outs, strict=True))
-        )
-
-    candidates = [s.width for s in VARIANTS.values()] + [round(head / B0_HEAD, 2), head / B0_HEAD]
+    candidates = [round(head / B0_HEAD, 2), head / B0_HEAD]
     candidates += [(head - 8 + i * 0.01) / B0_HEAD for i in range(1601)]  # every width that rounds the head right
     for w in candidates:
-        if w > 0 and fits(w):
+        if w > 0 and _width_fits(w, stem, head, outs):
             return w
     raise FovealError(
         f"no EfficientNet width fits the channels in the file (stem {stem}, stages {outs}, head {head}); these weights "
@@ -339,16 +351,11 @@ def _solve_width(stem: int, head: int, outs: list[int]) -> float:
 
 def _solve_depth(repeats: list[int]) -> float:
     """A depth multiplier d with ceil(d · L) equal to the block count of every stage."""
-
-    def fits(d: float) -> bool:
-        return all(round_repeats(s.repeats, d) == n for s, n in zip(B0_STAGES, repeats, strict=True))
-
     lo = max((n - 1) / s.repeats for s, n in zip(B0_STAGES, repeats, strict=True))
     hi = min(n / s.repeats for s, n in zip(B0_STAGES, repeats, strict=True))
-    candidates = [s.depth for s in VARIANTS.values()]
-    candidates += [k / 100 for k in range(math.floor(lo * 100), math.ceil(hi * 100) + 1)] + [(lo + hi) / 2]
+    candidates = [k / 100 for k in range(math.floor(lo * 100), math.ceil(hi * 100) + 1)] + [(lo + hi) / 2]
     for d in candidates:
-        if d > 0 and fits(d):
+        if d > 0 and _depth_fits(d, repeats):
             return d
     raise FovealError(
         f"no EfficientNet depth multiplier gives the block counts in the file ({repeats} per stage); these weights "

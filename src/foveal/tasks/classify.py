@@ -244,7 +244,8 @@ def evaluate(model: nn.Module, samples: Dataset[Any], classes: list[str], batch_
     from foveal.metrics.classification import ClassificationMeter
 
     meter = ClassificationMeter(len(classes), classes)
-    loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate)
+    # A generator of its own keeps evaluation from drawing on the global RNG (exact resume depends on it).
+    loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate, generator=torch.Generator())
     channels_last = _uses_channels_last(model)
     for images, targets in loader:
         if channels_last:

@@ -1,0 +1,87 @@
+"""ONNX export: onnxruntime agrees with PyTorch, the batch axis is dynamic, failures never damage an existing file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from foveal.errors import FovealError
+from foveal.inference import check_onnx, export_onnx
+from foveal.models.efficientnet import EfficientNet, efficientnet
+
+
+def _small_model(padding: str = "symmetric", in_channels: int = 3) -> EfficientNet:
+    """φ = −3 EfficientNet with random weights and BN statistics (so folding BN into the convs is exercised)."""
+    torch.manual_seed(0)
+    model = efficientnet(-3, num_classes=10, padding=padding, in_channels=in_channels)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.normal_(0.0, math.sqrt(2.0 / m.weight[0].numel()), generator=g)
+            elif isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+    return model
+
+
+@pytest.mark.parametrize(("padding", "in_channels"), [("symmetric", 3), ("same", 1)])
+def test_onnxruntime_matches_torch(tmp_path: Path, padding: str, in_channels: int) -> None:
+    model = _small_model(padding, in_channels).train()
+    path = export_onnx(model, tmp_path / "m.onnx", in_channels=in_channels, resolution=64)
+    assert path == tmp_path / "m.onnx" and path.is_file()
+    # the caller's model is untouched: still training, BatchNorms not folded
+    assert model.training
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+    graph = onnx.load(str(path)).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert graph.input[0].name == "images" and graph.output[0].name == "logits"
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [in_channels, 64, 64]
+
+    x = torch.randn(3, in_channels, 64, 64)  # batch 3 ≠ the export batch: the axis is dynamic
+    with torch.no_grad():
+        scale = model.eval()(x).abs().max().item()
+    model.train()
+    assert scale > 0.1  # a meaningful signal, not vanishing activations
+    assert check_onnx(model, path, x) < 1e-4
+    assert model.training  # check_onnx restores the mode
+
+
+def test_export_replaces_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old")
+    export_onnx(_small_model(), path, in_channels=3, resolution=32)
+    onnx.checker.check_model(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left behind
+
+
+def test_failed_export_leaves_existing_file_intact(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FovealError, match="cannot run on a"):
+        export_onnx(_small_model(), path, in_channels=5, resolution=32)  # the model takes 3 channels
+    assert path.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_bad_targets(tmp_path: Path) -> None:
+    model = _small_model()
+    with pytest.raises(FovealError, match="does not exist; create it first"):
+        export_onnx(model, tmp_path / "missing" / "m.onnx", in_channels=3, resolution=32)
+    with pytest.raises(FovealError, match="is a folder"):
+        export_onnx(model, tmp_path, in_channels=3, resolution=32)
+    with pytest.raises(FovealError, match="must be positive"):
+        export_onnx(model, tmp_path / "m.onnx", in_channels=3, resolution=0)
+    with pytest.raises(FovealError, match="does not exist; export it first"):
+        check_onnx(model, tmp_path / "none.onnx", torch.zeros(1, 3, 32, 32))
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(FovealError, match="onnxruntime cannot load"):
+        check_onnx(model, tmp_path / "junk.onnx", torch.zeros(1, 3, 32, 32))
