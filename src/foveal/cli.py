@@ -8,10 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from foveal.errors import FovealError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one FovealError line (no usage dump), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise FovealError(f"{message} (see '{self.prog} --help')")
 
 
 def _config_path(name: str | None, task: str) -> Path | None:
@@ -41,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(classify.ClassifyConfig, _config_path(args.config, "classify"), args.overrides)
         out = Path(args.out or cfg.out)
+        if out.exists() and not out.is_dir():
+            raise FovealError(f"run directory {out} is a file: pass a folder with --out (it is created if missing)")
         if out.exists() and any((out / "checkpoints").glob("step-*")) and not args.overwrite:
             raise FovealError(
                 f"run directory {out} already holds checkpoints: continue it with --resume {out}, choose another "
@@ -87,6 +97,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from foveal.inference.export import check_onnx, export_onnx
     from foveal.tasks import classify
 
+    low, high = _onnx_opsets()
+    if not low <= args.opset <= high:
+        raise FovealError(f"--opset {args.opset} is not supported by this torch: choose {low} to {high} (default 17)")
     clf = classify.load_classifier(args.checkpoint)
     path = export_onnx(clf.model, args.out, clf.channels, clf.resolution, opset=args.opset)
     x = torch.randn(2, clf.channels, clf.resolution, clf.resolution)
@@ -94,6 +107,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     shape = f"N×{clf.channels}×{clf.resolution}×{clf.resolution}"
     print(f"wrote {path} (input {shape}); onnxruntime vs torch: max |difference| = {diff:.2e}")
     return 0
+
+
+def _onnx_opsets() -> tuple[int, int]:
+    """The ONNX opsets this torch can export (torch.onnx keeps the range in a private module)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, 20
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -112,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foveal", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="foveal", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model (task: classify)")
@@ -158,14 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may come before or after options; anything else unknown is an error.
-    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
-    if unknown or (extra and args.command != "train"):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if args.command == "train":
-        args.overrides = list(args.overrides) + extra
     try:
+        args, extra = parser.parse_known_args(argv)
+        # Overrides may come before or after options (the config checks each one); anything else unknown is an error.
+        unknown = [e for e in extra if e.startswith("-") or args.command != "train"]
+        if unknown:
+            raise FovealError(
+                f"unrecognized arguments: {' '.join(unknown)} (see 'foveal {args.command} --help' for the options)"
+            )
+        if args.command == "train":
+            args.overrides = list(args.overrides) + extra
         return int(args.func(args))
     except FovealError as exc:
         print(f"foveal: error: {exc}", file=sys.stderr)

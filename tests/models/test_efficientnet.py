@@ -24,7 +24,7 @@ from foveal.models.efficientnet import (
     round_channels,
     round_repeats,
 )
-from foveal.models.layers import Conv2dSame, ConvBNAct, drop_path, fuse_conv_bn
+from foveal.models.layers import Conv2dSame, ConvBNAct, SiLU, SqueezeExcite, drop_path, fuse_conv_bn
 
 # Paper Table 2: parameters (millions, as printed) and FLOPs (billions of multiply-adds, as printed).
 PAPER = {
@@ -284,3 +284,27 @@ def test_conv_bn_act_structure() -> None:
     assert isinstance(block.bn, nn.BatchNorm2d) and block.bn.eps == 1e-5
     assert isinstance(block.act, nn.Identity)
     assert block(torch.randn(2, 4, 9, 9)).shape == (2, 8, 5, 5)
+
+
+def test_silu_in_place_only_without_autograd() -> None:
+    act = SiLU()
+    x = torch.randn(4, 3, requires_grad=True)
+    y = act(x)
+    assert y.data_ptr() != x.data_ptr()  # under autograd: a new output, the input is kept for backward
+    y.sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    F.silu(ref).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+    with torch.no_grad():
+        z = torch.randn(4, 3)
+        want = F.silu(z)
+        assert act(z).data_ptr() == z.data_ptr()  # without autograd: in place, no allocation
+        torch.testing.assert_close(z, want)
+
+
+def test_squeeze_excite_equals_its_convolution_form() -> None:
+    torch.manual_seed(0)
+    se = SqueezeExcite(24, 6)
+    x = torch.randn(3, 24, 5, 7)
+    s = se.expand(F.silu(se.reduce(x.mean((2, 3), keepdim=True))))
+    torch.testing.assert_close(se(x), x * s.sigmoid(), atol=1e-6, rtol=1e-6)

@@ -8,6 +8,7 @@ bf16 autocast, distributed data-parallel, progress bars, metric logs, curves and
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, barrier
 from foveal.engine.logging import MetricLog
 from foveal.engine.optim import ModelEMA, OptimConfig, build_optimizer, build_schedule
+from foveal.errors import FovealError
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,11 @@ class Trainer:
         self.plot_curves = plot_curves
         self.global_batch = batch_size
         n = len(train_set)  # type: ignore[arg-type]
-        self.steps_per_epoch = max(1, n // batch_size)
+        if n < batch_size:
+            raise FovealError(
+                f"the training data has {n} samples, fewer than one batch of {batch_size}: lower data.batch_size"
+            )
+        self.steps_per_epoch = n // batch_size
         self.total_steps = int(math.ceil(train.epochs * self.steps_per_epoch))
         self.optimizer = build_optimizer(model, optim, batch_size)
         self.schedule = build_schedule(optim, batch_size, self.steps_per_epoch, self.total_steps)
@@ -218,6 +224,9 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        if self.step == 0 and self.dist.is_main:
+            # A fresh run replaces whatever an earlier run left in this directory (the CLI asks for --overwrite).
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         log = MetricLog(self.run_dir, resume_step=self.step) if self.dist.is_main else None
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)

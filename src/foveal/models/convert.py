@@ -80,7 +80,8 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
         variant: "b0" … "b7", also spelled "efficientnet_b3" or timm's "tf_efficientnet_b3" (a ``tf_`` name selects
             TensorFlow "same" padding and BN eps 1e-3). None infers width and depth from the tensor shapes; a ``tf_``
             port is then recognised only when the path contains "tf_efficientnet" (as timm's hub files do), else pass
-            ``padding="same", bn_eps=1e-3``.
+            ``padding="same", bn_eps=1e-3``. A foveal file that stores its constructor arguments under "args" is
+            rebuilt from them.
         **model_kwargs: :class:`EfficientNet` arguments that override the inferred ones (e.g. ``dropout``); a value of
             None keeps the inferred one.
 
@@ -92,7 +93,6 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
     container = _read(path)
     state = _unwrap(container, path)
     layout = detect_layout(state)
-    tf_port = False
     if variant is not None:
         name, tf_port = _parse_variant(variant)
     else:
@@ -101,7 +101,7 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
     stages = _block_prefixes(state, layout)
     renamed = _rename(state, layout, stages)
 
-    args: dict[str, Any] = _stored_args(container) if layout == "foveal" else {}
+    args: dict[str, Any] = _stored_args(container) if layout == "foveal" and variant is None else {}
     if not args:
         args = _infer_args(renamed, [len(s) for s in stages], name)
         if layout in ("timm", "torchvision"):

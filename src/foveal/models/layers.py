@@ -39,6 +39,17 @@ def make_conv(
     return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
 
 
+class SiLU(nn.SiLU):
+    """swish, x · sigmoid(x): in place when autograd is not recording, out of place when it is.
+
+    An in-place SiLU under autograd must first copy its input for the backward pass, which costs more than writing a
+    new output; without autograd (inference) in place saves the allocation. Use it where the input is a temporary.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
 class ConvBNAct(nn.Module):
     """conv → BatchNorm → activation (SiLU by default, none when ``act=False``)."""
 
@@ -57,7 +68,7 @@ class ConvBNAct(nn.Module):
         super().__init__()
         self.conv = make_conv(cin, cout, kernel, stride, groups, padding=padding)
         self.bn: nn.Module = nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum)
-        self.act: nn.Module = nn.SiLU(inplace=True) if act else nn.Identity()
+        self.act: nn.Module = SiLU() if act else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -72,9 +83,12 @@ class SqueezeExcite(nn.Module):
         self.expand = nn.Conv2d(reduced, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.expand(F.silu(self.reduce(s)))
-        return x * s.sigmoid()
+        # The 1×1 convs see a 1×1 map, so they are matrix products on (N, C): the same maths as conv2d with the same
+        # parameters, without a convolution call's overhead (several times faster on CPU).
+        s = x.mean((2, 3))
+        s = F.silu(F.linear(s, self.reduce.weight.flatten(1), self.reduce.bias))
+        s = F.linear(s, self.expand.weight.flatten(1), self.expand.bias)
+        return x * s.sigmoid()[:, :, None, None]
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:

@@ -218,9 +218,13 @@ def _subset(data: Any, limit: int | None, seed: int = 0) -> Any:
 
 
 def open_data(cfg: DataConfig) -> tuple[Any, Any]:
-    """(train, val) ``ClassificationData`` of ``cfg``; checks that both have the same classes."""
+    """(train, val) ``ClassificationData`` of ``cfg``; checks that both have the same classes and that every image
+    of an image folder decodes (so a corrupt file stops the run before training, naming the file)."""
     from foveal.data.classification import open_dataset, split_train_val, subset
 
+    for key, limit in (("data.limit", cfg.limit), ("data.val_limit", cfg.val_limit)):
+        if limit is not None and limit < 1:
+            raise FovealError(f"{key}={limit}: use a positive number of images, or null for all of them")
     train = open_dataset(cfg.train, "train", channels=cfg.channels)
     val = open_dataset(cfg.val or cfg.train, "test" if cfg.val is None else "val", channels=train.channels)
     if isinstance(train.images, list) and train.images == val.images:
@@ -232,7 +236,10 @@ def open_data(cfg: DataConfig) -> tuple[Any, Any]:
             f"validation data {cfg.val or cfg.train} has classes {val.classes} but training data has {train.classes}: "
             "use datasets with the same class folders"
         )
-    return _subset(train, cfg.limit), _subset(val, cfg.val_limit)
+    train, val = _subset(train, cfg.limit), _subset(val, cfg.val_limit)
+    train.verify()  # a no-op for in-memory (IDX) data
+    val.verify()
+    return train, val
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------------
@@ -270,7 +277,10 @@ def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, resume: str | 
     if resume is not None:
         latest = ckpt_io.latest_checkpoint(resume)
         if latest is None:
-            raise FovealError(f"nothing to resume in {resume}: it holds no checkpoints/step-* directory")
+            raise FovealError(
+                f"nothing to resume in {resume}: it holds no checkpoints/step-* directory; pass the --out folder of an "
+                "earlier 'foveal train' run, or start a new run there without --resume"
+            )
         resume_ckpt = ckpt_io.load_checkpoint(latest, with_state=True)
         _check_task(resume_ckpt)
         from foveal.config import from_dict
@@ -290,6 +300,8 @@ def _train(
     cfg: ClassifyConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device
 ) -> dict[str, Any]:
     tcfg = cfg.train
+    if cfg.data.batch_size < 1:
+        raise FovealError(f"data.batch_size={cfg.data.batch_size}: use a positive batch size, e.g. data.batch_size=64")
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     if tcfg.deterministic:
@@ -301,7 +313,15 @@ def _train(
         )
     torch.manual_seed(tcfg.seed)
     train_data, val_data = open_data(cfg.data)
+    if len(train_data) < cfg.data.batch_size:
+        raise FovealError(
+            f"training data {cfg.data.train} has {len(train_data)} images, fewer than one batch "
+            f"(data.batch_size={cfg.data.batch_size}): lower data.batch_size, or "
+            + ("raise data.limit" if cfg.data.limit is not None else "add images")
+        )
     res = resolution_of(cfg.model)
+    if res < 1:
+        raise FovealError(f"model.resolution={res}: use a positive input size in pixels, e.g. model.resolution=224")
     model = build_classifier(cfg.model, len(train_data.classes), train_data.channels)
     if cfg.model.weights and resume_ckpt is None:
         _init_weights(model, cfg.model)
@@ -390,7 +410,12 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
         raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
     if not isinstance(model, eff.EfficientNet):
         raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
-    ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
+    try:
+        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
+    except FovealError as exc:
+        raise FovealError(
+            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
+        ) from None
     model.eval()
     if fuse:
         model = copy.deepcopy(model)
@@ -427,6 +452,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None, split: str, out: str
     from foveal.report.plots import plot_confusion
     from foveal.report.tables import write_metrics_json
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise FovealError(f"output folder {out} is a file: pass a folder for metrics.json and confusion.png")
     clf = load_classifier(path, fuse=True)
     cfg_data = clf.meta.get("config", {}).get("data", {})
     spec = data or cfg_data.get("val") or cfg_data.get("train")
@@ -442,7 +469,10 @@ def evaluate_checkpoint(path: str | Path, data: str | None, split: str, out: str
     result = evaluate(clf.model, samples, clf.classes)
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FovealError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
         write_metrics_json(result, out / "metrics.json")
         plot_confusion(result.confusion, clf.classes, out / "confusion.png")
     return result
