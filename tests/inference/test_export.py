@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import onnx
@@ -61,6 +62,9 @@ def test_export_replaces_an_existing_file(tmp_path: Path) -> None:
     export_onnx(_small_model(), path, in_channels=3, resolution=32)
     onnx.checker.check_model(str(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions of a new file
 
 
 def test_failed_export_leaves_existing_file_intact(tmp_path: Path) -> None:

@@ -308,3 +308,28 @@ def test_squeeze_excite_equals_its_convolution_form() -> None:
     x = torch.randn(3, 24, 5, 7)
     s = se.expand(F.silu(se.reduce(x.mean((2, 3), keepdim=True))))
     torch.testing.assert_close(se(x), x * s.sigmoid(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_inference_reuses_temporaries_without_changing_results(fused: bool) -> None:
+    model = _randomize(efficientnet(-2, num_classes=10)).eval()
+    if fused:
+        fuse_conv_bn(model)
+    x = torch.randn(2, 3, 64, 64)
+    x_before = x.clone()
+    recorded = model(x)  # autograd records: out-of-place path
+    with torch.inference_mode():
+        reused = model(x)  # in-place path
+    assert torch.equal(x, x_before)  # the caller's input is never overwritten
+    torch.testing.assert_close(reused, recorded.detach(), atol=0, rtol=0)
+
+
+def test_init_follows_reference_fan_out_including_depthwise():
+    torch.manual_seed(0)
+    model = efficientnet_variant("b0", num_classes=10)
+    dw = model.stages[1][0].depthwise.conv  # a depthwise kernel has fan-out k·k
+    k = dw.kernel_size[0]
+    assert dw.groups == dw.out_channels
+    assert float(dw.weight.std()) == pytest.approx(math.sqrt(2.0 / (k * k)), rel=0.1)
+    pw = model.stages[1][0].project.conv
+    assert float(pw.weight.std()) == pytest.approx(math.sqrt(2.0 / pw.out_channels), rel=0.1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
@@ -50,6 +50,8 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, resolution
         raise FovealError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
     if path.is_dir():
         raise FovealError(f"cannot write '{path}': it is a folder; pass a file name such as '{path / 'model.onnx'}'")
+    if not os.access(path.parent, os.W_OK):
+        raise FovealError(f"cannot write '{path}': no permission to write in '{path.parent}'; choose another folder")
 
     export_model = fuse_conv_bn(copy.deepcopy(model).eval()).to("cpu")
     dummy = torch.zeros(1, in_channels, resolution, resolution)
@@ -63,9 +65,9 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, resolution
             "in_channels and resolution it was built for"
         ) from None
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # a unique name beside the target (same file system, so os.replace is atomic); created by the exporter itself so
+    # the file gets the usual permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         _export(export_model, dummy, tmp, opset)
         import onnx

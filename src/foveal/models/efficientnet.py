@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.models.backbones import FeatureInfo
-from foveal.models.layers import ConvBNAct, SqueezeExcite, drop_path
+from foveal.models.layers import ConvBNAct, SqueezeExcite, drop_path, records_grad
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class MBConv(nn.Module):
         bn: dict[str, Any] = {"padding": padding, "bn_momentum": bn_momentum, "bn_eps": bn_eps}
         self.expand = ConvBNAct(cin, mid, 1, **bn) if expand != 1 else nn.Identity()
         self.depthwise = ConvBNAct(mid, mid, kernel, stride, groups=mid, **bn)
-        self.se = SqueezeExcite(mid, max(1, int(cin * se_ratio)))
+        self.se = SqueezeExcite(mid, max(1, int(cin * se_ratio)), inplace=True)
         self.project = ConvBNAct(mid, cout, 1, act=False, **bn)
         self.residual = stride == 1 and cin == cout
         self.drop_path = drop_path
@@ -127,7 +127,9 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.project(self.se(self.depthwise(self.expand(x))))
         if self.residual:
-            y = drop_path(y, self.drop_path, self.training) + x
+            y = drop_path(y, self.drop_path, self.training)
+            # without autograd, the block's own temporaries are reused in place (the SE gate too): fewer allocations
+            y = y + x if records_grad(y, x) else y.add_(x)
         return y
 
 
@@ -214,10 +216,13 @@ class EfficientNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Reference-code initialisers: conv He-normal (fan-out), dense uniform ±1/sqrt(fan_out), BN γ = 1, β = 0.
+        # Reference-code initialisers: conv He-normal over fan-out = k·k·out/groups (a depthwise kernel has fan-out
+        # k·k), dense uniform ±1/sqrt(fan_out), BN γ = 1, β = 0.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                kh, kw = m.kernel_size
+                fan_out = kh * kw * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):

@@ -39,6 +39,15 @@ def make_conv(
     return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
 
 
+def records_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors``; when it does not, temporaries may be reused in place.
+
+    Inference is dominated by memory traffic on CPU (a fresh large tensor costs page faults), so blocks that own an
+    intermediate result overwrite it when no backward pass will need it.
+    """
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class SiLU(nn.SiLU):
     """swish, x · sigmoid(x): in place when autograd is not recording, out of place when it is.
 
@@ -47,7 +56,7 @@ class SiLU(nn.SiLU):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+        return F.silu(x, inplace=not records_grad(x))
 
 
 class ConvBNAct(nn.Module):
@@ -75,20 +84,25 @@ class ConvBNAct(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation: global average → 1×1 reduce → SiLU → 1×1 expand → sigmoid gate."""
+    """Squeeze-and-excitation: global average → 1×1 reduce → SiLU → 1×1 expand → sigmoid gate.
 
-    def __init__(self, channels: int, reduced: int) -> None:
+    With ``inplace=True`` the gate is applied to the input tensor itself when autograd is not recording (for callers
+    whose input is a temporary, like :class:`~foveal.models.efficientnet.MBConv`).
+    """
+
+    def __init__(self, channels: int, reduced: int, inplace: bool = False) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, reduced, 1)
         self.expand = nn.Conv2d(reduced, channels, 1)
+        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
         # The 1×1 convs see a 1×1 map, so they are matrix products on (N, C): the same maths as conv2d with the same
         # parameters, without a convolution call's overhead (several times faster on CPU).
         s = x.mean((2, 3))
         s = F.silu(F.linear(s, self.reduce.weight.flatten(1), self.reduce.bias))
-        s = F.linear(s, self.expand.weight.flatten(1), self.expand.bias)
-        return x * s.sigmoid()[:, :, None, None]
+        gate = F.linear(s, self.expand.weight.flatten(1), self.expand.bias).sigmoid()[:, :, None, None]
+        return x.mul_(gate) if self.inplace and not records_grad(x, gate) else x * gate
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
@@ -101,6 +115,8 @@ def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
     if drop_prob <= 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
+    if keep <= 0.0:
+        return torch.zeros_like(x)
     mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
     return x * mask.div_(keep)
 

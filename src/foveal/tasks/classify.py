@@ -120,16 +120,25 @@ def build_classifier(cfg: ModelConfig, num_classes: int, in_channels: int) -> ef
     )
 
 
-def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> None:
-    """Load ``cfg.weights`` (foveal checkpoint or foreign state dict) into ``model``."""
+def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
+    """``model`` initialised from ``cfg.weights`` (a foveal checkpoint or a foreign state-dict file).
+
+    The weights keep the BatchNorm epsilon and padding they were trained with (timm and torchvision use 1e-5 and
+    symmetric padding, TF ports "same"), so the model is rebuilt with those when they differ from the config.
+    """
     assert cfg.weights is not None
     path = Path(cfg.weights)
     if path.is_dir():
-        weights = ckpt_io.load_checkpoint(path).weights
+        ckpt = ckpt_io.load_checkpoint(path)
+        weights, source_args = ckpt.weights, dict(ckpt.meta.get("model", {}).get("args", {}))
     else:
         from foveal.models.convert import import_efficientnet
 
-        weights = import_efficientnet(path, num_classes=None).state_dict()
+        imported = import_efficientnet(path, num_classes=None)
+        weights, source_args = imported.state_dict(), imported.args
+    kept = {k: source_args[k] for k in ("bn_eps", "padding") if k in source_args}
+    if any(model.args[k] != v for k, v in kept.items()):
+        model = eff.from_args({**model.args, **kept})
     if cfg.new_classifier:
         weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
         weights.update({k: v for k, v in model.state_dict().items() if k.startswith("classifier.")})
@@ -141,6 +150,7 @@ def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> None:
             "add model.new_classifier=true to fine-tune with a fresh classifier"
         )
     ckpt_io.load_weights_into(model, weights, f"weights {path}")
+    return model
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -324,7 +334,7 @@ def _train(
         raise FovealError(f"model.resolution={res}: use a positive input size in pixels, e.g. model.resolution=224")
     model = build_classifier(cfg.model, len(train_data.classes), train_data.channels)
     if cfg.model.weights and resume_ckpt is None:
-        _init_weights(model, cfg.model)
+        model = _init_weights(model, cfg.model)
     if dist_info.enabled:
         convert_batchnorm(model, device)
     model.to(device)
