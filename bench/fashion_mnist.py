@@ -38,13 +38,18 @@ def main() -> int:
     run = Path(args.out)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_top1" in r]
-    result = classify.evaluate_checkpoint(run, "fashion-mnist", "test", None)
+    # The final weights, not the "best" checkpoint: validation here is the test split, so picking by it would leak.
+    from foveal.engine.checkpoint import latest_checkpoint
+
+    final = latest_checkpoint(run)
+    assert final is not None
+    result = classify.evaluate_checkpoint(final, "fashion-mnist", "test", None)
     out = {
         "benchmark": "Fashion-MNIST 60k train / 10k test, recipe configs/classify_cpu.yaml",
         "command": "python bench/fashion_mnist.py " + " ".join(args.overrides),
         "test_top1": result.top1,
         "test_top5": result.top5,
-        "best_checkpoint_step": metrics.get("step"),
+        "final_step": metrics.get("step"),
         "training_minutes_incl_evals": evals[-1]["time_s"] / 60 if evals else None,
         "wall_minutes_total": wall / 60,
         "epochs_done": evals[-1]["epoch"] if evals else None,

@@ -54,3 +54,17 @@ def test_ema_follows_weights_with_warmup():
     assert ema.module.weight.flatten().tolist() == pytest.approx([1 - d, 1 - d])
     assert not any(p.requires_grad for p in ema.module.parameters())
     assert math.isclose(ema.decay, 0.9999)
+
+
+def test_seeded_is_repeatable_and_restores_the_global_rng():
+    from foveal.engine.trainer import seeded
+
+    torch.manual_seed(1)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1)
+    with seeded(42):
+        a = torch.rand(3)
+    with seeded(42):
+        b = torch.rand(3)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.rand(3), expected_next)

@@ -21,7 +21,6 @@ def register(name: str, builder: Callable[..., nn.Module]) -> None:
 for _v in _eff.VARIANTS:
     register(f"efficientnet_{_v}", lambda v=_v, **kw: _eff.efficientnet_variant(v, **kw))
 register("efficientnet", _eff.efficientnet)  # needs phi=...
-register("efficientnet_custom", _eff.from_args)  # rebuilt from stored args
 
 
 def model_names() -> list[str]:
@@ -38,14 +37,6 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         return _BUILDERS[name](**kwargs)
     except TypeError as exc:
         raise FovealError(f"bad arguments for model '{name}': {exc}") from None
-
-
-def model_args(model: nn.Module) -> dict[str, Any]:
-    """The plain arguments that rebuild ``model`` through ``build_model('efficientnet_custom', args=...)``."""
-    args = getattr(model, "args", None)
-    if not isinstance(args, dict):
-        raise FovealError(f"model {type(model).__name__} does not record its arguments; it cannot be checkpointed")
-    return dict(args)
 
 
 def rebuild(spec: dict[str, Any]) -> nn.Module:

@@ -18,7 +18,7 @@ from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
 from foveal.engine.optim import OptimConfig
-from foveal.engine.trainer import TrainConfig, Trainer
+from foveal.engine.trainer import TrainConfig, Trainer, seeded
 from foveal.errors import FovealError
 from foveal.models import efficientnet as eff
 from foveal.models.layers import fuse_conv_bn
@@ -161,9 +161,24 @@ def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
     return (x.float() / 255.0 - m) / s
 
 
+class _Square(v2.Transform):
+    """Resize the shorter side to ``resolution`` and centre-crop a square; images already that size pass untouched."""
+
+    def __init__(self, resolution: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.resize = v2.Compose([v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
+
+    def forward(self, *inputs: Any) -> Any:
+        image = inputs[0]
+        if isinstance(image, Tensor) and image.shape[-2:] == (self.resolution, self.resolution):
+            return image
+        return self.resize(*inputs)
+
+
 def eval_transform(resolution: int) -> v2.Transform:
     """Resize the shorter side to ``resolution`` and centre-crop a square (uint8 tensors)."""
-    return v2.Compose([v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
+    return _Square(resolution)
 
 
 def train_transform(resolution: int, augment: str) -> v2.Transform:
@@ -203,8 +218,7 @@ class ClassifySamples(Dataset[tuple[Tensor, int]]):
         if isinstance(key, tuple):
             index, seed = key
             image, label = self.data.get(index)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with seeded(seed):
                 image = self.transform(image)
         else:
             image, label = self.data.get(key)
