@@ -163,7 +163,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.updates = int(ckpt.meta.get("ema_updates", self.step))
 
-    def _save(self, name: str, metrics: dict[str, Any] | None = None) -> Path:
+    def _save(self, name: str, metrics: dict[str, Any] | None = None, resumable: bool = True) -> Path:
         meta = {
             **self.meta,
             "step": self.step,
@@ -177,7 +177,8 @@ class Trainer:
             model=self.model,
             meta=meta,
             ema=self.ema.module if self.ema else None,
-            optimizer=self.optimizer,
+            optimizer=self.optimizer if resumable else None,
+            with_rng=resumable,
         )
         return path
 
@@ -219,15 +220,9 @@ class Trainer:
             record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "time_s": train_time}
             record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             log.append(record)
-            path = self._save(f"step-{self.step:08d}", metrics)
+            self._save(f"step-{self.step:08d}", metrics)
             if improved:
-                ckpt_io.save_checkpoint(
-                    self.run_dir / "checkpoints" / "best",
-                    model=self.model,
-                    meta={**ckpt_io.load_checkpoint(path).meta},
-                    ema=self.ema.module if self.ema else None,
-                    with_rng=False,
-                )
+                self._save("best", metrics, resumable=False)
             ckpt_io.prune_checkpoints(self.run_dir, self.cfg.keep_last)
             log.write_csv()
             if self.plot_curves is not None:
