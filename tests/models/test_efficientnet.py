@@ -330,6 +330,6 @@ def test_init_follows_reference_fan_out_including_depthwise():
     dw = model.stages[1][0].depthwise.conv  # a depthwise kernel has fan-out k·k
     k = dw.kernel_size[0]
     assert dw.groups == dw.out_channels
-    assert float(dw.weight.std()) == pytest.approx(math.sqrt(2.0 / (k * k)), rel=0.1)
+    assert float(dw.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / (k * k)), rel=0.1)
     pw = model.stages[1][0].project.conv
-    assert float(pw.weight.std()) == pytest.approx(math.sqrt(2.0 / pw.out_channels), rel=0.1)
+    assert float(pw.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / pw.out_channels), rel=0.1)
