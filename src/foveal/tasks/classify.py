@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from foveal.config import to_dict
+from foveal.config import from_dict, to_dict
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
@@ -307,8 +307,6 @@ def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, resume: str | 
             )
         resume_ckpt = ckpt_io.load_checkpoint(latest, with_state=True)
         _check_task(resume_ckpt)
-        from foveal.config import from_dict
-
         cfg = from_dict(ClassifyConfig, resume_ckpt.meta["config"])
         run_dir = Path(resume)
     run = Path(run_dir or cfg.out)
