@@ -1,4 +1,4 @@
-"""The ``foveal`` command line: train, eval, predict, export, models, demo.
+"""The ``foveal`` command line: train, eval, predict, export, models, weightmap, demo.
 
 Every error a user can cause is printed as one line ``foveal: error: ...`` with a non-zero exit code, no traceback.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from foveal.errors import FovealError
 
@@ -36,18 +36,27 @@ def _config_path(name: str | None, task: str) -> Path | None:
     raise FovealError(f"config file not found: {name} (give a YAML path or a bundled recipe: {recipes})")
 
 
+def _task_module(task: str) -> Any:
+    if task == "classify":
+        from foveal.tasks import classify
+
+        return classify
+    from foveal.tasks import segment
+
+    return segment
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from foveal.config import load_config
-    from foveal.tasks import classify
 
-    if args.task != "classify":
-        raise FovealError(f"task '{args.task}' is not available yet: use 'foveal train classify'")
+    module = _task_module(args.task)
+    config_cls = module.ClassifyConfig if args.task == "classify" else module.SegmentConfig
     if args.resume:
         if args.overrides or args.config:
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
-        result = classify.train(classify.ClassifyConfig(), resume=args.resume)
+        result = module.train(config_cls(), resume=args.resume)
     else:
-        cfg = load_config(classify.ClassifyConfig, _config_path(args.config, "classify"), args.overrides)
+        cfg = load_config(config_cls, _config_path(args.config, args.task), args.overrides)
         out = Path(args.out or cfg.out)
         if out.exists() and not out.is_dir():
             raise FovealError(f"run directory {out} is a file: pass a folder with --out (it is created if missing)")
@@ -56,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"run directory {out} already holds checkpoints: continue it with --resume {out}, choose another "
                 "--out, or pass --overwrite to train over it"
             )
-        result = classify.train(cfg, run_dir=out)
+        result = module.train(cfg, run_dir=out)
     _print_metrics(result)
     print(f"run directory: {result['run_dir']}")
     return 0
@@ -68,17 +77,40 @@ def _print_metrics(metrics: dict[str, object]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from foveal.report.tables import format_metrics
-    from foveal.tasks import classify
+    from foveal.engine.checkpoint import checkpoint_task
 
-    result = classify.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
-    print(format_metrics(result))
+    if checkpoint_task(args.checkpoint) == "segment":
+        from foveal.tasks import segment_eval
+
+        seg = segment_eval.evaluate_checkpoint(args.checkpoint, args.data, args.out)
+        print(seg.format())
+    else:
+        from foveal.report.tables import format_metrics
+        from foveal.tasks import classify
+
+        result = classify.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
+        print(format_metrics(result))
     if args.out:
-        print(f"metrics and confusion matrix written to {args.out}")
+        print(f"metrics written to {args.out}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from foveal.engine.checkpoint import checkpoint_task
+
+    if checkpoint_task(args.checkpoint) == "segment":
+        from dataclasses import asdict
+
+        from foveal.engine.logging import write_json as write_records
+        from foveal.tasks import segment_eval
+
+        out = args.out or "predictions"
+        rows = segment_eval.predict(args.checkpoint, args.inputs, out, tile=args.tile, fmt=args.format)
+        print(segment_eval.format_predictions(rows))
+        if args.json:
+            write_records(args.json, [asdict(r) for r in rows])
+        print(f"label images and overlays written to {out}")
+        return 0
     from foveal.report.tables import format_table, write_csv, write_json
     from foveal.tasks import classify
 
@@ -134,13 +166,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weightmap(args: argparse.Namespace) -> int:
+    from foveal.tasks.segment_eval import weightmap_figures
+
+    paths = weightmap_figures(args.data, args.out, w0=args.w0, sigma=args.sigma, limit=args.limit)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="foveal", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (task: classify)")
-    p.add_argument("task", choices=["classify"], help="what to train")
-    p.add_argument("--config", help="YAML recipe (path, or bundled name such as classify_cpu)")
+    p = sub.add_parser("train", help="train a model (task: classify or segment)")
+    p.add_argument("task", choices=["classify", "segment"], help="what to train")
+    p.add_argument("--config", help="YAML recipe (path, or bundled name such as classify_cpu or segment_cpu)")
     p.add_argument("--out", help="run directory (default: the config's 'out')")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="train into a run directory that already has checkpoints")
@@ -150,16 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--data", help="dataset spec (default: the checkpoint's validation data)")
-    p.add_argument("--split", default="test", help="split of an IDX dataset or image folder (default: test)")
-    p.add_argument("--out", help="folder for metrics.json and confusion.png")
+    p.add_argument("--split", default="test", help="classification: split of an IDX dataset or image folder")
+    p.add_argument("--out", help="folder for metrics.json (and confusion.png for classifiers)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes of images")
+    p = sub.add_parser("predict", help="classify images (top-k) or segment them (label images and overlays)")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", help="also write the predictions as JSON here")
-    p.add_argument("--csv", help="also write the predictions as CSV here")
+    p.add_argument("--csv", help="also write the predictions as CSV here (classification)")
+    p.add_argument("--out", help="segmentation: folder for label images and overlays (default: predictions)")
+    p.add_argument("--tile", type=int, help="segmentation: output tile edge (default: the checkpoint's eval tile)")
+    p.add_argument("--format", choices=["tif", "png"], default="tif", help="segmentation: label image format")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against onnxruntime)")
@@ -171,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list EfficientNet variants with parameters, FLOPs and resolution")
     p.add_argument("--phi", type=float, action="append", default=[], help="also list the model for this φ")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("weightmap", help="the U-Net border weight map of instance masks, drawn like the paper's Fig. 3")
+    p.add_argument("data", help="dataset with instance masks (nuclei-sample, a folder with images/ and masks/)")
+    p.add_argument("--out", default="weightmaps", help="output folder (default: weightmaps)")
+    p.add_argument("--w0", type=float, default=10.0, help="border weight w0 (default 10)")
+    p.add_argument("--sigma", type=float, default=5.0, help="border width σ in pixels (default 5)")
+    p.add_argument("--limit", type=int, default=4, help="images to draw (default 4)")
+    p.set_defaults(func=cmd_weightmap)
 
     p = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample; write everything to one folder")
     p.add_argument("--out", default="foveal-demo", help="output folder (default: foveal-demo)")

@@ -110,7 +110,21 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         if key not in valid:
             raise _unknown_key(key, valid, where)
         kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
+        base = _section_default(cls, key)
+        if base is not None and isinstance(value, dict):
+            # A section given in part keeps the enclosing config's defaults for the rest (a task's recipe may differ
+            # from the section class's own defaults, e.g. SGD for U-Net where the optimizer class defaults to RMSProp).
+            kwargs[key] = dataclasses.replace(base, **{k: getattr(kwargs[key], k) for k in value})
     return cls(**kwargs)
+
+
+def _section_default(cls: type, key: str) -> Any:
+    """The default value of field ``key`` of ``cls`` when it is a dataclass instance (a config section), else None."""
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == key and f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            return value if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
+    return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

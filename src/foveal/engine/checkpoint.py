@@ -189,6 +189,19 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FovealError(f"{p} holds no foveal checkpoint (expected {_META} and {_MODEL}, or a run directory)")
 
 
+def checkpoint_task(path: str | Path) -> str:
+    """The task ("classify", "segment", ...) of the checkpoint at ``path``, read from its record only."""
+    p = find_checkpoint(path)
+    try:
+        meta = json.loads((p / _META).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FovealError(f"checkpoint record {p / _META} is unreadable ({exc}); the checkpoint is damaged") from None
+    task = meta.get("task") if isinstance(meta, dict) else None
+    if not isinstance(task, str):
+        raise FovealError(f"{p} is not a foveal checkpoint (its {_META} names no task)")
+    return task
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     steps = sorted(d for d in (Path(run_dir) / "checkpoints").glob("step-*") if (d / _META).is_file())
     return steps[-1] if steps else None

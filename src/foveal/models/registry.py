@@ -44,4 +44,8 @@ def rebuild(spec: dict[str, Any]) -> nn.Module:
     arch = spec.get("arch")
     if arch == "efficientnet":
         return _eff.from_args(spec["args"])
+    if arch == "unet":
+        from foveal.models import unet
+
+        return unet.from_args(spec["args"])
     raise FovealError(f"checkpoint holds a model of unknown architecture '{arch}'; was it written by a newer foveal?")

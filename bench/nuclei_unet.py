@@ -1,0 +1,81 @@
+"""U-Net on the bundled nuclei image: train on the left 384 columns, evaluate on the right 128.
+
+Runs the CPU recipe (configs/segment_cpu.yaml) twice with the same seed and budget: with the paper's border weight
+map (w0 = 10) and without it (w0 = 0), and reports for each the instance F1 / AP at IoU 0.5, the foreground IoU, the
+Rand error and how many touching ground-truth pairs the prediction merged. The FINAL weights of each run are
+evaluated (not the best validation checkpoint, since the validation columns are the evaluation columns).
+
+    python bench/nuclei_unet.py            # both runs (about 2 x the recipe's max_minutes)
+    python bench/nuclei_unet.py --w0 10    # one run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from foveal.cli import CONFIG_DIR
+from foveal.config import load_config, to_dict
+from foveal.engine.checkpoint import latest_checkpoint
+from foveal.tasks import segment, segment_eval
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_once(w0: float, out: Path, extra: list[str]) -> dict[str, object]:
+    cfg = load_config(segment.SegmentConfig, CONFIG_DIR / "segment_cpu.yaml", [f"weights.w0={w0}", *extra])
+    run = out / f"w0-{w0:g}"
+    start = time.perf_counter()
+    segment.train(cfg, run_dir=run)
+    minutes = (time.perf_counter() - start) / 60
+    final = latest_checkpoint(run)
+    assert final is not None
+    result = segment_eval.evaluate_checkpoint(final, None, run / "final-eval")
+    s = result.summary()
+    return {
+        "w0": w0,
+        "train_minutes": round(minutes, 2),
+        "steps": json.loads((final / "checkpoint.json").read_text())["step"],
+        "f1_50": s["f1_50"],
+        "ap_50": result.instances.ap_at(0.5),
+        "mean_ap_50_95": s["ap"],
+        "fg_iou": s["fg_iou"],
+        "pixel_error": s["pixel_error"],
+        "rand_error": s["rand_error"],
+        "merged_pairs": s["merged_pairs"],
+        "touching_pairs": s["touching_pairs"],
+        "tp_fp_fn_50": [result.instances.tp[0], result.instances.fp[0], result.instances.fn[0]],
+        "config": to_dict(cfg),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--w0", type=float, action="append", help="border weights to run (default: 10 and 0)")
+    parser.add_argument("--out", default="runs/bench-nuclei", help="run directories")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = [run_once(w0, Path(args.out), args.overrides) for w0 in (args.w0 or [10.0, 0.0])]
+    record = {
+        "split": "nuclei sample 256x512: train on columns 0-383, evaluate on columns 384-511",
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads",
+        "runs": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "nuclei_unet.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{'w0':>4} {'minutes':>8} {'steps':>6} {'F1@0.5':>7} {'AP@0.5':>7} {'fg IoU':>7} {'Rand err':>8} merged")
+    for r in rows:
+        print(
+            f"{r['w0']:>4g} {r['train_minutes']:>8.1f} {r['steps']:>6} {r['f1_50']:>7.3f} {r['ap_50']:>7.3f} "
+            f"{r['fg_iou']:>7.3f} {r['rand_error']:>8.4f} {r['merged_pairs']}/{r['touching_pairs']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

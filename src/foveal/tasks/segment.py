@@ -1,0 +1,454 @@
+"""Semantic and instance segmentation with U-Net: config, training tiles, training and checkpoint loading.
+
+Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015.
+The defaults are the paper's: valid convolutions, training tiles with the context the network consumes, elastic
+deformation, the border weight map (w0 = 10, σ = 5 px) on a pixel-wise soft-max cross-entropy, SGD with momentum
+0.99 and batch 1. Evaluation, prediction and the weight-map figure are in :mod:`foveal.tasks.segment_eval`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from foveal.config import from_dict, to_dict
+from foveal.data.augment import AugmentConfig, augment_batch
+from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
+from foveal.engine.logging import write_json
+from foveal.engine.optim import OptimConfig
+from foveal.engine.trainer import TrainConfig, Trainer
+from foveal.errors import FovealError
+from foveal.inference.tiling import reflect_pad
+
+TASK = "segment"
+
+
+@dataclass(frozen=True)
+class SegModelConfig:
+    """Which network. ``name`` "unet" is the paper's (``padding`` "valid", no BatchNorm); "same" padding with
+    ``batch_norm`` is the common modern variant. "backbone_unet" puts a U-Net decoder on ``encoder`` (any backbone of
+    the contract: efficientnet_b0 … b7, resnet18/34/50/101)."""
+
+    name: Literal["unet", "backbone_unet"] = "unet"
+    depth: int = 4
+    base_width: int = 64
+    padding: Literal["valid", "same"] = "valid"
+    batch_norm: bool = False
+    dropout: float = 0.5
+    encoder: str = "efficientnet_b0"
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    """Images and masks, and how training tiles are cut from them.
+
+    ``train`` / ``val`` are dataset specs: "nuclei-sample" (bundled), a folder with images/ and masks/, or a TIFF
+    stack. Without ``val``, ``split_columns`` trains on the columns left of it and validates on the rest (one large
+    image), else ``val_fraction`` of the images are held out. ``tile`` is the OUTPUT edge of a training tile (the
+    paper: 388, from a 572 input); ``eval_tile`` the output edge used for overlap-tile inference. An epoch is
+    ``samples_per_epoch`` random tiles.
+    """
+
+    train: str = "nuclei-sample"
+    val: str | None = None
+    split_columns: int | None = None
+    val_fraction: float = 0.2
+    channels: int | None = None
+    masks: Literal["auto", "instances", "classes"] = "auto"
+    num_classes: int | None = None
+    normalize: Literal["percentile", "dtype", "minmax"] = "percentile"
+    tile: int = 388
+    eval_tile: int = 388
+    batch_size: int = 1
+    samples_per_epoch: int = 100
+
+
+@dataclass(frozen=True)
+class WeightMapConfig:
+    """The border weight map w = w_c + w0·exp(−(d1 + d2)² / 2σ²) (instance masks only; class masks get w_c)."""
+
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_weights: Literal["balanced", "none"] = "balanced"
+    borders: bool = True
+
+
+@dataclass(frozen=True)
+class PostConfig:
+    """Instances from the predicted class map: connected components of at least ``min_size`` pixels, grown back by
+    ``expand`` pixels (the separation borders the network learned to leave as background)."""
+
+    min_size: int = 8
+    expand: int = 0
+
+
+def _paper_optim() -> OptimConfig:
+    # The paper: SGD with momentum 0.99 and batch 1 (the reference release trains with lr 0.01).
+    return OptimConfig(name="sgd", lr=0.01, lr_batch=1, momentum=0.99, weight_decay=0.0, schedule="constant")
+
+
+def _paper_train() -> TrainConfig:
+    return TrainConfig(epochs=100, eval_every=5, log_every=20, channels_last=False)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """The whole segmentation recipe. ``loss``: "ce" (the paper's weighted cross-entropy), "focal", "dice",
+    "ce+dice"."""
+
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    weights: WeightMapConfig = field(default_factory=WeightMapConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: Literal["ce", "focal", "dice", "ce+dice"] = "ce"
+    focal_gamma: float = 2.0
+    post: PostConfig = field(default_factory=PostConfig)
+    optim: OptimConfig = field(default_factory=_paper_optim)
+    train: TrainConfig = field(default_factory=_paper_train)
+    out: str = "runs/segment"
+
+
+# -- model -----------------------------------------------------------------------------------------------------------
+def build_segmenter(cfg: SegModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    from foveal.models import unet
+
+    if cfg.name == "unet":
+        return unet.UNet(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            depth=cfg.depth,
+            base_width=cfg.base_width,
+            padding=cfg.padding,
+            batch_norm=cfg.batch_norm,
+            dropout=cfg.dropout,
+        )
+    return unet.BackboneUNet(encoder=cfg.encoder, in_channels=in_channels, num_classes=num_classes)
+
+
+def tile_input(model: nn.Module, out_tile: int) -> int:
+    """The input edge that gives an output tile of ``out_tile`` (FovealError naming valid sizes otherwise)."""
+    size = out_tile + 2 * int(model.border)  # type: ignore[arg-type]
+    problem = _check_size(model, size) if out_tile > 0 else f"tile size {out_tile} must be positive"
+    if problem is not None:
+        raise FovealError(problem)
+    return size
+
+
+def _check_size(model: nn.Module, size: int) -> str | None:
+    """None when ``model`` takes inputs of ``size``, else a message naming the nearest valid output tiles."""
+    from foveal.models import unet
+
+    args = getattr(model, "args", {})
+    if args.get("kind", "unet") != "unet":
+        stride = int(model.stride)  # type: ignore[arg-type]
+        if size % stride == 0 and size > 0:
+            return None
+        lo, hi = max(stride, size // stride * stride), (size // stride + 1) * stride
+        return f"tile {size} is not a multiple of {stride}, which this network needs: use {lo} or {hi}"
+    depth, padding = int(args["depth"]), str(args["padding"])
+    try:
+        unet.unet_output_size(size, depth=depth, padding=padding)
+    except FovealError:
+        border = int(model.border)  # type: ignore[arg-type]
+        lo = unet.valid_input_size(size, depth=depth, padding=padding, round="down") - 2 * border
+        hi = unet.valid_input_size(size, depth=depth, padding=padding, round="up") - 2 * border
+        choices = " or ".join(str(v) for v in (lo, hi) if v > 0)
+        return f"tile size {size - 2 * border} is not one this network can take: use {choices}"
+    return None
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """One training/validation image with what the loss needs: image (C,H,W) float, class target (H,W) int64 (borders
+    between touching instances set to background), weight map (H,W) float, and the instance labels when known."""
+
+    name: str
+    image: Tensor
+    target: Tensor
+    weight: Tensor
+    instances: np.ndarray | None
+
+
+def prepare(data: Any, wcfg: WeightMapConfig, num_classes: int) -> list[Prepared]:
+    """Targets and weight maps of every sample of a ``SegmentationData`` (computed once, before training)."""
+    from foveal.data import weightmap
+
+    class_weights = "balanced" if wcfg.class_weights == "balanced" else None
+    out = []
+    for name, image, mask in zip(data.names, data.images, data.masks, strict=True):
+        m = mask.numpy()
+        if data.kind == "instances":
+            target = weightmap.class_mask(m, borders=wcfg.borders)
+            weight = weightmap.weight_map(
+                m, w0=wcfg.w0, sigma=wcfg.sigma, class_weights=class_weights, borders=wcfg.borders
+            )
+            instances: np.ndarray | None = m
+        else:
+            target = m.astype(np.int64)
+            weight = _class_weight_map(target, num_classes, class_weights is not None)
+            instances = None
+        out.append(
+            Prepared(name, image, torch.from_numpy(np.asarray(target, np.int64)), torch.from_numpy(weight), instances)
+        )
+    return out
+
+
+def _class_weight_map(target: np.ndarray, num_classes: int, balanced: bool) -> np.ndarray:
+    """w_c per pixel for a class mask (balanced: each class carries the weight of the most frequent one)."""
+    from foveal.data.weightmap import class_weights_of
+
+    if not balanced:
+        return np.ones(target.shape, np.float32)
+    return class_weights_of(target, num_classes)[target].astype(np.float32)
+
+
+class TrainingTiles(Dataset[tuple[Tensor, Tensor, Tensor]]):
+    """Random training tiles: input (C, in, in) with its context, target and weight (out, out) under the output.
+
+    Indexed by ``(index, sample_seed)`` (see the trainer): the image is ``index mod n_images``, the tile position
+    and the augmentation follow from the seed only, so resumed and distributed runs see the same tiles.
+    """
+
+    def __init__(self, samples: list[Prepared], out_tile: int, in_tile: int, length: int, augment: AugmentConfig):
+        self.samples, self.out, self.inp, self.length, self.augment = samples, out_tile, in_tile, length, augment
+        self.margin = (in_tile - out_tile) // 2
+        for s in samples:
+            h, w = s.target.shape
+            if h < out_tile or w < out_tile:
+                raise FovealError(
+                    f"image {s.name} is {h}×{w}, smaller than one training tile ({out_tile}×{out_tile} output): "
+                    f"set data.tile to at most {min(h, w)} (a size the network takes)"
+                )
+        m = self.margin
+        self.padded = [
+            (reflect_pad(s.image, m), reflect_pad(s.target[None], m)[0], reflect_pad(s.weight[None], m)[0])
+            for s in samples
+        ]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        g = torch.Generator().manual_seed(int(seed))
+        image, target, weight = self.padded[index % len(self.padded)]
+        h, w = target.shape[0] - 2 * self.margin, target.shape[1] - 2 * self.margin
+        y = int(torch.randint(0, h - self.out + 1, (1,), generator=g))
+        x = int(torch.randint(0, w - self.out + 1, (1,), generator=g))
+        # Output window rows [y, y + out) of the image are rows [y + m, ...) of the padded arrays; its input window
+        # starts m rows earlier, i.e. at row y of the padded arrays.
+        win = (slice(y, y + self.inp), slice(x, x + self.inp))
+        img, tgt, wgt = image[(slice(None), *win)], target[win], weight[win]
+        img, tgt, wgt2 = augment_batch(img[None], tgt[None], wgt[None], self.augment, g)
+        assert wgt2 is not None
+        m = self.margin
+        inner = (slice(m, m + self.out), slice(m, m + self.out))
+        return img[0], tgt[0][inner], wgt2[0][inner]
+
+
+def collate(batch: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    return (
+        torch.stack([b[0] for b in batch]),
+        torch.stack([b[1] for b in batch]),
+        torch.stack([b[2] for b in batch]),
+    )
+
+
+def open_data(cfg: SegDataConfig) -> tuple[Any, Any]:
+    """(train, val) ``SegmentationData`` of ``cfg``."""
+    from foveal.data.segmentation import open_segmentation, split_columns
+
+    def load(spec: str, channels: int | None) -> Any:
+        return open_segmentation(
+            spec, channels=channels, masks=cfg.masks, num_classes=cfg.num_classes, normalize=cfg.normalize
+        )
+
+    train = load(cfg.train, cfg.channels)
+    if cfg.val is not None:
+        val = load(cfg.val, train.channels)
+        if val.kind != train.kind or val.num_classes != train.num_classes:
+            raise FovealError(
+                f"validation data {cfg.val} has {val.kind} masks with {val.num_classes} classes but training data "
+                f"has {train.kind} masks with {train.num_classes}: use masks of the same kind"
+            )
+        return train, val
+    if cfg.split_columns is not None:
+        widths = {int(m.shape[1]) for m in train.masks}
+        if cfg.split_columns <= 0 or any(cfg.split_columns >= w for w in widths):
+            raise FovealError(
+                f"data.split_columns={cfg.split_columns} must lie inside every image (widths {sorted(widths)}): "
+                "choose a column between 1 and the narrowest width − 1"
+            )
+        return split_columns(train, cfg.split_columns)
+    if len(train) < 2:
+        raise FovealError(
+            f"training data {cfg.train} holds one image, so none is left for validation: set data.val to a "
+            "dataset, or data.split_columns to a column that splits the image"
+        )
+    n_val = max(1, int(round(len(train) * cfg.val_fraction)))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+    return train.subset(sorted(order[n_val:])), train.subset(sorted(order[:n_val]))
+
+
+# -- training --------------------------------------------------------------------------------------------------------
+def train(cfg: SegmentConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train a U-Net as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
+
+    Returns the final validation metrics (fg_iou, f1_50, ... and "run_dir").
+    """
+    resume_ckpt = None
+    if resume is not None:
+        latest = ckpt_io.latest_checkpoint(resume)
+        if latest is None:
+            raise FovealError(
+                f"nothing to resume in {resume}: it holds no checkpoints/step-* directory; pass the --out folder of an "
+                "earlier 'foveal train segment' run, or start a new run there without --resume"
+            )
+        resume_ckpt = ckpt_io.load_checkpoint(latest, with_state=True)
+        check_task(resume_ckpt)
+        cfg = from_dict(SegmentConfig, resume_ckpt.meta["config"])
+        run_dir = Path(resume)
+    run = Path(run_dir or cfg.out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = init_distributed(device)
+    try:
+        return _train(cfg, run, resume_ckpt, dist_info, device)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg: SegmentConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device) -> dict:
+    from foveal.losses.segmentation import segmentation_loss
+    from foveal.report.plots import plot_curves
+    from foveal.tasks.segment_eval import evaluate
+
+    tcfg = cfg.train
+    if cfg.data.batch_size < 1 or cfg.data.batch_size % dist_info.world_size:
+        raise FovealError(
+            f"data.batch_size={cfg.data.batch_size}: use a positive global batch that divides by the "
+            f"{dist_info.world_size} processes"
+        )
+    if cfg.data.samples_per_epoch < cfg.data.batch_size:
+        raise FovealError(
+            f"data.samples_per_epoch={cfg.data.samples_per_epoch} is less than one batch: raise it or lower "
+            "data.batch_size"
+        )
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(tcfg.seed)
+    train_data, val_data = open_data(cfg.data)
+    num_classes = train_data.num_classes
+    model = build_segmenter(cfg.model, train_data.channels, num_classes)
+    in_tile = tile_input(model, cfg.data.tile)
+    tile_input(model, cfg.data.eval_tile)
+    train_set = TrainingTiles(
+        prepare(train_data, cfg.weights, num_classes),
+        cfg.data.tile,
+        in_tile,
+        cfg.data.samples_per_epoch,
+        cfg.augment,
+    )
+    val_set = prepare(val_data, cfg.weights, num_classes)
+    if dist_info.enabled:
+        convert_batchnorm(model, device)
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    def loss_fn(net: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        images, target, weight = (t.to(device, non_blocking=True) for t in batch)
+        if tcfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = net(images).float()
+        return segmentation_loss(logits, target, weight, kind=cfg.loss, focal_gamma=cfg.focal_gamma)
+
+    def evaluate_fn(net: nn.Module) -> dict[str, Any]:
+        result = evaluate(net, val_set, num_classes, cfg.data.eval_tile, cfg.post, with_rand=False)
+        return result.summary()
+
+    meta = {
+        "task": TASK,
+        "model": {"arch": "unet", "args": model.args},  # type: ignore[dict-item]
+        "config": to_dict(cfg),
+        "classes": ["background", "foreground"] if train_data.kind == "instances" else _class_names(num_classes),
+        "input": {"channels": train_data.channels, "normalize": cfg.data.normalize, "masks": train_data.kind},
+    }
+    trainer = Trainer(
+        model=model,
+        train_set=train_set,
+        collate=collate,
+        loss_fn=loss_fn,
+        evaluate=evaluate_fn,
+        optim=cfg.optim,
+        train=tcfg,
+        batch_size=cfg.data.batch_size,
+        run_dir=run,
+        meta=meta,
+        dist_info=dist_info,
+        device=device,
+        plot_curves=lambda records, path: plot_curves(records, path),
+    )
+    if resume_ckpt is not None:
+        trainer.resume(resume_ckpt)
+    metrics = trainer.fit()
+    if dist_info.is_main:
+        write_json(run / "config.json", to_dict(cfg))
+    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
+
+
+def _class_names(num_classes: int) -> list[str]:
+    return ["background"] + [f"class{i}" for i in range(1, num_classes)]
+
+
+# -- loading for inference -------------------------------------------------------------------------------------------
+@dataclass
+class LoadedSegmenter:
+    model: nn.Module
+    classes: list[str]
+    channels: int
+    normalize: str
+    masks: str
+    config: SegmentConfig
+    meta: dict[str, Any]
+
+
+def check_task(ckpt: ckpt_io.Checkpoint) -> None:
+    task = ckpt.meta.get("task")
+    if task != TASK:
+        raise FovealError(
+            f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a segmentation model; pass a segment checkpoint"
+        )
+
+
+def load_segmenter(path: str | Path) -> LoadedSegmenter:
+    """Load a segmentation checkpoint for inference (eval mode)."""
+    from foveal.models.registry import rebuild
+
+    ckpt = ckpt_io.load_checkpoint(path)
+    check_task(ckpt)
+    try:
+        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
+        model = rebuild(spec)
+        config = from_dict(SegmentConfig, ckpt.meta["config"])
+    except (KeyError, TypeError) as exc:
+        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
+    try:
+        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
+    except FovealError as exc:
+        raise FovealError(
+            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
+        ) from None
+    model.eval()
+    return LoadedSegmenter(
+        model, classes, int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]), config, ckpt.meta
+    )

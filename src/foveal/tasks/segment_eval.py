@@ -1,0 +1,246 @@
+"""Segmentation evaluation, prediction on new images, and the weight-map figure (the paper's Fig. 3).
+
+Every prediction runs overlap-tile inference (:func:`foveal.inference.tiling.predict_tiled`): images of any size,
+mirrored context at the image border, the same result as one pass over the whole mirror-padded image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from foveal.errors import FovealError
+from foveal.tasks.segment import PostConfig, Prepared, load_segmenter, prepare
+
+
+@dataclass
+class SegEvaluation:
+    """Pixel metrics (per-class IoU / Dice, pixel error), and for instance data the instance matching at IoU
+    0.5 … 0.9, the number of touching ground-truth pairs merged by the prediction and the Rand error."""
+
+    pixels: Any
+    instances: Any | None
+    merged: tuple[int, int] | None
+    rand_error: float | None
+
+    def summary(self) -> dict[str, Any]:
+        """Flat numbers for logs and the progress line; "score" (higher is better) picks the best checkpoint."""
+        p = self.pixels
+        out: dict[str, Any] = {"fg_iou": p.foreground_iou, "mean_iou": p.mean_iou, "pixel_error": p.pixel_error}
+        if self.instances is not None:
+            out["f1_50"] = self.instances.f1_at(0.5)
+            out["ap"] = self.instances.mean_ap
+        if self.merged is not None:
+            out["merged_pairs"], out["touching_pairs"] = self.merged
+        if self.rand_error is not None:
+            out["rand_error"] = self.rand_error
+        out["score"] = out.get("f1_50", out["mean_iou"])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"summary": {k: v for k, v in self.summary().items() if k != "score"}}
+        d["pixels"] = self.pixels.to_dict()
+        if self.instances is not None:
+            d["instances"] = self.instances.to_dict()
+        return d
+
+    def format(self) -> str:
+        lines = []
+        for k, v in self.summary().items():
+            if k != "score":
+                lines.append(f"{k:>15}: {v:.4f}" if isinstance(v, float) else f"{k:>15}: {v}")
+        return "\n".join(lines)
+
+
+def predict_logits(model: nn.Module, image: Tensor, tile: int, batch: int = 2, progress: bool = False) -> Tensor:
+    """Logits (K, H, W) of one image (C, H, W) by overlap-tile inference with output tiles of ``tile``."""
+    from foveal.inference.tiling import predict_tiled
+
+    border, stride = int(model.border), int(model.stride)  # type: ignore[arg-type]
+    with torch.no_grad():
+        logits = predict_tiled(model, image, tile, border=border, stride=stride, batch=batch, progress=progress)
+    return logits[0]
+
+
+def to_instances(classes: np.ndarray, post: PostConfig) -> np.ndarray:
+    """Instance labels from a predicted class map (foreground = every class ≥ 1)."""
+    from foveal.data.instances import instances_from_classes
+
+    return instances_from_classes(classes > 0, min_size=post.min_size, expand=post.expand)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    samples: list[Prepared],
+    num_classes: int,
+    tile: int,
+    post: PostConfig,
+    with_rand: bool = True,
+    progress: bool = False,
+) -> SegEvaluation:
+    """Evaluate ``model`` on prepared samples (targets with separation borders as background, as trained)."""
+    from foveal.metrics.segmentation import InstanceMeter, SegmentationMeter, merged_pairs, rand_error
+
+    was_training = model.training
+    model.eval()
+    meter = SegmentationMeter(num_classes)
+    inst = InstanceMeter()
+    merged, touching, rand, has_instances = 0, 0, [], False
+    for s in samples:
+        pred = predict_logits(model, s.image, tile, progress=progress).argmax(0)
+        meter.update(pred, s.target)
+        if s.instances is not None:
+            has_instances = True
+            pred_inst = to_instances(pred.numpy(), post)
+            inst.update(pred_inst, s.instances)
+            m, t = merged_pairs(pred_inst, s.instances)
+            merged, touching = merged + m, touching + t
+            if with_rand:
+                rand.append(rand_error(pred_inst, s.instances))
+    model.train(was_training)
+    return SegEvaluation(
+        pixels=meter.result(),
+        instances=inst.result() if has_instances else None,
+        merged=(merged, touching) if has_instances else None,
+        rand_error=float(np.mean(rand)) if rand else None,
+    )
+
+
+def _out_dir(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FovealError(f"output folder {out} is a file: pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FovealError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def evaluate_checkpoint(path: str | Path, data: str | None, out: str | Path | None) -> SegEvaluation:
+    """Evaluate a segmentation checkpoint on ``data`` (default: the validation part of its own training data) and
+    write metrics.json to ``out``."""
+    from foveal.data.segmentation import open_segmentation
+    from foveal.engine.logging import write_json
+    from foveal.tasks.segment import open_data
+
+    out_dir = _out_dir(out) if out is not None else None
+    seg = load_segmenter(path)
+    cfg = seg.config
+    if data is None:
+        _, dataset = open_data(cfg.data)
+    else:
+        dataset = open_segmentation(
+            data, channels=seg.channels, masks=cfg.data.masks, num_classes=cfg.data.num_classes, normalize=seg.normalize
+        )
+    if dataset.channels != seg.channels:
+        raise FovealError(
+            f"dataset {data} has {dataset.channels}-channel images but the model takes {seg.channels}: "
+            "evaluate on images like the training images"
+        )
+    if dataset.num_classes != len(seg.classes):
+        raise FovealError(
+            f"dataset {data} has {dataset.num_classes} classes but the checkpoint has {len(seg.classes)}: "
+            "evaluate on masks with the classes the model was trained on"
+        )
+    result = evaluate(
+        seg.model, prepare(dataset, cfg.weights, len(seg.classes)), len(seg.classes), cfg.data.eval_tile, cfg.post
+    )
+    if out_dir is not None:
+        write_json(out_dir / "metrics.json", result.to_dict())
+    return result
+
+
+@dataclass(frozen=True)
+class SegPrediction:
+    file: str
+    size: tuple[int, int]
+    instances: int
+    foreground: float
+    labels: str
+    overlay: str
+
+
+@torch.no_grad()
+def predict(
+    path: str | Path, inputs: list[str], out: str | Path, tile: int | None = None, fmt: str = "tif"
+) -> list[SegPrediction]:
+    """Segment each image of ``inputs`` (files, folders, globs): a label image (instances, or classes for class
+    models) as TIFF or PNG and an overlay PNG per image in ``out``."""
+    from foveal.data.images import expand_inputs
+    from foveal.data.segmentation import load_seg_image, write_label_image
+    from foveal.report.segmentation_plots import plot_segmentation_overlay
+    from foveal.tasks.segment import tile_input
+
+    if fmt not in ("tif", "png"):
+        raise FovealError(f"unknown label format '{fmt}': use tif or png")
+    seg = load_segmenter(path)
+    tile = tile or seg.config.data.eval_tile
+    tile_input(seg.model, tile)
+    files = expand_inputs(list(inputs))
+    out_dir = _out_dir(out)
+    rows = []
+    for f in files:
+        image = load_seg_image(f, channels=seg.channels, normalize=seg.normalize)
+        classes = predict_logits(seg.model, image, tile, progress=image.shape[-1] * image.shape[-2] > 2048**2)
+        cls = classes.argmax(0).numpy()
+        labels = to_instances(cls, seg.config.post) if seg.masks == "instances" else cls.astype(np.int32)
+        label_path = write_label_image(labels, out_dir / f"{f.stem}_labels.{fmt}")
+        shown = image[0].numpy() if image.shape[0] == 1 else image[:3].permute(1, 2, 0).numpy()
+        overlay = plot_segmentation_overlay(np.clip(shown, 0, 1), labels, out_dir / f"{f.stem}_overlay.png")
+        n = int(labels.max()) if seg.masks == "instances" else int(len(np.unique(labels[labels > 0])))
+        rows.append(
+            SegPrediction(
+                str(f),
+                (int(cls.shape[0]), int(cls.shape[1])),
+                n,
+                float((cls > 0).mean()),
+                str(label_path),
+                str(overlay),
+            )
+        )
+    return rows
+
+
+def format_predictions(rows: list[SegPrediction]) -> str:
+    lines = [f"{'image':<40} {'size':>11} {'objects':>8} {'foreground':>10}"]
+    for r in rows:
+        name = r.file if len(r.file) <= 40 else "…" + r.file[-39:]
+        lines.append(f"{name:<40} {r.size[0]:>5}×{r.size[1]:<5} {r.instances:>8} {r.foreground:>10.3f}")
+    return "\n".join(lines)
+
+
+def weightmap_figures(
+    spec: str, out: str | Path, *, w0: float = 10.0, sigma: float = 5.0, limit: int = 4
+) -> list[Path]:
+    """The paper's Fig. 3 for the first ``limit`` images of a dataset with instance masks: image, instances, class
+    mask with separation borders, and the weight map."""
+    from foveal.data import weightmap
+    from foveal.data.segmentation import open_segmentation
+    from foveal.report.segmentation_plots import plot_weight_map_figure
+
+    data = open_segmentation(spec, masks="instances")
+    out_dir = _out_dir(out)
+    paths = []
+    for name, image, mask in list(zip(data.names, data.images, data.masks, strict=True))[:limit]:
+        m = mask.numpy()
+        w = weightmap.weight_map(m, w0=w0, sigma=sigma)
+        img = image[0].numpy() if image.shape[0] == 1 else image[:3].permute(1, 2, 0).numpy()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        paths.append(
+            plot_weight_map_figure(
+                np.clip(img, 0, 1),
+                m,
+                w,
+                out_dir / f"{safe}_weightmap.png",
+                borders=weightmap.separation_borders(m),
+                title=f"{name}: w0={w0:g}, σ={sigma:g}",
+            )
+        )
+    return paths

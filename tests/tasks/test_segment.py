@@ -1,0 +1,157 @@
+"""The segmentation task end to end on tiny data: train, checkpoint, eval, predict, weight-map figure, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from foveal.cli import main
+from foveal.config import load_config
+from foveal.data.synthetic import touching_cells
+from foveal.errors import FovealError
+from foveal.tasks import segment, segment_eval
+
+# A depth-2 valid U-Net of width 4: output tile 24 needs 64-px inputs (border 20).
+TINY = [
+    "model.depth=2",
+    "model.base_width=4",
+    "model.batch_norm=true",
+    "data.tile=24",
+    "data.eval_tile=28",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "optim.name=adamw",
+    "optim.lr=0.001",
+    "optim.lr_batch=2",
+    "train.epochs=1",
+    "train.progress=false",
+    "augment.rotate=10",
+]
+
+
+def _cells_folder(root, n=3, size=(72, 80)):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image, labels = touching_cells(size, n_cells=8, radius=(5, 9), seed=i)
+        Image.fromarray((image * 255).astype(np.uint8)).save(root / "images" / f"cell{i}.png")
+        tifffile.imwrite(root / "masks" / f"cell{i}.tif", labels.astype(np.uint16))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    data = _cells_folder(root / "data")
+    run = root / "run"
+    rc = main(["train", "segment", f"data.train={data}", *TINY, "--out", str(run)])
+    assert rc == 0
+    return data, run
+
+
+def test_train_writes_checkpoint_and_metrics(trained):
+    _, run = trained
+    record = json.loads((run / "checkpoints" / "best" / "checkpoint.json").read_text())
+    assert record["task"] == "segment" and record["model"]["arch"] == "unet"
+    assert record["input"]["masks"] == "instances" and record["classes"] == ["background", "foreground"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in metrics if "val_fg_iou" in m]
+    assert evals and 0.0 <= evals[-1]["val_fg_iou"] <= 1.0 and "val_f1_50" in evals[-1]
+
+
+def test_loaded_model_matches_training_geometry(trained):
+    _, run = trained
+    seg = segment.load_segmenter(run)
+    assert seg.channels == 1 and seg.masks == "instances"
+    x = torch.rand(1, 1, 64, 64)
+    assert seg.model(x).shape == (1, 2, 24, 24)
+
+
+def test_eval_and_predict_cli(trained, tmp_path, capsys):
+    data, run = trained
+    assert main(["eval", str(run), "--data", str(data), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["summary"]) >= {"fg_iou", "f1_50", "ap", "rand_error", "merged_pairs", "pixel_error"}
+    assert metrics["instances"] is not None
+
+    out = tmp_path / "pred"
+    rc = main(["predict", str(run), str(data / "images"), "--out", str(out), "--json", str(tmp_path / "p.json")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert len(rows) == 3
+    labels = tifffile.imread(out / "cell0_labels.tif")
+    assert labels.shape == (72, 80) and labels.max() == rows[0]["instances"]
+    assert Image.open(out / "cell0_overlay.png").size == (80, 72)
+
+
+def test_predict_png_labels(trained, tmp_path):
+    data, run = trained
+    rows = segment_eval.predict(run, [str(data / "images" / "cell1.png")], tmp_path, fmt="png")
+    labels = np.asarray(Image.open(rows[0].labels))
+    assert labels.shape == (72, 80)
+
+
+def test_weightmap_cli_draws_figure(trained, tmp_path):
+    data, _ = trained
+    assert main(["weightmap", str(data), "--out", str(tmp_path), "--limit", "2"]) == 0
+    figures = sorted(tmp_path.glob("*_weightmap.png"))
+    assert len(figures) == 2 and Image.open(figures[0]).size[0] > 200
+
+
+def test_bad_tile_names_valid_sizes(tmp_path):
+    data = _cells_folder(tmp_path / "d", n=2)
+    cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, "data.tile=26"])
+    with pytest.raises(FovealError, match=r"24 or 28"):
+        segment.train(cfg, run_dir=tmp_path / "run")
+
+
+def test_image_smaller_than_tile(tmp_path):
+    data = _cells_folder(tmp_path / "d", n=2, size=(40, 40))
+    cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, "data.tile=44"])
+    with pytest.raises(FovealError, match=r"smaller than one training tile"):
+        segment.train(cfg, run_dir=tmp_path / "run")
+
+
+def test_cli_bad_input_keeps_earlier_outputs(trained, tmp_path, capsys):
+    data, run = trained
+    before = (run / "checkpoints" / "best" / "model.safetensors").read_bytes()
+    bad = tmp_path / "bad"
+    _cells_folder(bad, n=2)
+    # A mask of another size than its image.
+    tifffile.imwrite(bad / "masks" / "cell1.tif", np.zeros((10, 10), np.uint16))
+    rc = main(["train", "segment", f"data.train={bad}", *TINY, "--out", str(run), "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "cell1" in err
+    assert (run / "checkpoints" / "best" / "model.safetensors").read_bytes() == before
+
+
+def test_eval_rejects_classifier_data_mismatch(trained, tmp_path, capsys):
+    _, run = trained
+    rgb = tmp_path / "rgb"
+    (rgb / "images").mkdir(parents=True)
+    (rgb / "masks").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(rgb / "images" / "a.png")
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:20, 10:20] = 1
+    tifffile.imwrite(rgb / "masks" / "a.tif", labels)
+    rc = main(["eval", str(run), "--data", str(rgb)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "channel" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_demo_segment_stage(tmp_path):
+    from foveal.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", quick=True, stages=("segment",))
+    stage = out / "segment"
+    for name in ("run/curves.png", "eval/metrics.json", "eval/metrics.txt", "predictions.json"):
+        assert (stage / name).is_file(), name
+    assert list((stage / "weightmap").glob("*.png"))
+    labels = tifffile.imread(stage / "predictions" / "image_top_labels.tif")
+    assert labels.shape == (256, 512)
