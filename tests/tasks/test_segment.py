@@ -155,3 +155,19 @@ def test_demo_segment_stage(tmp_path):
     assert list((stage / "weightmap").glob("*.png"))
     labels = tifffile.imread(stage / "predictions" / "image_top_labels.tif")
     assert labels.shape == (256, 512)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["model.name=backbone_unet", "model.encoder=resnet18", "data.tile=64", "data.eval_tile=32", "loss=dice"],
+        ["model.padding=same", "data.tile=32", "data.eval_tile=32", "loss=focal"],
+    ],
+)
+def test_other_networks_and_losses_train_and_predict(tmp_path, options):
+    data = _cells_folder(tmp_path / "d", n=2, size=(64, 72))
+    cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, *options])
+    metrics = segment.train(cfg, run_dir=tmp_path / "run")
+    assert 0.0 <= metrics["fg_iou"] <= 1.0
+    rows = segment_eval.predict(tmp_path / "run", [str(data / "images" / "cell0.png")], tmp_path / "pred")
+    assert rows[0].size == (64, 72)

@@ -1,0 +1,1 @@
+"""Explanations: class activation maps, Grad-CAM, map-to-box and overlays."""
