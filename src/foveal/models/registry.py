@@ -48,4 +48,8 @@ def rebuild(spec: dict[str, Any]) -> nn.Module:
         from foveal.models import unet
 
         return unet.from_args(spec["args"])
+    if arch == "retinanet":
+        from foveal.models import retinanet
+
+        return retinanet.from_args(spec["args"])
     raise FovealError(f"checkpoint holds a model of unknown architecture '{arch}'; was it written by a newer foveal?")
