@@ -29,6 +29,7 @@ switching one augmentation off leaves the random values of the others unchanged.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -122,7 +123,7 @@ def elastic_displacement(
         sigma: Standard deviation of each displacement component on the lattice, in pixels.
         grid: Points per side of the lattice (spanning the image corner to corner).
         generator: Source of randomness (its device is where the values are drawn); the default CPU one if None.
-        device: Device of the result (default: CPU).
+        device: Device of the result (default: the generator's, i.e. CPU without one).
 
     Returns:
         Float32 tensor (n, H, W, 2), components (x, y) in pixels; equal to the lattice values on lattice pixels.
@@ -141,8 +142,8 @@ def warp(x: Tensor, displacement: Tensor, *, mode: str = "bilinear", padding: st
     """Resample ``x`` at p + displacement(p) with one ``grid_sample``.
 
     Args:
-        x: (N, C, H, W) tensor, any real or integer dtype. Integers are sampled as floats and converted back (rounded
-            and clipped to the dtype's range unless ``mode`` is "nearest", which returns exact input values).
+        x: (N, C, H, W) tensor, any real or integer dtype. Integers are sampled as floats and converted back:
+            "nearest" returns exact input values, the others round (bicubic also clips to the dtype's range).
         displacement: (N, H, W, 2) in pixels, components (x, y), e.g. from :func:`elastic_displacement`.
         mode: "bilinear", "bicubic" or "nearest" (use nearest for labels).
         padding: "reflection" (mirror about the edge), "border" or "zeros".
@@ -159,9 +160,7 @@ def warp(x: Tensor, displacement: Tensor, *, mode: str = "bilinear", padding: st
     h, w = x.shape[-2:]
     dtype = x.dtype if x.is_floating_point() else torch.float32
     scale = torch.tensor([2.0 / w, 2.0 / h], dtype=dtype, device=x.device)
-    grid = displacement.to(dtype) * scale
-    grid[..., 0] += _normalised_centres(w, dtype, x.device)
-    grid[..., 1] += _normalised_centres(h, dtype, x.device)[:, None]
+    grid = torch.addcmul(_identity_grid(h, w, dtype, x.device), displacement.to(dtype), scale)
     return _sample(x, grid, mode, padding)
 
 
@@ -196,18 +195,14 @@ def augment_batch(
     Returns:
         (image, labels, weight) of shapes (N, C, h, w), (N, h, w), (N, h, w) or None, in the input dtypes.
     """
-    n, c, h_in, w_in = _check_batch(image, labels, weight)
+    n, _, h_in, w_in = _check_batch(image, labels, weight)
     h, w = (h_in, w_in) if out_size is None else _check_size(out_size, "out_size")
     g = cfg.elastic_grid
     u = _uniforms(n, 2 * g * g + _N_SCALARS, generator)
     if cfg.geometric or (h, w) != (h_in, w_in):
         grid = _sampling_grid(u, cfg, (h_in, w_in), (h, w), image.device, image.dtype)
-        if weight is not None and cfg.image_interpolation == "bilinear" and weight.dtype == image.dtype:
-            both = _sample(torch.cat([image, weight[:, None]], 1), grid, "bilinear", cfg.padding)
-            image, weight = both[:, :c], both[:, c]
-        else:
-            image = _sample(image, grid, cfg.image_interpolation, cfg.padding)
-            weight = None if weight is None else _sample(weight[:, None], grid, "bilinear", cfg.padding)[:, 0]
+        image = _sample(image, grid, cfg.image_interpolation, cfg.padding)
+        weight = None if weight is None else _sample(weight[:, None], grid, "bilinear", cfg.padding)[:, 0]
         labels = _sample(labels[:, None], grid, "nearest", cfg.padding)[:, 0]
     else:
         image, labels = image.clone(), labels.clone()
@@ -238,8 +233,9 @@ def _symmetric(u: Tensor, bound: float) -> Tensor:
 # --- geometry -------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def _cubic_weights(n_out: int, grid: int, device: torch.device) -> Tensor:
-    """(n_out, grid) float32 matrix of bicubic-convolution weights from the lattice to the pixels of one axis."""
+    """(n_out, grid) float32 bicubic-convolution weights, lattice → pixels of one axis (cached; never written to)."""
     pos = torch.arange(n_out, dtype=torch.float64) * ((grid - 1) / max(n_out - 1, 1))
     base = pos.floor()
     frac = pos - base
@@ -262,9 +258,12 @@ def _separable(wy: Tensor, coarse: Tensor, wx: Tensor) -> Tensor:
     return out.view(n, wy.shape[0], wx.shape[0], 2)
 
 
-def _normalised_centres(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """grid_sample coordinates (align_corners=False) of the pixel centres 0 … size − 1."""
-    return (torch.arange(size, dtype=torch.float64) * (2.0 / size) + (1.0 / size - 1)).to(device=device, dtype=dtype)
+@functools.lru_cache(maxsize=8)
+def _identity_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(H, W, 2) grid_sample coordinates (align_corners=False) of the pixel centres; cached, never written to."""
+    xs, ys = (torch.arange(n, dtype=torch.float64) * (2.0 / n) + (1.0 / n - 1) for n in (w, h))
+    grid = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)], -1)
+    return grid.to(device=device, dtype=dtype)
 
 
 def _dihedral(u: Tensor, allow_transpose: bool) -> Tensor:
@@ -326,8 +325,9 @@ def _sampling_grid(
     return grid if dtype == torch.float32 else grid.to(dtype)
 
 
+@functools.lru_cache(maxsize=16)
 def _affine_columns(size: int, grid: int, device: torch.device) -> Tensor:
-    """(size, grid + 2) float32: lattice weights (if grid > 0), centred pixel coordinate, 1."""
+    """(size, grid + 2) float32: lattice weights (if grid > 0), centred pixel coordinate, 1 (cached, never written)."""
     coord = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
     cols = [coord[:, None], torch.ones(size, 1, device=device)]
     if grid:
@@ -342,16 +342,19 @@ def _sample(x: Tensor, grid: Tensor, mode: str, padding: str) -> Tensor:
     """One grid_sample of (N, C, H, W) ``x`` on ``grid`` (N, h, w, 2); integer dtypes go through float and back."""
     if x.is_floating_point():
         return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=padding, align_corners=False)
-    exact_in_float32 = x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16) or (
-        x.numel() == 0 or int(x.abs().max()) <= 2**24
-    )
+    exact_in_float32 = x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16) or x.numel() == 0
+    if not exact_in_float32:
+        low, high = torch.aminmax(x)  # one pass
+        exact_in_float32 = int(low) >= -(2**24) and int(high) <= 2**24
     work = torch.float32 if exact_in_float32 else torch.float64
     out = F.grid_sample(x.to(work), grid.to(work), mode=mode, padding_mode=padding, align_corners=False)
     if x.dtype == torch.bool:
         return out > 0.5
     if mode != "nearest":
+        out = out.round_()
+    if mode == "bicubic":  # the only mode that can overshoot the input range
         info = torch.iinfo(x.dtype)
-        out = out.round_().clamp_(info.min, info.max)
+        out = out.clamp_(info.min, info.max)
     return out.to(x.dtype)
 
 
