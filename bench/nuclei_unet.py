@@ -62,13 +62,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     rows = [run_once(w0, Path(args.out), args.overrides) for w0 in (args.w0 or [10.0, 0.0])]
+    path = RESULTS / "nuclei_unet.json"
+    if path.is_file():  # keep the other w0 of an earlier invocation with the same config
+        same = [r for r in json.loads(path.read_text())["runs"] if r["w0"] not in {x["w0"] for x in rows}]
+        rows += [r for r in same if {**r["config"], "weights": None} == {**rows[0]["config"], "weights": None}]
+        rows.sort(key=lambda r: -float(r["w0"]))  # type: ignore[arg-type]
     record = {
         "split": "nuclei sample 256x512: train on columns 0-383, evaluate on columns 384-511",
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads",
         "runs": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nuclei_unet.json").write_text(json.dumps(record, indent=1) + "\n")
+    path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{'w0':>4} {'minutes':>8} {'steps':>6} {'F1@0.5':>7} {'AP@0.5':>7} {'fg IoU':>7} {'Rand err':>8} merged")
     for r in rows:
         print(

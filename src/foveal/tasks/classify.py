@@ -31,7 +31,8 @@ TASK = "classify"
 class ModelConfig:
     """Which EfficientNet. ``name`` is "efficientnet_b0" … "efficientnet_b7" (released coefficients) or
     "efficientnet" (built from ``phi`` with ``alpha``, ``beta``, ``gamma``). ``resolution`` and ``dropout`` default
-    to the variant's. ``weights`` initialises from a foveal checkpoint or a timm / torchvision state-dict file."""
+    to the variant's. ``weights`` initialises from a foveal checkpoint or a timm / torchvision state-dict file.
+    ``pool``: "avg" (global average pooling, the paper's) or "max" (global max pooling)."""
 
     name: str = "efficientnet_b0"
     phi: float = 0.0
@@ -47,6 +48,7 @@ class ModelConfig:
     padding: Literal["symmetric", "same"] = "symmetric"
     weights: str | None = None
     new_classifier: bool = False
+    pool: Literal["avg", "max"] = "avg"
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int, in_channels: int) -> ef
         padding=cfg.padding,
         bn_momentum=cfg.bn_momentum,
         bn_eps=cfg.bn_eps,
+        pool=cfg.pool,
     )
 
 

@@ -168,13 +168,20 @@ def _check_size(model: nn.Module, size: int) -> str | None:
 @dataclass
 class Prepared:
     """One training/validation image with what the loss needs: image (C,H,W) float, class target (H,W) int64 (borders
-    between touching instances set to background), weight map (H,W) float, and the instance labels when known."""
+    between touching instances set to background), weight map (H,W) float, and the instance labels when known.
+
+    ``context`` is the whole image this one was cut from at column ``offset`` (``data.split_columns``): evaluation
+    predicts the whole image (its pixels only, no labels) and scores the columns of this part, as a user segmenting
+    the whole image would get them.
+    """
 
     name: str
     image: Tensor
     target: Tensor
     weight: Tensor
     instances: np.ndarray | None
+    context: Tensor | None = None
+    offset: int = 0
 
 
 def prepare(data: Any, wcfg: WeightMapConfig, num_classes: int) -> list[Prepared]:
@@ -298,6 +305,20 @@ def open_data(cfg: SegDataConfig) -> tuple[Any, Any]:
     return train.subset(sorted(order[n_val:])), train.subset(sorted(order[:n_val]))
 
 
+def attach_context(samples: list[Prepared], cfg: SegDataConfig) -> list[Prepared]:
+    """Give the validation part of a column split its whole image as context (see :class:`Prepared`)."""
+    if cfg.val is not None or cfg.split_columns is None:
+        return samples
+    from foveal.data.segmentation import open_segmentation
+
+    full = open_segmentation(
+        cfg.train, channels=cfg.channels, masks=cfg.masks, num_classes=cfg.num_classes, normalize=cfg.normalize
+    )
+    for s, image in zip(samples, full.images, strict=True):
+        s.context, s.offset = image, cfg.split_columns
+    return samples
+
+
 # -- training --------------------------------------------------------------------------------------------------------
 def train(cfg: SegmentConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
     """Train a U-Net as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
@@ -358,7 +379,7 @@ def _train(cfg: SegmentConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo,
         cfg.data.samples_per_epoch,
         cfg.augment,
     )
-    val_set = prepare(val_data, cfg.weights, num_classes)
+    val_set = attach_context(prepare(val_data, cfg.weights, num_classes), cfg.data)
     if dist_info.enabled:
         convert_batchnorm(model, device)
     model.to(device)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
-from foveal.tasks.segment import PostConfig, Prepared, load_segmenter, prepare
+from foveal.tasks.segment import PostConfig, Prepared, attach_context, load_segmenter, prepare
 
 
 @dataclass
@@ -93,7 +93,11 @@ def evaluate(
     inst = InstanceMeter()
     merged, touching, rand, has_instances = 0, 0, [], False
     for s in samples:
-        pred = predict_logits(model, s.image, tile, progress=progress).argmax(0)
+        if s.context is None:
+            pred = predict_logits(model, s.image, tile, progress=progress).argmax(0)
+        else:
+            width = s.target.shape[1]
+            pred = predict_logits(model, s.context, tile, progress=progress).argmax(0)[:, s.offset : s.offset + width]
         meter.update(pred, s.target)
         if s.instances is not None:
             has_instances = True
@@ -149,9 +153,10 @@ def evaluate_checkpoint(path: str | Path, data: str | None, out: str | Path | No
             f"dataset {data} has {dataset.num_classes} classes but the checkpoint has {len(seg.classes)}: "
             "evaluate on masks with the classes the model was trained on"
         )
-    result = evaluate(
-        seg.model, prepare(dataset, cfg.weights, len(seg.classes)), len(seg.classes), cfg.data.eval_tile, cfg.post
-    )
+    samples = prepare(dataset, cfg.weights, len(seg.classes))
+    if data is None:
+        samples = attach_context(samples, cfg.data)
+    result = evaluate(seg.model, samples, len(seg.classes), cfg.data.eval_tile, cfg.post)
     if out_dir is not None:
         write_json(out_dir / "metrics.json", result.to_dict())
     return result

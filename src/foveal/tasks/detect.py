@@ -1,0 +1,546 @@
+"""Object detection with RetinaNet: config, data, training and checkpoint loading.
+
+Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection", ICCV 2017. The defaults are the paper's
+COCO recipe: ResNet-50-FPN with P6 from C5, anchors of areas 32² … 512² with 3 scales × 3 ratios, IoU ≥ 0.5
+foreground / < 0.4 background, focal loss α = 0.25, γ = 2, smooth L1 (β = 0.11, the authors' Detectron value), SGD
+with momentum 0.9, weight decay 1e-4, lr 0.01 for 16 images per batch, 90k iterations with ×0.1 at 60k and 80k,
+horizontal flip only, shorter side 800 (longer ≤ 1333); inference keeps scores ≥ 0.05, the top 1000 per level, NMS
+at 0.5 per class and 100 detections per image.
+
+Images without objects are kept for training (they only contribute negatives). Crowd regions (``iscrowd``) are
+ignored by the loss and the evaluation. Evaluation, prediction and the demo stage are in
+:mod:`foveal.tasks.detect_eval`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from foveal.config import from_dict, to_dict
+from foveal.data.box_transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DetectionBatch,
+    DetectionSamples,
+    DetectionTransform,
+    collate_detection,
+)
+from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
+from foveal.engine.logging import write_json
+from foveal.engine.optim import OptimConfig
+from foveal.engine.trainer import TrainConfig, Trainer
+from foveal.errors import FovealError
+from foveal.models.anchors import Matcher
+from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, retinanet_loss
+
+TASK = "detect"
+
+# COCO train2017 has 118,287 images: 90k iterations of 16 images are 12.17 epochs, the steps at 60k / 80k fall at
+# epochs 8.11 / 10.82, and Detectron's 500 warm-up iterations last 0.068 epochs.
+_COCO_TRAIN_IMAGES = 118_287
+
+
+def _coco_epochs(iterations: int, batch: int = 16) -> float:
+    return round(iterations * batch / _COCO_TRAIN_IMAGES, 3)
+
+
+@dataclass(frozen=True)
+class DetectModelConfig:
+    """The RetinaNet. ``backbone``: resnet18/34/50/101 or efficientnet_b0 … b7. ``weights`` initialises from a foveal
+    checkpoint (a detect run: every layer but a class layer of another size; a classify run: the backbone), a
+    torchvision ``retinanet_resnet50_fpn`` state dict (needs resnet50, ``p6_from: p5``; the class layer stays new) or
+    a torchvision ResNet state dict (ImageNet weights, backbone only). ``freeze_bn`` keeps every BatchNorm at its
+    running statistics and affine values (as Detectron does with pretrained weights)."""
+
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    p6_from: Literal["c5", "p5"] = "c5"
+    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    anchor_scales: tuple[float, ...] = (2**0, 2 ** (1 / 3), 2 ** (2 / 3))
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_offset: float = 0.0
+    anchor_round_to_pixels: bool = False
+    head_convs: int = 4
+    prior: float = 0.01
+    weights: str | None = None
+    freeze_bn: bool = False
+
+
+@dataclass(frozen=True)
+class DetectDataConfig:
+    """COCO-format data and how images are prepared.
+
+    ``train`` / ``val``: a COCO JSON file, a COCO folder (``annotations/instances_<split>.json`` + ``<split>/``) or
+    "fashion-canvas-sample"; ``val`` defaults to ``train`` (its ``val_split``). Images are resized so the shorter
+    side is ``min_size`` (a random one of ``jitter_min_sizes`` in training when given) and the longer at most
+    ``max_size``, flipped left–right with probability 0.5 in training when ``flip``, then normalised with
+    ``mean`` / ``std`` (one entry serves every channel). ``batch_size`` is global; ``val_limit`` evaluates on the
+    first images of the validation split only during training.
+    """
+
+    train: str = "fashion-canvas-sample"
+    train_split: str = "train"
+    val: str | None = None
+    val_split: str = "val"
+    channels: int | None = None
+    min_size: int = 800
+    max_size: int = 1333
+    jitter_min_sizes: tuple[int, ...] | None = None
+    flip: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    batch_size: int = 16
+    eval_batch_size: int = 8
+    val_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class DetectLossConfig:
+    """Focal loss (``alpha`` None: no α-balancing), smooth L1 (``smooth_l1_beta`` 0: L1), the matcher's IoU
+    thresholds and low-quality matches (off in the paper, on in torchvision / detectron2), and the share of an
+    anchor inside a crowd region that makes a background anchor ignored."""
+
+    alpha: float | None = 0.25
+    gamma: float = 2.0
+    smooth_l1_beta: float = SMOOTH_L1_BETA
+    fg_iou: float = 0.5
+    bg_iou: float = 0.4
+    allow_low_quality: bool = False
+    crowd_coverage: float = 0.5
+
+
+@dataclass(frozen=True)
+class DetectInferenceConfig:
+    """Post-processing: score threshold, candidates per pyramid level, class-wise NMS IoU, detections per image."""
+
+    score_thresh: float = 0.05
+    topk: int = 1000
+    nms: float = 0.5
+    max_detections: int = 100
+
+
+def _paper_optim() -> OptimConfig:
+    return OptimConfig(
+        name="sgd",
+        lr=0.01,
+        lr_batch=16,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="multistep",
+        decay_rate=0.1,
+        milestones=(_coco_epochs(60_000), _coco_epochs(80_000)),
+        warmup_epochs=_coco_epochs(500),
+    )
+
+
+def _paper_train() -> TrainConfig:
+    return TrainConfig(epochs=_coco_epochs(90_000), eval_every=1.0, log_every=20)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """The whole detection recipe: model, data, loss, inference, optimizer, training loop, output folder."""
+
+    model: DetectModelConfig = field(default_factory=DetectModelConfig)
+    data: DetectDataConfig = field(default_factory=DetectDataConfig)
+    loss: DetectLossConfig = field(default_factory=DetectLossConfig)
+    inference: DetectInferenceConfig = field(default_factory=DetectInferenceConfig)
+    optim: OptimConfig = field(default_factory=_paper_optim)
+    train: TrainConfig = field(default_factory=_paper_train)
+    out: str = "runs/detect"
+
+
+# -- model -----------------------------------------------------------------------------------------------------------
+def build_detector(cfg: DetectModelConfig, num_classes: int, in_channels: int) -> RetinaNet:
+    """The RetinaNet of ``cfg`` for ``num_classes`` classes and ``in_channels``-channel images (fresh weights)."""
+    return RetinaNet(
+        backbone=cfg.backbone,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        fpn_channels=cfg.fpn_channels,
+        p6_from=cfg.p6_from,
+        anchor_sizes=cfg.anchor_sizes,
+        anchor_scales=cfg.anchor_scales,
+        anchor_ratios=cfg.anchor_ratios,
+        anchor_offset=cfg.anchor_offset,
+        anchor_round_to_pixels=cfg.anchor_round_to_pixels,
+        head_convs=cfg.head_convs,
+        prior=cfg.prior,
+    )
+
+
+def _weights_of(model: RetinaNet, cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
+    """(weights, the prefix of the keys they must cover, a description) of ``cfg.weights``."""
+    assert cfg.weights is not None
+    path = Path(cfg.weights).expanduser()
+    if not path.exists():
+        raise FovealError(
+            f"model.weights {path} not found: pass a foveal checkpoint, a torchvision retinanet_resnet50_fpn or "
+            "ResNet state-dict file (.pth / .safetensors), or model.weights=null"
+        )
+    source = f"model.weights {path}"
+    if path.is_dir():
+        ckpt = ckpt_io.load_checkpoint(path)
+        task = ckpt.meta.get("task")
+        if task == TASK:
+            return ckpt.weights, "", source
+        if task == "classify":
+            drop = ("head.", "classifier.")
+            return {f"backbone.{k}": v for k, v in ckpt.weights.items() if not k.startswith(drop)}, "backbone.", source
+        raise FovealError(f"{source} is a '{task}' checkpoint: initialise from a detect or classify checkpoint")
+    from foveal.models.convert import load_state_file
+    from foveal.models.retinanet import import_torchvision_retinanet
+
+    state = load_state_file(path)
+    if "head.classification_head.cls_logits.weight" in state:
+        if cfg.backbone != "resnet50" or cfg.p6_from != "p5" or cfg.fpn_channels != 256:
+            raise FovealError(
+                f"{source} holds torchvision RetinaNet-R50 weights: set model.backbone=resnet50, model.p6_from=p5 "
+                "and model.fpn_channels=256 to use them"
+            )
+        return import_torchvision_retinanet(state).state_dict(), "", source
+    if "conv1.weight" in state and "layer4.0.conv1.weight" in state:
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("fc."):
+                continue
+            for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+                if key.startswith(old):
+                    key = new + key[len(old) :]
+            renamed[f"backbone.{key}"] = value
+        return renamed, "backbone.", source
+    raise FovealError(
+        f"{source} is not a detector or backbone state dict foveal knows (torchvision retinanet_resnet50_fpn or "
+        "ResNet keys): pass one of those, or a foveal checkpoint"
+    )
+
+
+_STEM_WEIGHTS = ("backbone.stem.0.weight", "backbone.stem.conv.weight")  # the first conv: ResNet, EfficientNet
+
+
+def init_weights(model: RetinaNet, cfg: DetectModelConfig) -> None:
+    """Load ``cfg.weights`` into ``model`` in place (see :class:`DetectModelConfig`); a classification layer of
+    another class count keeps its fresh (prior) initialisation, any other mismatch is an error naming it."""
+    weights, prefix, source = _weights_of(model, cfg)
+    own = model.state_dict()
+    theirs = weights.get("cls_head.out.weight")
+    new_classes = theirs is not None and theirs.shape != own["cls_head.out.weight"].shape
+    take: dict[str, Tensor] = {}
+    for key, value in own.items():
+        if new_classes and key.startswith("cls_head.out."):
+            continue
+        if key not in weights:
+            if key.startswith(prefix) and not key.endswith("num_batches_tracked"):
+                raise FovealError(f"{source} does not fit this model: it lacks '{key}' (is model.backbone right?)")
+            continue
+        shape = tuple(weights[key].shape)
+        if shape != tuple(value.shape):
+            if key in _STEM_WEIGHTS and shape[0] == value.shape[0]:
+                raise FovealError(
+                    f"{source} was trained on {shape[1]}-channel images but this data has {value.shape[1]}: set "
+                    f"data.channels={shape[1]} (images are converted), or use weights for {value.shape[1]} channels"
+                )
+            raise FovealError(
+                f"{source} does not fit this model: '{key}' has shape {shape} there but {tuple(value.shape)} here "
+                "(check model.backbone, model.fpn_channels, model.head_convs and the anchors)"
+            )
+        take[key] = weights[key]
+    model.load_state_dict(take, strict=False)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Stop training every BatchNorm of ``model``: no gradient for its affine parameters, and (called again before
+    each forward pass, as the training loss does) eval mode, so that its running statistics are used and kept."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into it, in place; returns ``model``.
+
+    Covers ``nn.Sequential`` runs (conv, BN), torchvision ResNet blocks (``convN`` → ``bnN``) and foveal's
+    ``ConvBNAct``. Inference only: the folded model has no batch statistics left.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from foveal.models.layers import fuse_conv_bn
+
+    fuse_conv_bn(model)
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)] if isinstance(parent, nn.Sequential) else []
+        pairs += [(f"conv{i}", f"bn{i}") for i in (1, 2, 3) if f"conv{i}" in names and f"bn{i}" in names]
+        for conv_name, bn_name in pairs:
+            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
+    return model
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for fast CPU inference: eval mode, BatchNorm folded into the convolutions, channels-last."""
+    fast = fold_batchnorm(copy.deepcopy(model).eval())
+    return fast.to(memory_format=torch.channels_last)
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+def open_data(cfg: DetectDataConfig) -> tuple[Any, Any]:
+    """(train, val) :class:`~foveal.data.coco.DetectionData` of ``cfg``, checked to fit each other."""
+    from foveal.data.coco import open_coco
+
+    train = open_coco(cfg.train, split=cfg.train_split, channels=cfg.channels)
+    val_spec = cfg.val or cfg.train
+    val = open_coco(val_spec, split=cfg.val_split, channels=cfg.channels)
+    if val.channels != train.channels:
+        raise FovealError(
+            f"validation data {val_spec} has {val.channels}-channel images but training data {cfg.train} has "
+            f"{train.channels}: set data.channels=1 or data.channels=3 to convert both"
+        )
+    ours = [(int(c["id"]), str(c["name"])) for c in train.categories]
+    theirs = [(int(c["id"]), str(c["name"])) for c in val.categories]
+    if ours != theirs:
+        raise FovealError(
+            f"validation data {val_spec} has categories {theirs[:5]}… but training data {cfg.train} has "
+            f"{ours[:5]}…: use annotation files with the same categories (ids and names)"
+        )
+    if train.num_boxes() == 0:
+        raise FovealError(
+            f"training data {cfg.train} (split {cfg.train_split}) holds no boxes in its {len(train)} images: a "
+            "detector cannot learn from background alone; annotate objects, or check that the annotations are "
+            "not all crowd regions"
+        )
+    if cfg.val_limit is not None:
+        if cfg.val_limit < 1:
+            raise FovealError(f"data.val_limit={cfg.val_limit}: use a positive number of images, or null for all")
+        val = val.subset(range(min(cfg.val_limit, len(val))))
+    return train, val
+
+
+def train_transform(cfg: DetectDataConfig) -> DetectionTransform:
+    return DetectionTransform(
+        train=True,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        jitter_min_sizes=cfg.jitter_min_sizes,
+        flip_p=0.5 if cfg.flip else 0.0,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+
+
+def eval_transform(min_size: int, max_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> DetectionTransform:
+    return DetectionTransform(train=False, min_size=min_size, max_size=max_size, mean=mean, std=std)
+
+
+def detection_loss(output: RetinaOutput, targets: list[dict[str, Tensor]], cfg: DetectLossConfig) -> dict[str, Tensor]:
+    """:func:`~foveal.models.retinanet.retinanet_loss` with the settings of ``cfg``."""
+    return retinanet_loss(
+        output,
+        targets,
+        matcher=Matcher(cfg.fg_iou, cfg.bg_iou, cfg.allow_low_quality),
+        alpha=cfg.alpha,
+        gamma=cfg.gamma,
+        smooth_l1_beta=cfg.smooth_l1_beta,
+        ignore_coverage=cfg.crowd_coverage,
+    )
+
+
+# -- training --------------------------------------------------------------------------------------------------------
+def train(cfg: DetectConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train a RetinaNet as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
+
+    Returns the final validation metrics (AP, AP50, AP75, APs, APm, APl, AR100 where defined), "run_dir", "step".
+    """
+    resume_ckpt = None
+    if resume is not None:
+        latest = ckpt_io.latest_checkpoint(resume)
+        if latest is None:
+            raise FovealError(
+                f"nothing to resume in {resume}: it holds no checkpoints/step-* directory; pass the --out folder of an "
+                "earlier 'foveal train detect' run, or start a new run there without --resume"
+            )
+        resume_ckpt = ckpt_io.load_checkpoint(latest, with_state=True)
+        check_task(resume_ckpt)
+        cfg = from_dict(DetectConfig, resume_ckpt.meta["config"])
+        run_dir = Path(resume)
+    run = Path(run_dir or cfg.out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = init_distributed(device)
+    try:
+        return _train(cfg, run, resume_ckpt, dist_info, device)
+    finally:
+        shutdown_distributed()
+
+
+def _check_config(cfg: DetectConfig, dist_info: DistInfo) -> None:
+    d, inf = cfg.data, cfg.inference
+    if d.batch_size < 1 or d.batch_size % dist_info.world_size:
+        raise FovealError(
+            f"data.batch_size={d.batch_size}: use a positive global batch that divides by the "
+            f"{dist_info.world_size} processes"
+        )
+    if d.eval_batch_size < 1:
+        raise FovealError(f"data.eval_batch_size={d.eval_batch_size}: use a positive batch size")
+    if not 0.0 <= inf.score_thresh < 1.0 or inf.topk < 1 or inf.max_detections < 1 or not 0.0 < inf.nms <= 1.0:
+        raise FovealError(
+            f"inference settings {inf}: need 0 <= score_thresh < 1, topk >= 1, max_detections >= 1, 0 < nms <= 1"
+        )
+
+
+def _train(cfg: DetectConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device) -> dict:
+    from foveal.report.plots import plot_curves
+    from foveal.tasks.detect_eval import evaluate, summary
+
+    tcfg = cfg.train
+    _check_config(cfg, dist_info)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(tcfg.seed)
+    train_data, val_data = open_data(cfg.data)
+    model = build_detector(cfg.model, train_data.num_classes, train_data.channels)
+    if cfg.model.weights and resume_ckpt is None:
+        init_weights(model, cfg.model)
+    if cfg.model.freeze_bn:
+        freeze_batchnorm(model)
+    elif dist_info.enabled:
+        convert_batchnorm(model, device)
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_set = DetectionSamples(train_data, train_transform(cfg.data))
+    d = cfg.data
+    val_transform = eval_transform(d.min_size, d.max_size, d.mean, d.std)
+
+    def loss_fn(net: nn.Module, batch: DetectionBatch) -> Tensor:
+        if cfg.model.freeze_bn:
+            freeze_batchnorm(net)
+        images = batch.images.to(device, non_blocking=True)
+        if tcfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
+        losses = detection_loss(net(images), targets, cfg.loss)
+        return losses["cls"] + losses["box"]
+
+    def evaluate_fn(net: nn.Module) -> dict[str, Any]:
+        result, _ = evaluate(net, val_data, val_transform, cfg.inference, d.eval_batch_size)
+        return summary(result)
+
+    meta = {
+        "task": TASK,
+        "model": {"arch": "retinanet", "args": model.args},
+        "config": to_dict(cfg),
+        "classes": train_data.classes,
+        "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in train_data.categories],
+        "input": {
+            "channels": train_data.channels,
+            "min_size": d.min_size,
+            "max_size": d.max_size,
+            "mean": list(d.mean),
+            "std": list(d.std),
+        },
+    }
+    trainer = Trainer(
+        model=model,
+        train_set=train_set,
+        collate=collate_detection,
+        loss_fn=loss_fn,
+        evaluate=evaluate_fn,
+        optim=cfg.optim,
+        train=tcfg,
+        batch_size=d.batch_size,
+        run_dir=run,
+        meta=meta,
+        dist_info=dist_info,
+        device=device,
+        plot_curves=lambda records, path: plot_curves(records, path),
+    )
+    if resume_ckpt is not None:
+        trainer.resume(resume_ckpt)
+    metrics = trainer.fit()
+    if dist_info.is_main:
+        write_json(run / "config.json", to_dict(cfg))
+    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
+
+
+# -- loading for inference -------------------------------------------------------------------------------------------
+@dataclass
+class LoadedDetector:
+    """A detector ready for inference and what its inputs must look like.
+
+    Attributes:
+        model: the RetinaNet in eval mode (BatchNorm folded and channels-last when loaded with ``fast``).
+        classes: class names; label k is ``classes[k]``.
+        categories: ``[{"id", "name"}]``; label k has category id ``categories[k]["id"]``.
+        channels: image channels the model takes (1 or 3).
+        min_size, max_size: the resize of :func:`foveal.models.retinanet.resize_for_detection`.
+        mean, std: the normalisation of :func:`foveal.data.box_transforms.normalize`.
+        config: the training recipe (its ``inference`` section holds the post-processing settings).
+        meta: the checkpoint record.
+    """
+
+    model: nn.Module
+    classes: list[str]
+    categories: list[dict[str, Any]]
+    channels: int
+    min_size: int
+    max_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    config: DetectConfig
+    meta: dict[str, Any]
+
+    def transform(self) -> DetectionTransform:
+        """The evaluation transform (resize + normalise) of the model's inputs."""
+        return eval_transform(self.min_size, self.max_size, self.mean, self.std)
+
+
+def check_task(ckpt: ckpt_io.Checkpoint) -> None:
+    task = ckpt.meta.get("task")
+    if task != TASK:
+        raise FovealError(f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a detector; pass a detect checkpoint")
+
+
+def load_detector(path: str | Path, fast: bool = True) -> LoadedDetector:
+    """Load a detection checkpoint (a checkpoint folder or a run directory) for inference.
+
+    Args:
+        path: the checkpoint.
+        fast: fold BatchNorm into the convolutions and use channels-last (:func:`inference_model`).
+    """
+    from foveal.models.registry import rebuild
+
+    ckpt = ckpt_io.load_checkpoint(path)
+    check_task(ckpt)
+    try:
+        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
+        categories = [dict(c) for c in ckpt.meta["categories"]]
+        model = rebuild(spec)
+        config = from_dict(DetectConfig, ckpt.meta["config"])
+        geometry = (int(inp["channels"]), int(inp["min_size"]), int(inp["max_size"]))
+        mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
+    try:
+        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
+    except FovealError as exc:
+        raise FovealError(
+            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
+        ) from None
+    model.eval()
+    if fast:
+        model = inference_model(model)
+    return LoadedDetector(model, classes, categories, *geometry, mean, std, config, ckpt.meta)

@@ -1,0 +1,306 @@
+"""Detection evaluation (COCO AP), prediction on new images, and the demo stage.
+
+Images are resized and normalised outside the model (:class:`~foveal.data.box_transforms.DetectionTransform`), run in
+padded batches, post-processed with the checkpoint's inference settings and mapped back to the pixels of the original
+image, so every box written or scored is in original-image coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from foveal.data.box_transforms import DetectionTransform, collate_detection
+from foveal.errors import FovealError
+from foveal.metrics.detection import DetectionResult
+from foveal.models.retinanet import boxes_to_original, postprocess
+from foveal.tasks.detect import DetectInferenceConfig, load_detector
+
+_SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _uses_channels_last(model: nn.Module) -> bool:
+    w = next((p for p in model.parameters() if p.ndim == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@torch.no_grad()
+def detect_batch(
+    model: nn.Module,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    scales: Sequence[float],
+    original_sizes: Sequence[tuple[int, int]],
+    inference: DetectInferenceConfig,
+) -> list[dict[str, Tensor]]:
+    """Detections of one padded batch, in the original images' pixels.
+
+    Args:
+        model: a RetinaNet in eval mode.
+        images: (N, C, H, W) resized, normalised, zero-padded images (:func:`collate_detection`).
+        image_sizes: (H', W') of each image before padding.
+        scales: resize factor of each image (resized = original · scale).
+        original_sizes: (H, W) of each original image; boxes are clipped to it.
+        inference: the post-processing settings.
+
+    Returns:
+        Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,) int64}`` on the CPU, by decreasing score.
+    """
+    device = next(model.parameters()).device
+    x = images.to(device)
+    if _uses_channels_last(model):
+        x = x.contiguous(memory_format=torch.channels_last)
+    output = model(x)
+    dets = postprocess(
+        output, image_sizes, inference.score_thresh, inference.topk, inference.nms, inference.max_detections
+    )
+    results = []
+    for det, scale, (h, w) in zip(dets, scales, original_sizes, strict=True):
+        boxes = boxes_to_original(det["boxes"].float(), scale).cpu()
+        limit = boxes.new_tensor([w, h, w, h])
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        results.append({"boxes": boxes, "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
+    return results
+
+
+@torch.no_grad()
+def detect_dataset(
+    model: nn.Module, data: Any, transform: DetectionTransform, inference: DetectInferenceConfig, batch_size: int = 8
+) -> list[dict[str, Tensor]]:
+    """Detections for every image of a :class:`~foveal.data.coco.DetectionData`, in its order (original pixels)."""
+    if transform.train:
+        raise FovealError("detection needs the evaluation transform (train=False)")
+    was_training = model.training
+    model.eval()
+    out: list[dict[str, Tensor]] = []
+    for start in range(0, len(data), batch_size):
+        indices = range(start, min(start + batch_size, len(data)))
+        samples = []
+        for i in indices:
+            image, target = data.get(i)
+            samples.append(transform(image, target["boxes"], target["labels"])._replace(image_index=i))
+        batch = collate_detection(samples)
+        originals = [(data.images[i].height, data.images[i].width) for i in indices]
+        out += detect_batch(model, batch.images, batch.image_sizes, batch.scales, originals, inference)
+    model.train(was_training)
+    return out
+
+
+def evaluate(
+    model: nn.Module, data: Any, transform: DetectionTransform, inference: DetectInferenceConfig, batch_size: int = 8
+) -> tuple[DetectionResult, list[dict[str, Tensor]]]:
+    """COCO box evaluation of ``model`` on ``data``; returns the result and the detections (original pixels)."""
+    from foveal.metrics.detection import coco_evaluate
+
+    detections = detect_dataset(model, data, transform, inference, batch_size)
+    return coco_evaluate(data, detections), detections
+
+
+def summary(result: DetectionResult) -> dict[str, Any]:
+    """AP, AP50, AP75, APs, APm, APl, AR100 (those defined) and "score" = AP, for logs and the best checkpoint."""
+    out: dict[str, Any] = {name: result.stat(name) for name in _SUMMARY if result.stat(name) >= 0}
+    out["score"] = result.ap
+    return out
+
+
+def _out_dir(out: str | Path) -> Path:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FovealError(f"output folder {path} is a file: pass a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FovealError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _check_out(out: str | Path | None) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise FovealError(f"output folder {out} is a file: pass a folder")
+
+
+def evaluate_checkpoint(
+    path: str | Path, data: str | None = None, split: str | None = None, out: str | Path | None = None
+) -> DetectionResult:
+    """Evaluate a detection checkpoint with COCO's protocol.
+
+    Args:
+        path: checkpoint folder or run directory.
+        data: a COCO JSON file, a COCO folder or "fashion-canvas-sample"; default: the checkpoint's validation data.
+        split: the split of a folder; default: the checkpoint's validation split.
+        out: folder for ``metrics.json``, ``detections.json`` (COCO results) and ``pr_curve.png``; None writes nothing.
+
+    Returns:
+        The :class:`~foveal.metrics.detection.DetectionResult`.
+    """
+    from foveal.data.coco import open_coco, write_results_json
+    from foveal.engine.logging import write_json
+    from foveal.metrics.detection import plot_pr_curve
+
+    _check_out(out)
+    det = load_detector(path)
+    cfg = det.config.data
+    spec = data or cfg.val or cfg.train
+    dataset = open_coco(spec, split=split or cfg.val_split)
+    if dataset.channels != det.channels:
+        raise FovealError(
+            f"dataset {spec} has {dataset.channels}-channel images but the model takes {det.channels}: evaluate on "
+            "images like the training images"
+        )
+    names, theirs = [str(c["name"]) for c in det.categories], dataset.classes
+    if names != theirs:
+        raise FovealError(
+            f"dataset {spec} has categories {theirs[:6]} but the checkpoint was trained on {names[:6]}: evaluate on "
+            "data with the categories the model knows"
+        )
+    result, detections = evaluate(det.model, dataset, det.transform(), det.config.inference, cfg.eval_batch_size)
+    if out is not None:
+        folder = _out_dir(out)
+        write_json(folder / "metrics.json", result.to_dict())
+        write_results_json(detections, dataset, folder / "detections.json")
+        plot_pr_curve(result, folder / "pr_curve.png")
+    return result
+
+
+@torch.no_grad()
+def predict(
+    path: str | Path,
+    inputs: Sequence[str],
+    out: str | Path,
+    *,
+    score_thresh: float | None = None,
+    show_thresh: float = 0.3,
+    batch_size: int = 4,
+) -> list[dict[str, Any]]:
+    """Detect objects in each image of ``inputs`` (files, folders, glob patterns).
+
+    Writes to ``out``: ``detections.json`` (COCO results: image ids are the images' positions in the input order
+    from 1, category ids the checkpoint's), ``images.json`` (``[{"id", "file_name", "width", "height"}]`` for
+    those ids) and one ``<name>_detections.png`` per image with the detections of score ≥ ``show_thresh``.
+    Images whose channel count differs from the model's are converted (grey ⇄ RGB).
+
+    Args:
+        path: checkpoint folder or run directory.
+        inputs: image files, folders or glob patterns.
+        out: output folder (created).
+        score_thresh: overrides the checkpoint's inference score threshold.
+        show_thresh: lowest score drawn in the figures.
+        batch_size: images per forward pass.
+
+    Returns:
+        One record per image: ``{"file", "image_id", "width", "height", "figure", "detections": [{"label",
+        "category_id", "score", "box": [x1, y1, x2, y2]}]}`` with boxes in the image's own pixels.
+    """
+    from dataclasses import replace
+
+    from foveal.data.images import expand_inputs, load_image
+    from foveal.report.detection_plots import draw_detections
+    from foveal.report.tables import atomic_output
+
+    _check_out(out)
+    if not 0.0 <= show_thresh <= 1.0 or (score_thresh is not None and not 0.0 <= score_thresh < 1.0):
+        raise FovealError(f"score thresholds are in [0, 1): got score_thresh={score_thresh}, show_thresh={show_thresh}")
+    det = load_detector(path)
+    inference = (
+        det.config.inference if score_thresh is None else replace(det.config.inference, score_thresh=score_thresh)
+    )
+    files = expand_inputs(list(inputs))
+    folder = _out_dir(out)
+    transform = det.transform()
+    category_ids = [int(c["id"]) for c in det.categories]
+    records: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        originals = [load_image(f, det.channels) for f in chunk]
+        empty = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+        batch = collate_detection([transform(im, *empty) for im in originals])
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in originals]
+        dets = detect_batch(det.model, batch.images, batch.image_sizes, batch.scales, sizes, inference)
+        for offset, (f, image, d, (h, w)) in enumerate(zip(chunk, originals, dets, sizes, strict=True)):
+            image_id = start + offset + 1
+            name = f"{f.stem}_detections.png"
+            if name in used:
+                name = f"{f.stem}_{image_id}_detections.png"
+            used.add(name)
+            shown = d["scores"] >= show_thresh
+            figure = draw_detections(
+                image, d["boxes"][shown], d["labels"][shown], d["scores"][shown], det.classes, folder / name
+            )
+            boxes, scores, labels = d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()
+            records.append(
+                {
+                    "file": str(f),
+                    "image_id": image_id,
+                    "width": w,
+                    "height": h,
+                    "figure": str(figure),
+                    "detections": [
+                        {"label": det.classes[k], "category_id": category_ids[k], "score": s, "box": b}
+                        for b, s, k in zip(boxes, scores, labels, strict=True)
+                    ],
+                }
+            )
+            results += [
+                {
+                    "image_id": image_id,
+                    "category_id": category_ids[k],
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "score": s,
+                }
+                for b, s, k in zip(boxes, scores, labels, strict=True)
+            ]
+    with atomic_output(folder / "detections.json") as handle:
+        json.dump(results, handle)
+    images = [
+        {"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]} for r in records
+    ]
+    with atomic_output(folder / "images.json") as handle:
+        json.dump(images, handle, indent=1)
+    return records
+
+
+def format_predictions(records: Sequence[dict[str, Any]], show_thresh: float = 0.3) -> str:
+    """A text table: image, size, detections with score ≥ ``show_thresh``, and the best one."""
+    lines = [f"{'image':<40} {'size':>9} {'objects':>7}  best"]
+    for r in records:
+        name = r["file"] if len(r["file"]) <= 40 else "…" + r["file"][-39:]
+        shown = [d for d in r["detections"] if d["score"] >= show_thresh]
+        best = f"{shown[0]['label']} {shown[0]['score']:.2f}" if shown else "-"
+        lines.append(f"{name:<40} {r['width']:>4}×{r['height']:<4} {len(shown):>7}  {best}")
+    return "\n".join(lines)
+
+
+def demo_stage(out: Path, quick: bool = False) -> None:
+    """The demo's detection stage: train ``detect_demo.yaml`` on the bundled Fashion-MNIST canvases, evaluate on
+    their validation split and predict four validation images, all into ``out/detect``."""
+    from foveal.config import load_config
+    from foveal.data.coco import open_coco
+    from foveal.engine.logging import write_json
+    from foveal.tasks import detect
+
+    stage = Path(out) / "detect"
+    overrides = ["train.max_steps=3", "data.val_limit=8"] if quick else []
+    cfg = load_config(detect.DetectConfig, CONFIG_DIR / "detect_demo.yaml", overrides)
+    run_dir = stage / "run"
+    print(f"[detect] training a RetinaNet ({cfg.model.backbone}-FPN) on the bundled Fashion-MNIST canvases")
+    detect.train(cfg, run_dir=run_dir)
+
+    print("[detect] evaluating on the validation canvases (COCO AP)")
+    result = evaluate_checkpoint(run_dir, None, None, stage / "eval")
+    (stage / "eval" / "metrics.txt").write_text(result.format() + "\n")
+    print(result.format())
+
+    print("[detect] detecting objects in four validation canvases")
+    val = open_coco(cfg.data.val or cfg.data.train, split=cfg.data.val_split)
+    files = [str(r.path) for r in val.images[:4]]
+    records = predict(run_dir, files, stage / "predictions")
+    write_json(stage / "predictions.json", records)
+    print(format_predictions(records))

@@ -1,0 +1,512 @@
+"""Explain a trained model's predictions: class activation maps, Grad-CAM, map-derived boxes and their figures.
+
+References:
+    Zhou, Khosla, Lapedriza, Oliva, Torralba, "Learning Deep Features for Discriminative Localization", CVPR 2016: the
+    map ``M_c = Σ_k w_k^c f_k`` of a global-average-pooling classifier, the top-5 maps of an image (Fig. 4), the box
+    of the largest region above 20 % of the map's maximum, and the top-1 / top-5 localization error.
+    Selvaraju et al., "Grad-CAM", ICCV 2017: maps of any differentiable score, used here for segmentation networks.
+
+:func:`explain` dispatches on the checkpoint's task (``_EXPLAINERS``; a new task adds one function there):
+
+- classify: CAM (default) or Grad-CAM of the classifier's last conv map (the map global pooling sees), for the top-k
+  classes of each image. Images are resized as the classifier's evaluation transform does (shorter side to the
+  model's resolution, centre square crop); each map is upsampled from the feature grid straight onto the pixels of the
+  original image that the crop covers, so boxes are in ORIGINAL image pixels. Figures: the paper's Fig. 4 layout
+  (``<stem>_top<k>.png``) and the top-1 map over the image with its box (``<stem>_<method>.png``).
+- segment: Grad-CAM of the foreground score summed over the predicted foreground (:class:`MaskTarget`, one per
+  foreground class), at the U-Net's bottom: the deepest, most semantic map, the one every output pixel depends on
+  (the contracting path's last level; for a backbone U-Net, the encoder's stride-32 map). ``method`` does not apply
+  (CAM needs a pooled classifier). An image up to 1024 px on a side is explained in one forward pass: it is
+  mirror-padded (:func:`foveal.inference.tiling.reflect_pad`) to an input whose output covers it (for valid U-Nets
+  that adds the border the valid convolutions consume), the way overlap-tile inference extends the image. A larger
+  image is explained tile by tile with the checkpoint's evaluation tile; each tile then has its own Grad-CAM weights.
+- detect: not available yet.
+
+Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from foveal.data.localization_set import LocalizationData
+from foveal.errors import FovealError
+from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
+from foveal.explain.cam import CAM, ClassTarget, GradCAM, MaskTarget
+from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
+from foveal.models.efficientnet import EfficientNet
+
+METHODS = ("cam", "gradcam")
+RESULTS_FILE = "explanations.json"
+_WHOLE_IMAGE_EDGE = 1024  # segmentation: larger images are explained tile by tile
+
+MapFn = Callable[[Tensor, Tensor], Tensor]
+"""Maps of chosen classes: (images (N, C, H, W) preprocessed, classes (N, k) int64) → maps (N, k, h, w), any h, w
+covering the whole input (they are resized to the image)."""
+
+
+@dataclass(frozen=True)
+class ExplainRecord:
+    """What :func:`explain` found for one image.
+
+    Attributes:
+        file: the image file.
+        task: "classify" or "segment".
+        method: "cam" or "gradcam".
+        size: (height, width) of the image in pixels.
+        classes: classify: the top-k class names, best first; segment: ["foreground"].
+        scores: classify: soft-max probability of each class; segment: fraction of pixels predicted foreground.
+        boxes: one (x1, y1, x2, y2) per class, in original image pixels (x2, y2 exclusive), from the map's largest
+            region above the threshold.
+        figures: PNG files written for this image.
+    """
+
+    file: str
+    task: str
+    method: str
+    size: tuple[int, int]
+    classes: list[str]
+    scores: list[float]
+    boxes: list[list[float]]
+    figures: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Options:
+    top_k: int
+    method: str
+    threshold: float
+    relative_to: str
+
+
+def explain(
+    checkpoint: str | Path,
+    inputs: list[str],
+    out: str | Path,
+    *,
+    top_k: int = 5,
+    method: str = "cam",
+    threshold: float = PAPER_THRESHOLD,
+    relative_to: str = "max",
+) -> list[ExplainRecord]:
+    """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
+
+    Args:
+        checkpoint: a checkpoint directory or a run directory (its best, else latest, checkpoint).
+        inputs: image files, folders and glob patterns (see :func:`foveal.data.images.expand_inputs`).
+        out: output folder (created).
+        top_k: classes explained per image (capped at the number of classes); classifiers only.
+        method: "cam" (class activation map, the paper's) or "gradcam"; classifiers only.
+        threshold: a box keeps the largest region above ``threshold`` of the map (0.2 in the paper).
+        relative_to: "max" (the paper: ``threshold · max``) or "range" (of the min–max normalised map).
+
+    Returns:
+        One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
+    """
+    from foveal.data.images import expand_inputs
+    from foveal.engine.checkpoint import checkpoint_task
+    from foveal.engine.logging import write_json
+
+    options = _check_options(top_k, method, threshold, relative_to)
+    task = checkpoint_task(checkpoint)
+    explainer = _EXPLAINERS.get(task)
+    if explainer is None:
+        known = ", ".join(_EXPLAINERS)
+        raise FovealError(
+            f"checkpoint {checkpoint} is a '{task}' checkpoint, which cannot be explained (tasks: {known})"
+        )
+    files = expand_inputs(list(inputs))
+    out_dir = _out_dir(out)
+    records = explainer(Path(checkpoint), files, out_dir, options)
+    write_json(out_dir / RESULTS_FILE, [r.to_dict() for r in records])
+    return records
+
+
+def format_records(records: list[ExplainRecord]) -> str:
+    """A short table: one line per image and explained class, with its score and box."""
+    lines = [f"{'image':<28} {'class':<16} {'score':>6}  box (x1, y1, x2, y2)"]
+    for r in records:
+        name = Path(r.file).name
+        name = name if len(name) <= 28 else name[:27] + "…"
+        for cls, score, box in zip(r.classes, r.scores, r.boxes, strict=True):
+            lines.append(f"{name:<28} {cls[:16]:<16} {score:>6.3f}  ({', '.join(f'{v:g}' for v in box)})")
+            name = ""
+    return "\n".join(lines)
+
+
+def _check_options(top_k: int, method: str, threshold: float, relative_to: str) -> _Options:
+    if method not in METHODS:
+        raise FovealError(f"unknown method {method!r}: use 'cam' (class activation maps) or 'gradcam'")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise FovealError(f"top_k={top_k!r}: explain at least one class per image, e.g. --top-k 5")
+    if not 0.0 <= threshold <= 1.0:
+        raise FovealError(f"threshold={threshold}: use a fraction of the map in [0, 1] (the paper uses 0.2)")
+    if relative_to not in ("max", "range"):
+        raise FovealError(f"relative_to={relative_to!r}: use 'max' (the paper) or 'range'")
+    return _Options(top_k, method, float(threshold), relative_to)
+
+
+def _out_dir(out: str | Path) -> Path:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FovealError(f"output folder {path} is a file: pass a folder for the figures and {RESULTS_FILE}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FovealError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, i = path.stem, 2
+    while stem in used:
+        stem, i = f"{path.stem}_{i}", i + 1
+    used.add(stem)
+    return stem
+
+
+# -- classifiers -----------------------------------------------------------------------------------------------------
+@contextmanager
+def class_maps(model: nn.Module, method: str) -> Iterator[MapFn]:
+    """Raw maps of chosen classes at the feature grid of a foveal EfficientNet, for the length of a ``with`` block.
+
+    ``"cam"``: ``M_c = Σ_k w_k^c f_k`` of the last conv map (:class:`~foveal.explain.cam.CAM`; a global-max-pooling
+    model gets the same weighted sum, as in the paper's GMP ablation, without CAM's average-pooling identity check).
+    ``"gradcam"``: Grad-CAM of the class logit at the same layer (for global average pooling this is ReLU(CAM) / hw).
+
+    Yields:
+        A :data:`MapFn` returning (N, k, h, w) maps.
+    """
+    if method == "cam" and isinstance(model, EfficientNet) and model.pool == "max":
+        yield lambda x, classes: _weighted_features(model, x, classes)
+    elif method == "cam":
+        with CAM(model) as cam:
+            yield lambda x, classes: cam(x, classes=classes, upsample=False).maps
+    elif method == "gradcam":
+        head = getattr(model, "head", None)
+        if not isinstance(head, nn.Module):
+            raise FovealError("Grad-CAM of a classifier needs its last conv layer ('head'); this model has none")
+        with GradCAM(model, head) as gradcam:
+            yield lambda x, classes: torch.stack(
+                [gradcam(x, ClassTarget(classes[:, r]), upsample=False) for r in range(classes.shape[1])], 1
+            )
+    else:
+        raise FovealError(f"unknown method {method!r}: use 'cam' or 'gradcam'")
+
+
+@torch.inference_mode()
+def _weighted_features(model: EfficientNet, x: Tensor, classes: Tensor) -> Tensor:
+    features = model.forward_head_features(x)
+    weights = model.classifier.weight[classes]
+    return torch.einsum("nkc,nchw->nkhw", weights.to(features.dtype), features)
+
+
+def _crop_region(height: int, width: int, resolution: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) of the original pixels that the evaluation transform's centre square covers.
+
+    The transform resizes the shorter side to ``resolution`` (the longer to ``int(resolution · long / short)``, as
+    torchvision does) and crops ``resolution`` px from the middle (offset ``round((size − resolution) / 2)``).
+    """
+    short, long = min(height, width), max(height, width)
+    resized_long = int(resolution * long / short)
+    rh, rw = (resolution, resized_long) if height <= width else (resized_long, resolution)
+    top, left = int(round((rh - resolution) / 2.0)), int(round((rw - resolution) / 2.0))
+    x1, x2 = round(left * width / rw), round((left + resolution) * width / rw)
+    y1, y2 = round(top * height / rh), round((top + resolution) * height / rh)
+    return max(0, x1), max(0, y1), min(width, max(x2, x1 + 1)), min(height, max(y2, y1 + 1))
+
+
+def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
+    from foveal.data.images import load_image
+    from foveal.tasks.classify import _normalize, eval_transform, load_classifier
+
+    clf = load_classifier(checkpoint)
+    k = min(opt.top_k, len(clf.classes))
+    transform = eval_transform(clf.resolution)
+    records: list[ExplainRecord] = []
+    used: set[str] = set()
+    with class_maps(clf.model, opt.method) as maps_of:
+        for f in files:
+            image = load_image(f, None)
+            if image.shape[0] != clf.channels:
+                raise FovealError(
+                    f"image {f} has {image.shape[0]} channel(s) but the model takes {clf.channels}: convert it "
+                    f"({'to grayscale' if clf.channels == 1 else 'to RGB'}) or use a model trained on such images"
+                )
+            height, width = image.shape[-2:]
+            x = _normalize(transform(image), clf.mean, clf.std)[None]
+            try:
+                with torch.no_grad():
+                    probs = clf.model(x).float().softmax(1)
+                scores, classes = probs.topk(k, dim=1)
+                maps = maps_of(x, classes)[0].float()  # (k, h, w)
+            except FovealError as exc:
+                raise FovealError(f"cannot explain {f}: {exc}") from None
+            x1, y1, x2, y2 = _crop_region(height, width, clf.resolution)
+            region = F.interpolate(maps[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            boxes = maps_to_boxes(region, opt.threshold, opt.relative_to) + torch.tensor([x1, y1, x1, y1])
+            full = region.amin((1, 2), keepdim=True).expand(k, height, width).clone()
+            full[:, y1:y2, x1:x2] = region
+            names = [clf.classes[int(c)] for c in classes[0]]
+            stem = _unique_stem(f, used)
+            figures = _class_figures(image, full, names, scores[0], boxes[0], out_dir / stem, opt.method)
+            records.append(
+                ExplainRecord(
+                    file=str(f),
+                    task="classify",
+                    method=opt.method,
+                    size=(int(height), int(width)),
+                    classes=names,
+                    scores=[float(s) for s in scores[0]],
+                    boxes=boxes.tolist(),
+                    figures=figures,
+                )
+            )
+    return records
+
+
+def _class_figures(
+    image: Tensor, maps: Tensor, names: list[str], scores: Tensor, box: Tensor, prefix: Path, method: str
+) -> list[str]:
+    """The Fig. 4 panel of the top-k maps (``<prefix>_top<k>.png``) and the top-1 map with its box
+    (``<prefix>_<method>.png``); ``image`` (C, H, W) uint8, ``maps`` (k, H, W) on the image's pixels."""
+    from foveal.explain.overlay import figure_boxes, figure_top5
+
+    shown = image.permute(1, 2, 0).numpy()
+    top = figure_top5(shown, maps.numpy(), names, scores.tolist(), f"{prefix}_top{len(names)}.png")
+    title = f"{names[0]} ({float(scores[0]):.2f}), {'CAM' if method == 'cam' else 'Grad-CAM'}"
+    no_truth = np.zeros((0, 4))
+    boxed = figure_boxes(shown, maps[0].numpy(), no_truth, box.numpy(), f"{prefix}_{method}.png", title=title)
+    return [str(top), str(boxed)]
+
+
+# -- segmentation ----------------------------------------------------------------------------------------------------
+def bottom_layer(model: nn.Module) -> str:
+    """Dotted name of a U-Net's bottom: the last block of the contracting path (``down.<depth>``) of a
+    :class:`~foveal.models.unet.UNet`, the encoder's stride-32 stage of a :class:`~foveal.models.unet.BackboneUNet`."""
+    from foveal.models.unet import BackboneUNet, UNet
+
+    if isinstance(model, UNet):
+        return f"down.{len(model.down) - 1}"
+    if isinstance(model, BackboneUNet):
+        return f"encoder.{model.encoder.feature_info[-1].name}"  # type: ignore[union-attr,index]
+    raise FovealError(f"cannot find the bottom of a {type(model).__name__}: Grad-CAM needs a foveal U-Net")
+
+
+def _single_tile(model: nn.Module, height: int, width: int) -> int:
+    """The smallest valid output tile whose kept part (a multiple of the stride) covers the whole image."""
+    stride, border = int(model.stride), int(model.border)  # type: ignore[arg-type]
+    edge = math.ceil(max(height, width) / stride) * stride
+    return int(model.valid_input_size(edge + 2 * border, round="up")) - 2 * border  # type: ignore[operator]
+
+
+def segment_gradcam(model: nn.Module, image: Tensor, tile: int | None = None) -> tuple[Tensor, Tensor]:
+    """Grad-CAM at the U-Net's bottom of the foreground score summed over the predicted foreground.
+
+    Args:
+        model: a foveal U-Net in eval mode, output (N, K, h, w) with class 0 the background.
+        image: (C, H, W) float image, normalised as for the model.
+        tile: output tile edge; ``None`` → one tile covering the whole image (a single forward pass).
+
+    Returns:
+        ((H, W) non-negative Grad-CAM map, (H, W) int64 predicted class map).
+    """
+    from foveal.inference.tiling import TileGeometry, reflect_pad
+    from foveal.tasks.segment_eval import predict_logits
+
+    height, width = image.shape[-2:]
+    stride, border = int(model.stride), int(model.border)  # type: ignore[arg-type]
+    tile = _single_tile(model, height, width) if tile is None else tile
+    predicted = predict_logits(model, image, tile).argmax(0)
+    geom = TileGeometry(height, width, tile, border, stride)
+    padded = reflect_pad(image[None], geom.pads)
+    heat = torch.zeros(height, width)
+    classes = int(model.args["num_classes"])  # type: ignore[index]
+    with GradCAM(model, bottom_layer(model)) as gradcam:
+        for y, x in geom.origins():
+            h, w = min(geom.step, height - y), min(geom.step, width - x)
+            mask = torch.zeros(tile, tile, dtype=torch.long)
+            mask[:h, :w] = predicted[y : y + h, x : x + w]
+
+            def target(output: Any, mask: Tensor = mask) -> Tensor:
+                return torch.stack([MaskTarget(c, mask == c)(output) for c in range(1, classes)]).sum(0)
+
+            crop = padded[:, :, y : y + geom.input_size, x : x + geom.input_size]
+            cam = gradcam(crop, target, upsample=False)[0]
+            heat[y : y + h, x : x + w] = _bottom_to_output(cam, geom.input_size, stride, border)[:h, :w]
+    return heat, predicted
+
+
+def _bottom_to_output(cam: Tensor, input_size: int, stride: int, border: int) -> Tensor:
+    """A bottom map (hb, wb) on the pixels of the network's output: each bottom cell covers ``stride`` input pixels,
+    the cells centred on the input tile (valid convolutions trim both sides alike); the output starts ``border`` px
+    into the input."""
+    hb, wb = cam.shape
+    up = F.interpolate(cam[None, None], size=(hb * stride, wb * stride), mode="bilinear", align_corners=False)[0, 0]
+    off_y, off_x = (input_size - hb * stride) // 2, (input_size - wb * stride) // 2
+    grid = torch.zeros(input_size, input_size)
+    grid[off_y : off_y + hb * stride, off_x : off_x + wb * stride] = up
+    return grid[border : input_size - border, border : input_size - border]
+
+
+def _explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
+    from PIL import Image
+
+    from foveal.data.segmentation import load_seg_image
+    from foveal.explain.overlay import overlay
+    from foveal.report.tables import atomic_output
+    from foveal.tasks.segment import load_segmenter, tile_input
+
+    seg = load_segmenter(checkpoint)
+    records: list[ExplainRecord] = []
+    used: set[str] = set()
+    for f in files:
+        image = load_seg_image(f, channels=seg.channels, normalize=seg.normalize)
+        height, width = image.shape[-2:]
+        tile = None if max(height, width) <= _WHOLE_IMAGE_EDGE else seg.config.data.eval_tile
+        try:
+            if tile is not None:
+                tile_input(seg.model, tile)
+            heat, predicted = segment_gradcam(seg.model, image, tile)
+        except FovealError as exc:
+            raise FovealError(f"cannot explain {f}: {exc}") from None
+        box = maps_to_boxes(heat, opt.threshold, opt.relative_to)
+        shown = image[0] if image.shape[0] != 3 else image.permute(1, 2, 0)
+        path = out_dir / f"{_unique_stem(f, used)}_gradcam.png"
+        with atomic_output(path, "wb") as handle:
+            Image.fromarray(overlay(shown.clamp(0, 1).numpy(), heat.numpy())).save(handle, format="PNG")
+        records.append(
+            ExplainRecord(
+                file=str(f),
+                task="segment",
+                method="gradcam",
+                size=(int(height), int(width)),
+                classes=["foreground"],
+                scores=[float((predicted > 0).float().mean())],
+                boxes=[box.tolist()],
+                figures=[str(path)],
+            )
+        )
+    return records
+
+
+def _explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
+    raise FovealError("explaining detectors needs a detection checkpoint; not available yet")
+
+
+_EXPLAINERS: dict[str, Callable[[Path, list[Path], Path, _Options], list[ExplainRecord]]] = {
+    "classify": _explain_classifier,
+    "segment": _explain_segmenter,
+    "detect": _explain_detector,
+}
+
+
+# -- weakly supervised localization ----------------------------------------------------------------------------------
+def localization_eval(
+    checkpoint: str | Path,
+    data: LocalizationData,
+    *,
+    threshold: float = PAPER_THRESHOLD,
+    relative_to: str = "max",
+    method: str | MapFn = "cam",
+    batch_size: int = 64,
+) -> LocalizationResult:
+    """The paper's localization protocol on canvases with ground-truth boxes.
+
+    For each canvas: the top-5 classes of the classifier (fewer when it has fewer classes), a map per class, upsampled
+    to the canvas; the box of the largest region above ``threshold``; correct when the class is the label and the box
+    has IoU ≥ 0.5 with the object's box. The ground-truth-known error uses the label's map whatever the prediction.
+
+    Args:
+        checkpoint: a classification checkpoint (or its run directory).
+        data: canvases from :func:`foveal.data.localization_set.build_localization_set`.
+        threshold: fraction of the map kept (0.2 in the paper).
+        relative_to: "max" (the paper) or "range" (see :func:`foveal.explain.boxes.map_to_box`).
+        method: "cam", "gradcam", or any :data:`MapFn` (e.g. another library's maps, for comparison).
+        batch_size: canvases per forward pass.
+
+    Returns:
+        Top-1 / top-5 localization error, ground-truth-known localization error and classification errors.
+    """
+    from foveal.tasks.classify import _normalize, eval_transform, load_classifier
+
+    if isinstance(method, str):
+        _check_options(1, method, threshold, relative_to)
+    if batch_size < 1:
+        raise FovealError(f"batch_size={batch_size}: use a positive number of canvases per batch")
+    clf = load_classifier(checkpoint)
+    if len(data.classes) != len(clf.classes):
+        raise FovealError(
+            f"the canvases have {len(data.classes)} classes but the classifier {checkpoint} has {len(clf.classes)}: "
+            "evaluate a classifier trained on canvases of the same source"
+        )
+    if data.images.shape[1] != clf.channels:
+        raise FovealError(f"the canvases have {data.images.shape[1]} channel(s) but the model takes {clf.channels}")
+    k = min(TOP_K, len(clf.classes))
+    size = tuple(data.images.shape[-2:])
+    transform = eval_transform(clf.resolution)
+    meter = LocalizationMeter()
+    with _map_source(clf.model, method) as maps_of:
+        for start in range(0, len(data), batch_size):
+            stop = min(start + batch_size, len(data))
+            x = _normalize(transform(data.images[start:stop]), clf.mean, clf.std)
+            labels = data.labels[start:stop]
+            with torch.no_grad():
+                top = clf.model(x).topk(k, dim=1).indices
+            maps = maps_of(x, torch.cat([top, labels[:, None]], 1)).float()
+            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            boxes = maps_to_boxes(maps, threshold, relative_to)
+            meter.update(top, boxes[:, :k], labels, data.boxes[start:stop], boxes[:, k])
+    return meter.compute()
+
+
+@contextmanager
+def _map_source(model: nn.Module, method: str | MapFn) -> Iterator[MapFn]:
+    if isinstance(method, str):
+        with class_maps(model, method) as maps_of:
+            yield maps_of
+    else:
+        yield method
+
+
+# -- demo ------------------------------------------------------------------------------------------------------------
+def demo_stage(out: Path, classify_run: Path) -> None:
+    """Explain four bundled Fashion-MNIST test images (the first of four different classes) with the demo's
+    classifier: CAM figures and ``explanations.json`` in ``out/explain``."""
+    from PIL import Image
+
+    from foveal.data.classification import open_dataset
+
+    stage = Path(out) / "explain"
+    images = stage / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    data = open_dataset("fashion-mnist-sample", "test")
+    paths: list[Path] = []
+    seen: set[int] = set()
+    for i in range(len(data)):
+        image, label = data.get(i)
+        if label in seen:
+            continue
+        seen.add(label)
+        name = data.classes[label].replace("/", "-").replace(" ", "-").lower()
+        paths.append(images / f"test{i:03d}-{name}.png")
+        Image.fromarray(image[0].numpy()).save(paths[-1])
+        if len(paths) == 4:
+            break
+    print("[explain] class activation maps of four test images (top-5 classes, boxes at 20 % of each map's max)")
+    records = explain(classify_run, [str(p) for p in paths], stage, top_k=5)
+    print(format_records(records))
+    print(f"[explain] figures and {RESULTS_FILE} in {stage}")
