@@ -1,4 +1,4 @@
-"""The ``foveal`` command line: train, eval, predict, export, models, weightmap, demo.
+"""The ``foveal`` command line: train, eval, predict, explain, export, models, weightmap, demo.
 
 Every error a user can cause is printed as one line ``foveal: error: ...`` with a non-zero exit code, no traceback.
 """
@@ -166,6 +166,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from foveal.tasks.explain import explain, format_records
+
+    if args.top_k < 1:
+        raise FovealError(f"--top-k {args.top_k}: use a positive number of classes, e.g. --top-k 5")
+    if not 0.0 < args.threshold < 1.0:
+        raise FovealError(f"--threshold {args.threshold}: use a fraction between 0 and 1, e.g. 0.2 (the paper's)")
+    records = explain(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        top_k=args.top_k,
+        method=args.method,
+        threshold=args.threshold,
+        relative_to=args.relative_to,
+    )
+    print(format_records(records))
+    print(f"maps, boxes and figures written to {args.out}")
+    return 0
+
+
 def cmd_weightmap(args: argparse.Namespace) -> int:
     from foveal.tasks.segment_eval import weightmap_figures
 
@@ -215,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list EfficientNet variants with parameters, FLOPs and resolution")
     p.add_argument("--phi", type=float, action="append", default=[], help="also list the model for this φ")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("explain", help="class activation maps (CAM / Grad-CAM) with boxes for classifiers and U-Nets")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", default="explanations", help="output folder (default: explanations)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to explain per image (default 5)")
+    p.add_argument("--method", choices=["cam", "gradcam"], default="cam", help="cam (one forward pass) or gradcam")
+    p.add_argument("--threshold", type=float, default=0.2, help="box threshold as a fraction (default 0.2)")
+    p.add_argument(
+        "--relative-to", choices=["max", "range"], default="max", help="threshold of the map's max (paper) or range"
+    )
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("weightmap", help="the U-Net border weight map of instance masks, drawn like the paper's Fig. 3")
     p.add_argument("data", help="dataset with instance masks (nuclei-sample, a folder with images/ and masks/)")

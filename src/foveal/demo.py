@@ -3,6 +3,9 @@
 Classification stage: train a small EfficientNet on the bundled Fashion-MNIST sample (a few CPU minutes), evaluate
 it (metrics, confusion matrix), predict a handful of test images saved as PNG, and export it to ONNX.
 
+Explanation stage: class activation maps of a few test images from the demo classifier (top-5 maps in the paper's
+Fig. 4 layout, the top-1 map with its box).
+
 Segmentation stage: draw the border weight map of the bundled nuclei labels (the paper's Fig. 3), train a small
 U-Net on the image's left 384 columns, evaluate it on the right 128 (pixel and instance metrics), and segment the
 whole image by overlap-tile inference (label image + overlay).
@@ -33,13 +36,20 @@ def _save_sample_images(out: Path, count: int) -> list[Path]:
     return paths
 
 
-def run_demo(out: Path, quick: bool = False, stages: tuple[str, ...] = ("classify", "segment")) -> Path:
+def run_demo(
+    out: Path, quick: bool = False, stages: tuple[str, ...] = ("classify", "explain", "segment")
+) -> Path:
     """Run the demo's ``stages`` into ``out`` and return it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FovealError(f"demo output {out} exists and is not a folder: choose another --out")
     if "classify" in stages:
         _classify_stage(out, quick)
+    if "explain" in stages and (out / "classify" / "run").is_dir():
+        from foveal.tasks.explain import demo_stage
+
+        print("[explain] class activation maps of the demo classifier, with boxes (the paper's Fig. 4 layout)")
+        demo_stage(out, out / "classify" / "run")
     if "segment" in stages:
         _segment_stage(out, quick)
     return out

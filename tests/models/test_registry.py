@@ -17,6 +17,6 @@ def test_unknown_names_are_clear():
     with pytest.raises(FovealError, match="did you mean 'efficientnet_b3'"):
         build_model("eficientnet_b3")
     with pytest.raises(FovealError, match="unknown architecture"):
-        rebuild({"arch": "unet", "args": {}})
+        rebuild({"arch": "vit", "args": {}})
     with pytest.raises(FovealError, match="bad arguments"):
         build_model("efficientnet_b0", wdth=2)

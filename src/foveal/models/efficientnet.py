@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from foveal.errors import FovealError
 from foveal.models.backbones import FeatureInfo
 from foveal.models.layers import ConvBNAct, SqueezeExcite, drop_path, records_grad
 
@@ -151,6 +152,8 @@ class EfficientNet(nn.Module):
         bn_momentum: BatchNorm momentum in PyTorch's convention (0.01 = the paper's decay 0.99).
         bn_eps: BatchNorm epsilon (1e-3 in the reference code; timm and torchvision use 1e-5).
         se_ratio: squeeze-and-excitation reduction relative to the block's input channels.
+        pool: global pooling before the classifier: "avg" (the paper; what class activation maps assume) or "max"
+            (global max pooling, for the GAP-vs-GMP ablation of Zhou et al., CVPR 2016).
 
     Shapes: ``forward`` maps (N, in_channels, H, W) to logits (N, num_classes); ``forward_features`` returns the
     maps listed in ``feature_info`` (strides 2, 4, 8, 16, 32 with the paper's stem).
@@ -170,8 +173,13 @@ class EfficientNet(nn.Module):
         bn_momentum: float = 0.01,
         bn_eps: float = 1e-3,
         se_ratio: float = 0.25,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
+        if pool not in ("avg", "max"):
+            raise FovealError(
+                f"pool must be 'avg' (global average pooling) or 'max' (global max pooling), got {pool!r}"
+            )
         self.args: dict[str, Any] = {
             "width": width,
             "depth": depth,
@@ -185,7 +193,9 @@ class EfficientNet(nn.Module):
             "bn_momentum": bn_momentum,
             "bn_eps": bn_eps,
             "se_ratio": se_ratio,
+            "pool": pool,
         }
+        self.pool = pool
         bn: dict[str, Any] = {"padding": padding, "bn_momentum": bn_momentum, "bn_eps": bn_eps}
         stem = round_channels(B0_STEM, width)
         self.stem = ConvBNAct(in_channels, stem, 3, stem_stride, **bn)
@@ -251,8 +261,9 @@ class EfficientNet(nn.Module):
         return self.head(x)
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Global average pooling → dropout → linear: (N, num_features, h, w) → logits (N, num_classes)."""
-        return self.classifier(self.dropout(features.mean((2, 3))))
+        """Global average (or max) pooling → dropout → linear: (N, num_features, h, w) → logits (N, num_classes)."""
+        pooled = features.mean((2, 3)) if self.pool == "avg" else features.amax((2, 3))
+        return self.classifier(self.dropout(pooled))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_head_features(x))
