@@ -101,6 +101,33 @@ def test_loss_normalisation_and_empty_images(small):
     torch.testing.assert_close(losses["box"], ref_box)
 
 
+def test_loss_ignores_anchors_covered_by_crowd_regions():
+    anchors = torch.tensor(
+        [[0, 0, 20, 20], [30, 0, 50, 20], [0, 30, 20, 50], [40, 40, 70, 70],
+         [1, 1, 21, 21], [25, 25, 35, 35], [5, 30, 15, 40], [30, 5, 40, 15]],
+        dtype=torch.float32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    logits, deltas = torch.randn(1, 8, K), torch.randn(1, 8, 4)
+    out = RetinaOutput(logits, deltas, anchors, [(2, 2), (1, 1), (1, 1), (1, 1), (1, 1)], 1)
+    box = {"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2])}
+    # region 1 holds anchors 0 (foreground: stays), 1 and 7 (whole: ignored); region 2 covers exactly half of
+    # anchor 2 (ignored: the threshold is inclusive), 45 % of anchor 3 (kept) and only the edge of anchor 6 (kept)
+    crowd = torch.tensor([[0.0, 0.0, 50.0, 20.0], [0.0, 40.0, 70.0, 53.5]])
+    losses = retinanet_loss(out, [{**box, "ignore": crowd}])
+    keep = torch.tensor([True, False, False, True, True, True, True, False])
+    fg = torch.tensor([0, 4])  # IoU 1 and 0.82 with the box
+    cls_t = torch.zeros(8, K)
+    cls_t[fg, 2] = 1
+    ref_cls = torchvision.ops.sigmoid_focal_loss(logits[0, keep], cls_t[keep], reduction="sum") / 2
+    torch.testing.assert_close(losses["cls"], ref_cls)
+    plain = retinanet_loss(out, [box])
+    torch.testing.assert_close(losses["box"], plain["box"])  # the foreground is untouched
+    torch.testing.assert_close(plain["cls"], torchvision.ops.sigmoid_focal_loss(logits[0], cls_t, reduction="sum") / 2)
+    off = retinanet_loss(out, [{**box, "ignore": crowd}], ignore_coverage=1.1)
+    torch.testing.assert_close(off["cls"], plain["cls"])
+
+
 def test_loss_rejects_bad_targets():
     anchors = AnchorGenerator().grid_anchors(0, 4, 4)
     out = RetinaOutput(torch.zeros(1, len(anchors), K), torch.zeros(1, len(anchors), 4), anchors, [(4, 4)], 9)

@@ -205,19 +205,26 @@ def retinanet_loss(
     alpha: float | None = 0.25,
     gamma: float = 2.0,
     smooth_l1_beta: float = SMOOTH_L1_BETA,
+    ignore_coverage: float = 0.5,
 ) -> dict[str, Tensor]:
     """The paper's training loss: sigmoid focal loss over all non-ignored anchors plus smooth L1 on foreground boxes,
     both summed over the batch and divided by the number of foreground anchors (at least 1).
 
+    Crowd regions (COCO's ``iscrowd``): an anchor that is not foreground and whose intersection with one ``ignore``
+    box covers at least ``ignore_coverage`` of the anchor's own area is ignored — neither positive nor negative —
+    as Detectron does with its crowd threshold. Crowd regions are never matched as objects.
+
     Args:
         output: the model's output for N images.
-        targets: per image ``{"boxes": (M, 4) xyxy, "labels": (M,) int64 in [0, K)}``; M may be 0 (the image then
-            only contributes negatives to the classification loss).
+        targets: per image ``{"boxes": (M, 4) xyxy, "labels": (M,) int64 in [0, K)}``, optionally ``"ignore": (G, 4)
+            xyxy`` crowd regions; M may be 0 (the image then only contributes negatives to the classification loss).
         matcher: anchor assignment (default: the paper's IoU ≥ 0.5 foreground, < 0.4 background).
         box_coder: box parameterisation (default: Faster R-CNN deltas, weights 1).
         alpha, gamma: focal loss α and γ (0.25, 2).
         smooth_l1_beta: smooth-L1 transition point: 0.11 as in the authors' Detectron configuration; 0 gives the L1
             loss of torchvision / detectron2.
+        ignore_coverage: fraction of an anchor's area inside one crowd region that makes a non-foreground anchor
+            ignored (0.5); above 1 switches crowd handling off.
 
     Returns:
         ``{"cls": scalar, "box": scalar}``; the training objective is their sum.
@@ -235,6 +242,10 @@ def retinanet_loss(
         boxes, labels = _checked_target(target, k, anchors)
         matched = matcher(box_iou(boxes, anchors))
         keep[i] = matched != Matcher.IGNORE
+        crowd = target.get("ignore")
+        if crowd is not None and crowd.numel() and ignore_coverage <= 1.0:
+            covered = _coverage(anchors, crowd.to(device=anchors.device, dtype=anchors.dtype).reshape(-1, 4))
+            keep[i] &= (matched >= 0) | (covered < ignore_coverage)
         fg = (matched >= 0).nonzero().squeeze(1)
         gt = matched[fg]
         cls_targets[i, fg, labels[gt]] = 1.0
@@ -249,6 +260,15 @@ def retinanet_loss(
         torch.cat(fg_deltas).float(), torch.cat(fg_targets).float(), reduction="sum", beta=smooth_l1_beta
     )
     return {"cls": cls, "box": box / normalizer}
+
+
+def _coverage(anchors: Tensor, regions: Tensor) -> Tensor:
+    """(A,) the largest fraction of each xyxy anchor's area that lies inside one of the (G, 4) xyxy regions."""
+    lt = torch.maximum(anchors[None, :, :2], regions[:, None, :2])
+    rb = torch.minimum(anchors[None, :, 2:], regions[:, None, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2).amax(dim=0)
+    area = (anchors[:, 2:] - anchors[:, :2]).prod(dim=1)
+    return inter / area.clamp(min=torch.finfo(area.dtype).tiny)
 
 
 def _checked_target(target: dict[str, Tensor], num_classes: int, anchors: Tensor) -> tuple[Tensor, Tensor]:

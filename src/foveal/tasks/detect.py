@@ -8,13 +8,12 @@ horizontal flip only, shorter side 800 (longer ≤ 1333); inference keeps scores
 at 0.5 per class and 100 detections per image.
 
 Images without objects are kept for training (they only contribute negatives). Crowd regions (``iscrowd``) are
-ignored by the loss and the evaluation. Evaluation, prediction and the demo stage are in
+ignored by the loss and the evaluation. Loading for inference, evaluation, prediction and the demo stage are in
 :mod:`foveal.tasks.detect_eval`.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -265,36 +264,6 @@ def freeze_batchnorm(model: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into it, in place; returns ``model``.
-
-    Covers ``nn.Sequential`` runs (conv, BN), torchvision ResNet blocks (``convN`` → ``bnN``) and foveal's
-    ``ConvBNAct``. Inference only: the folded model has no batch statistics left.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    from foveal.models.layers import fuse_conv_bn
-
-    fuse_conv_bn(model)
-    for parent in list(model.modules()):
-        names = list(parent._modules)
-        pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)] if isinstance(parent, nn.Sequential) else []
-        pairs += [(f"conv{i}", f"bn{i}") for i in (1, 2, 3) if f"conv{i}" in names and f"bn{i}" in names]
-        for conv_name, bn_name in pairs:
-            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training:
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(parent, bn_name, nn.Identity())
-    return model
-
-
-def inference_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for fast CPU inference: eval mode, BatchNorm folded into the convolutions, channels-last."""
-    fast = fold_batchnorm(copy.deepcopy(model).eval())
-    return fast.to(memory_format=torch.channels_last)
-
-
 # -- data ------------------------------------------------------------------------------------------------------------
 def open_data(cfg: DetectDataConfig) -> tuple[Any, Any]:
     """(train, val) :class:`~foveal.data.coco.DetectionData` of ``cfg``, checked to fit each other."""
@@ -476,71 +445,7 @@ def _train(cfg: DetectConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, 
     return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
 
 
-# -- loading for inference -------------------------------------------------------------------------------------------
-@dataclass
-class LoadedDetector:
-    """A detector ready for inference and what its inputs must look like.
-
-    Attributes:
-        model: the RetinaNet in eval mode (BatchNorm folded and channels-last when loaded with ``fast``).
-        classes: class names; label k is ``classes[k]``.
-        categories: ``[{"id", "name"}]``; label k has category id ``categories[k]["id"]``.
-        channels: image channels the model takes (1 or 3).
-        min_size, max_size: the resize of :func:`foveal.models.retinanet.resize_for_detection`.
-        mean, std: the normalisation of :func:`foveal.data.box_transforms.normalize`.
-        config: the training recipe (its ``inference`` section holds the post-processing settings).
-        meta: the checkpoint record.
-    """
-
-    model: nn.Module
-    classes: list[str]
-    categories: list[dict[str, Any]]
-    channels: int
-    min_size: int
-    max_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    config: DetectConfig
-    meta: dict[str, Any]
-
-    def transform(self) -> DetectionTransform:
-        """The evaluation transform (resize + normalise) of the model's inputs."""
-        return eval_transform(self.min_size, self.max_size, self.mean, self.std)
-
-
 def check_task(ckpt: ckpt_io.Checkpoint) -> None:
     task = ckpt.meta.get("task")
     if task != TASK:
         raise FovealError(f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a detector; pass a detect checkpoint")
-
-
-def load_detector(path: str | Path, fast: bool = True) -> LoadedDetector:
-    """Load a detection checkpoint (a checkpoint folder or a run directory) for inference.
-
-    Args:
-        path: the checkpoint.
-        fast: fold BatchNorm into the convolutions and use channels-last (:func:`inference_model`).
-    """
-    from foveal.models.registry import rebuild
-
-    ckpt = ckpt_io.load_checkpoint(path)
-    check_task(ckpt)
-    try:
-        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
-        categories = [dict(c) for c in ckpt.meta["categories"]]
-        model = rebuild(spec)
-        config = from_dict(DetectConfig, ckpt.meta["config"])
-        geometry = (int(inp["channels"]), int(inp["min_size"]), int(inp["max_size"]))
-        mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
-    try:
-        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
-    except FovealError as exc:
-        raise FovealError(
-            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
-        ) from None
-    model.eval()
-    if fast:
-        model = inference_model(model)
-    return LoadedDetector(model, classes, categories, *geometry, mean, std, config, ckpt.meta)
