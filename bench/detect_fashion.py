@@ -14,8 +14,9 @@ size (min_size = max_size = canvas size: no resize), normalisation, flips, batch
 learning-rate schedule (foveal's ``build_optimizer`` / ``build_schedule`` for both), seed, sample order and flip draws
 (the trainer's ``EpochBatches``). What differs is each library's own detector:
 
-- foveal: the paper's RetinaNet — P6 from C5, smooth L1 (β = 0.11), no low-quality matches, loss normalised by the
-  foreground anchors of the whole batch;
+- foveal: the paper's RetinaNet — P6 from C5, smooth L1 (β = 0.11), loss normalised by the foreground anchors of
+  the whole batch — with low-quality matches on, as detect_cpu.yaml sets them for these small garments (as in
+  torchvision);
 - torchvision: ``torchvision.models.detection.RetinaNet`` on a ResNet-18 ``BackboneWithFPN`` with ``LastLevelP6P7``
   as in ``retinanet_resnet50_fpn`` (P6 from P5), its L1 box loss, low-quality matches and per-image normalisation;
   100 detections per image for both (torchvision's default is 300; COCO counts 100).
@@ -32,6 +33,7 @@ import math
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,7 @@ def _train_torchvision(cfg: detect.DetectConfig, train_data: Any, steps: int) ->
     model = _torchvision_detector(cfg, train_data.num_classes, train_data.channels)
     # the same flips and (identity) resize as foveal's, but left in [0, 1]: torchvision normalises itself
     transform = detect.train_transform(cfg.data)
-    samples = DetectionSamples(train_data, type(transform)(**{**transform.__dict__, "mean": (0.0,), "std": (1.0,)}))
+    samples = DetectionSamples(train_data, replace(transform, mean=(0.0,), std=(1.0,)))
     batch = cfg.data.batch_size
     per_epoch = len(train_data) // batch
     optimizer = build_optimizer(model, cfg.optim, batch)
@@ -173,7 +175,7 @@ def main() -> None:
         overrides += ["train.max_steps=4", "data.val_limit=16"]
     cfg = load_config(detect.DetectConfig, CONFIG, overrides)
     # one evaluation, at the end: no selection on the validation data, and no evaluation time inside the budget
-    cfg = type(cfg)(**{**cfg.__dict__, "train": type(cfg.train)(**{**cfg.train.__dict__, "eval_every": 1e9})})
+    cfg = replace(cfg, train=replace(cfg.train, eval_every=1e9))
     train_data, val_data = detect.open_data(cfg.data)
 
     print("training foveal's RetinaNet (detect_cpu.yaml)")

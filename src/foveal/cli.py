@@ -41,16 +41,23 @@ def _task_module(task: str) -> Any:
         from foveal.tasks import classify
 
         return classify
+    if task == "detect":
+        from foveal.tasks import detect
+
+        return detect
     from foveal.tasks import segment
 
     return segment
+
+
+_CONFIGS = {"classify": "ClassifyConfig", "segment": "SegmentConfig", "detect": "DetectConfig"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from foveal.config import load_config
 
     module = _task_module(args.task)
-    config_cls = module.ClassifyConfig if args.task == "classify" else module.SegmentConfig
+    config_cls = getattr(module, _CONFIGS[args.task])
     if args.resume:
         if args.overrides or args.config:
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
@@ -79,16 +86,22 @@ def _print_metrics(metrics: dict[str, object]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from foveal.engine.checkpoint import checkpoint_task
 
-    if checkpoint_task(args.checkpoint) == "segment":
+    task = checkpoint_task(args.checkpoint)
+    if task == "segment":
         from foveal.tasks import segment_eval
 
         seg = segment_eval.evaluate_checkpoint(args.checkpoint, args.data, args.out)
         print(seg.format())
+    elif task == "detect":
+        from foveal.tasks import detect_eval
+
+        det = detect_eval.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
+        print(det.format())
     else:
         from foveal.report.tables import format_metrics
         from foveal.tasks import classify
 
-        result = classify.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
+        result = classify.evaluate_checkpoint(args.checkpoint, args.data, args.split or "test", args.out)
         print(format_metrics(result))
     if args.out:
         print(f"metrics written to {args.out}")
@@ -98,7 +111,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from foveal.engine.checkpoint import checkpoint_task
 
-    if checkpoint_task(args.checkpoint) == "segment":
+    task = checkpoint_task(args.checkpoint)
+    if task == "detect":
+        from foveal.engine.logging import write_json as write_records
+        from foveal.tasks import detect_eval
+
+        out = args.out or "predictions"
+        records = detect_eval.predict(args.checkpoint, args.inputs, out)
+        print(detect_eval.format_predictions(records))
+        if args.json:
+            write_records(args.json, records)
+        print(f"detections (COCO results JSON) and figures written to {out}")
+        return 0
+    if task == "segment":
         from dataclasses import asdict
 
         from foveal.engine.logging import write_json as write_records
@@ -200,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="foveal", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (task: classify or segment)")
-    p.add_argument("task", choices=["classify", "segment"], help="what to train")
+    p = sub.add_parser("train", help="train a model (task: classify, segment or detect)")
+    p.add_argument("task", choices=["classify", "segment", "detect"], help="what to train")
     p.add_argument("--config", help="YAML recipe (path, or bundled name such as classify_cpu or segment_cpu)")
     p.add_argument("--out", help="run directory (default: the config's 'out')")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
@@ -212,17 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--data", help="dataset spec (default: the checkpoint's validation data)")
-    p.add_argument("--split", default="test", help="classification: split of an IDX dataset or image folder")
+    p.add_argument("--split", help="split: test (classification default), or a COCO split such as val (detection)")
     p.add_argument("--out", help="folder for metrics.json (and confusion.png for classifiers)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify images (top-k) or segment them (label images and overlays)")
+    p = sub.add_parser("predict", help="classify (top-k), segment (labels + overlays) or detect (boxes) in images")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", help="also write the predictions as JSON here")
     p.add_argument("--csv", help="also write the predictions as CSV here (classification)")
-    p.add_argument("--out", help="segmentation: folder for label images and overlays (default: predictions)")
+    p.add_argument("--out", help="segmentation / detection: output folder (default: predictions)")
     p.add_argument("--tile", type=int, help="segmentation: output tile edge (default: the checkpoint's eval tile)")
     p.add_argument("--format", choices=["tif", "png"], default="tif", help="segmentation: label image format")
     p.set_defaults(func=cmd_predict)

@@ -290,3 +290,15 @@ def test_demo_stage_quick(tmp_path, capsys):
         assert (stage / name).is_file(), name
     assert len(list((stage / "predictions").glob("*_detections.png"))) == 4
     assert "COCO box evaluation" in capsys.readouterr().out
+
+
+def test_cli_eval_and_predict_dispatch_to_detection(trained, canvases, tmp_path, capsys):
+    from foveal.cli import main
+
+    run, _ = trained
+    assert main(["eval", str(run), "--split", "val", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    images = sorted((canvases / "val").glob("*.png"))[:2]
+    rc = main(["predict", str(run), *map(str, images), "--out", str(tmp_path / "pred")])
+    assert rc == 0 and (tmp_path / "pred" / "detections.json").is_file()
+    assert "detections" in capsys.readouterr().out

@@ -175,7 +175,7 @@ def build_detector(cfg: DetectModelConfig, num_classes: int, in_channels: int) -
     )
 
 
-def _weights_of(model: RetinaNet, cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
+def _weights_of(cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
     """(weights, the prefix of the keys they must cover, a description) of ``cfg.weights``."""
     assert cfg.weights is not None
     path = Path(cfg.weights).expanduser()
@@ -227,7 +227,7 @@ _STEM_WEIGHTS = ("backbone.stem.0.weight", "backbone.stem.conv.weight")  # the f
 def init_weights(model: RetinaNet, cfg: DetectModelConfig) -> None:
     """Load ``cfg.weights`` into ``model`` in place (see :class:`DetectModelConfig`); a classification layer of
     another class count keeps its fresh (prior) initialisation, any other mismatch is an error naming it."""
-    weights, prefix, source = _weights_of(model, cfg)
+    weights, prefix, source = _weights_of(cfg)
     own = model.state_dict()
     theirs = weights.get("cls_head.out.weight")
     new_classes = theirs is not None and theirs.shape != own["cls_head.out.weight"].shape
