@@ -137,7 +137,7 @@ def test_bad_override_or_option(capsys, run_copy: Path, arg: str, needles: tuple
 def test_bad_option_values(capsys, ckpt_run: Path, tmp_path: Path) -> None:
     fail(capsys, ["predict", str(ckpt_run), "x.png", "--top-k", "abc"], "--top-k", "'abc'", "foveal predict --help")
     fail(capsys, ["eval", str(ckpt_run), "--bogus"], "--bogus", "foveal eval --help")
-    fail(capsys, ["train", "detect"], "'detect'", "classify")
+    fail(capsys, ["train", "track"], "'track'", "classify")
     fail(capsys, [], "COMMAND", "foveal --help")
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"an earlier export")
