@@ -214,8 +214,8 @@ def _damage(kind: str, ckpt_run: Path, tmp_path: Path) -> tuple[Path, str]:
         (ckpt / "model.safetensors").write_bytes(b"\x00" * 64)
         return ckpt, "weights in"
     if kind == "other-task":
-        _edit_meta(ckpt, lambda m: m.update(task="detect"))
-        return ckpt, "'detect' checkpoint, not a classifier"
+        _edit_meta(ckpt, lambda m: m.update(task="track"))
+        return ckpt, "'track' checkpoint, not a classifier"
     if kind == "weights-do-not-fit":
         _edit_meta(ckpt, lambda m: m["model"]["args"].update(num_classes=5))
         return ckpt, "classifier.weight"
