@@ -39,7 +39,9 @@ def _save_sample_images(out: Path, count: int) -> list[Path]:
     return paths
 
 
-def run_demo(out: Path, quick: bool = False, stages: tuple[str, ...] = ("classify", "explain", "segment")) -> Path:
+def run_demo(
+    out: Path, quick: bool = False, stages: tuple[str, ...] = ("classify", "explain", "segment", "detect")
+) -> Path:
     """Run the demo's ``stages`` into ``out`` and return it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
