@@ -202,6 +202,20 @@ def checkpoint_task(path: str | Path) -> str:
     return task
 
 
+def load_resume_point(run_dir: str | Path, command: str) -> Checkpoint:
+    """The latest step checkpoint of ``run_dir`` with its training state, for ``--resume``.
+
+    ``command`` ("foveal train segment", ...) names the command that writes such runs in the error message.
+    """
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise FovealError(
+            f"nothing to resume in {run_dir}: it holds no checkpoints/step-* directory; pass the --out folder of an "
+            f"earlier '{command}' run, or start a new run there without --resume"
+        )
+    return load_checkpoint(latest, with_state=True)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     steps = sorted(d for d in (Path(run_dir) / "checkpoints").glob("step-*") if (d / _META).is_file())
     return steps[-1] if steps else None

@@ -302,13 +302,7 @@ def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, resume: str | 
     """
     resume_ckpt = None
     if resume is not None:
-        latest = ckpt_io.latest_checkpoint(resume)
-        if latest is None:
-            raise FovealError(
-                f"nothing to resume in {resume}: it holds no checkpoints/step-* directory; pass the --out folder of an "
-                "earlier 'foveal train' run, or start a new run there without --resume"
-            )
-        resume_ckpt = ckpt_io.load_checkpoint(latest, with_state=True)
+        resume_ckpt = ckpt_io.load_resume_point(resume, "foveal train")
         _check_task(resume_ckpt)
         cfg = from_dict(ClassifyConfig, resume_ckpt.meta["config"])
         run_dir = Path(resume)
