@@ -3,10 +3,13 @@
 Runs the CPU recipe (configs/segment_cpu.yaml) twice with the same seed and budget: with the paper's border weight
 map (w0 = 10) and without it (w0 = 0), and reports for each the instance F1 / AP at IoU 0.5, the foreground IoU, the
 Rand error and how many touching ground-truth pairs the prediction merged. The FINAL weights of each run are
-evaluated (not the best validation checkpoint, since the validation columns are the evaluation columns).
+evaluated (not the best validation checkpoint, since the validation columns are the evaluation columns), once with
+one pass (the recipe's default, reported as the result) and once with test-time averaging over the 8 rotations and
+flips (``post.tta=dihedral``, reported beside it under "dihedral").
 
-    python bench/nuclei_unet.py            # both runs (about 2 x the recipe's max_minutes)
-    python bench/nuclei_unet.py --w0 10    # one run
+    python bench/nuclei_unet.py                  # both runs (about 2 x the recipe's max_minutes)
+    python bench/nuclei_unet.py --w0 10          # one run
+    python bench/nuclei_unet.py --eval-only      # re-evaluate the final weights of earlier runs in --out
 """
 
 from __future__ import annotations
@@ -20,27 +23,17 @@ from pathlib import Path
 import torch
 
 from foveal.cli import CONFIG_DIR
-from foveal.config import load_config, to_dict
+from foveal.config import load_config
 from foveal.engine.checkpoint import latest_checkpoint
 from foveal.tasks import segment, segment_eval
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_once(w0: float, out: Path, extra: list[str]) -> dict[str, object]:
-    cfg = load_config(segment.SegmentConfig, CONFIG_DIR / "segment_cpu.yaml", [f"weights.w0={w0}", *extra])
-    run = out / f"w0-{w0:g}"
-    start = time.perf_counter()
-    segment.train(cfg, run_dir=run)
-    minutes = (time.perf_counter() - start) / 60
-    final = latest_checkpoint(run)
-    assert final is not None
-    result = segment_eval.evaluate_checkpoint(final, None, run / "final-eval")
+def _scores(result: segment_eval.SegEvaluation) -> dict[str, object]:
+    assert result.instances is not None
     s = result.summary()
     return {
-        "w0": w0,
-        "train_minutes": round(minutes, 2),
-        "steps": json.loads((final / "checkpoint.json").read_text())["step"],
         "f1_50": s["f1_50"],
         "ap_50": result.instances.ap_at(0.5),
         "mean_ap_50_95": s["ap"],
@@ -50,7 +43,34 @@ def run_once(w0: float, out: Path, extra: list[str]) -> dict[str, object]:
         "merged_pairs": s["merged_pairs"],
         "touching_pairs": s["touching_pairs"],
         "tp_fp_fn_50": [result.instances.tp[0], result.instances.fp[0], result.instances.fn[0]],
-        "config": to_dict(cfg),
+    }
+
+
+def run_once(w0: float, out: Path, extra: list[str], eval_only: bool) -> dict[str, object]:
+    cfg = load_config(segment.SegmentConfig, CONFIG_DIR / "segment_cpu.yaml", [f"weights.w0={w0}", *extra])
+    run = out / f"w0-{w0:g}"
+    minutes = None
+    if not eval_only:
+        start = time.perf_counter()
+        segment.train(cfg, run_dir=run)
+        minutes = round((time.perf_counter() - start) / 60, 2)
+    final = latest_checkpoint(run)
+    if final is None:
+        raise SystemExit(f"no checkpoint in {run}: train it first (without --eval-only)")
+    record = json.loads((final / "checkpoint.json").read_text())
+    if eval_only:
+        minutes = json.loads((run / "train_time.json").read_text())["minutes"]
+    else:
+        (run / "train_time.json").write_text(json.dumps({"minutes": minutes}))
+    one_pass = segment_eval.evaluate_checkpoint(final, None, run / "final-eval")
+    dihedral = segment_eval.evaluate_checkpoint(final, None, run / "final-eval-dihedral", tta="dihedral")
+    return {
+        "w0": w0,
+        "train_minutes": minutes,
+        "steps": record["step"],
+        **_scores(one_pass),
+        "dihedral": _scores(dihedral),
+        "config": record["config"],
     }
 
 
@@ -58,10 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--w0", type=float, action="append", help="border weights to run (default: 10 and 0)")
     parser.add_argument("--out", default="runs/bench-nuclei", help="run directories")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the runs in --out again, no training")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = [run_once(w0, Path(args.out), args.overrides) for w0 in (args.w0 or [10.0, 0.0])]
+    rows = [run_once(w0, Path(args.out), args.overrides, args.eval_only) for w0 in (args.w0 or [10.0, 0.0])]
     path = RESULTS / "nuclei_unet.json"
     if path.is_file():  # keep the other w0 of an earlier invocation with the same config
         same = [r for r in json.loads(path.read_text())["runs"] if r["w0"] not in {x["w0"] for x in rows}]
@@ -74,12 +95,16 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{'w0':>4} {'minutes':>8} {'steps':>6} {'F1@0.5':>7} {'AP@0.5':>7} {'fg IoU':>7} {'Rand err':>8} merged")
+    head = f"{'w0':>4} {'tta':>8} {'minutes':>8} {'steps':>6} {'F1@0.5':>7} {'AP@0.5':>7} {'fg IoU':>7} {'Rand err':>8}"
+    print(head, "merged")
     for r in rows:
-        print(
-            f"{r['w0']:>4g} {r['train_minutes']:>8.1f} {r['steps']:>6} {r['f1_50']:>7.3f} {r['ap_50']:>7.3f} "
-            f"{r['fg_iou']:>7.3f} {r['rand_error']:>8.4f} {r['merged_pairs']}/{r['touching_pairs']}"
-        )
+        for tta, v in (("none", r), ("dihedral", r.get("dihedral"))):
+            if isinstance(v, dict):
+                print(
+                    f"{r['w0']:>4g} {tta:>8} {r['train_minutes']:>8.1f} {r['steps']:>6} {v['f1_50']:>7.3f} "
+                    f"{v['ap_50']:>7.3f} {v['fg_iou']:>7.3f} {v['rand_error']:>8.4f} "
+                    f"{v['merged_pairs']}/{v['touching_pairs']}"
+                )
 
 
 if __name__ == "__main__":

@@ -83,14 +83,20 @@ def _print_metrics(metrics: dict[str, object]) -> None:
     print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
 
+def _tta_only_for_segmentation(args: argparse.Namespace, task: str) -> None:
+    if args.tta is not None and task != "segment":
+        raise FovealError(f"--tta applies to segmentation checkpoints; {args.checkpoint} is a '{task}' checkpoint")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from foveal.engine.checkpoint import checkpoint_task
 
     task = checkpoint_task(args.checkpoint)
+    _tta_only_for_segmentation(args, task)
     if task == "segment":
         from foveal.tasks import segment_eval
 
-        seg = segment_eval.evaluate_checkpoint(args.checkpoint, args.data, args.out)
+        seg = segment_eval.evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta)
         print(seg.format())
     elif task == "detect":
         from foveal.tasks import detect_eval
@@ -112,6 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from foveal.engine.checkpoint import checkpoint_task
 
     task = checkpoint_task(args.checkpoint)
+    _tta_only_for_segmentation(args, task)
     if task == "detect":
         from foveal.engine.logging import write_json as write_records
         from foveal.tasks import detect_eval
@@ -130,7 +137,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from foveal.tasks import segment_eval
 
         out = args.out or "predictions"
-        rows = segment_eval.predict(args.checkpoint, args.inputs, out, tile=args.tile, fmt=args.format)
+        rows = segment_eval.predict(args.checkpoint, args.inputs, out, tile=args.tile, fmt=args.format, tta=args.tta)
         print(segment_eval.format_predictions(rows))
         if args.json:
             write_records(args.json, [asdict(r) for r in rows])
@@ -206,6 +213,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         method=args.method,
         threshold=args.threshold,
         relative_to=args.relative_to,
+        score_thresh=args.score_thresh,
     )
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
@@ -239,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset spec (default: the checkpoint's validation data)")
     p.add_argument("--split", help="split: test (classification default), or a COCO split such as val (detection)")
     p.add_argument("--out", help="folder for metrics.json (and confusion.png for classifiers)")
+    p.add_argument(
+        "--tta", choices=["none", "dihedral"], help="segmentation: average over the 8 rotations / flips (dihedral)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify (top-k), segment (labels + overlays) or detect (boxes) in images")
@@ -250,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="segmentation / detection: output folder (default: predictions)")
     p.add_argument("--tile", type=int, help="segmentation: output tile edge (default: the checkpoint's eval tile)")
     p.add_argument("--format", choices=["tif", "png"], default="tif", help="segmentation: label image format")
+    p.add_argument(
+        "--tta", choices=["none", "dihedral"], help="segmentation: average over the 8 rotations / flips (dihedral)"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against onnxruntime)")
@@ -262,15 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phi", type=float, action="append", default=[], help="also list the model for this φ")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("explain", help="class activation maps (CAM / Grad-CAM) with boxes for classifiers and U-Nets")
+    p = sub.add_parser("explain", help="CAM / Grad-CAM maps with boxes for classifiers, U-Nets and detectors")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", default="explanations", help="output folder (default: explanations)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to explain per image (default 5)")
+    p.add_argument("--top-k", type=int, default=5, help="classes or best detections per image (default 5)")
     p.add_argument("--method", choices=["cam", "gradcam"], default="cam", help="cam (one forward pass) or gradcam")
     p.add_argument("--threshold", type=float, default=0.2, help="box threshold as a fraction (default 0.2)")
     p.add_argument(
         "--relative-to", choices=["max", "range"], default="max", help="threshold of the map's max (paper) or range"
+    )
+    p.add_argument(
+        "--score-thresh", type=float, default=None, help="detectors: lowest score explained (default: checkpoint's)"
     )
     p.set_defaults(func=cmd_explain)
 

@@ -172,6 +172,7 @@ def test_postprocess_thresholds_topk_nms_and_clipping():
     (det,) = postprocess(out, [(50, 60)])
     torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.8, 0.5, 0.06]))
     assert det["labels"].tolist() == [1, 2, 0, 0]
+    assert det["anchors"].tolist() == [0, 3, 4, 2]  # the anchor each detection came from
     torch.testing.assert_close(
         det["boxes"], torch.tensor([[0, 0, 20, 20], [40, 40, 60, 50], [1, 1, 21, 21], [0, 30, 20, 50]]).float()
     )

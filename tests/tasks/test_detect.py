@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,7 +19,8 @@ from foveal.data.detection_set import build_detection_set
 from foveal.engine.checkpoint import save_checkpoint
 from foveal.errors import FovealError
 from foveal.models.retinanet import RetinaNet, batch_images, boxes_to_original, postprocess
-from foveal.tasks import detect, detect_eval
+from foveal.tasks import detect, detect_eval, explain
+from foveal.tasks.explain_detect import detection_gradcam
 
 # resnet18-FPN with 16 channels and one conv per subnet; anchors for 64-px canvases
 TINY = [
@@ -302,3 +305,58 @@ def test_cli_eval_and_predict_dispatch_to_detection(trained, canvases, tmp_path,
     rc = main(["predict", str(run), *map(str, images), "--out", str(tmp_path / "pred")])
     assert rc == 0 and (tmp_path / "pred" / "detections.json").is_file()
     assert "detections" in capsys.readouterr().out
+
+
+def _gradcam_by_hand(model, x, anchor, label, level):
+    """Grad-CAM of one detection written out: d logit / d P_level, channel means as weights, ReLU of the sum."""
+    seen = {}
+    handle = model.pyramid_layer(level).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            (grad,) = torch.autograd.grad(out.cls_logits[0, anchor, label], seen["a"])
+    finally:
+        handle.remove()
+    cam = (grad.mean((2, 3))[:, :, None, None] * seen["a"]).sum(1).clamp_min(0)
+    return F.interpolate(cam[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach()
+
+
+def test_detection_gradcam_equals_the_hand_written_one(trained, canvases):
+    run, _ = trained
+    det = detect_eval.load_detector(run, fast=False)
+    image = torch.from_numpy(np.array(Image.open(canvases / "val" / "000001.png")))[None]
+    sample = det.transform()(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    x, sizes = batch_images([sample.image])
+    with torch.no_grad():
+        output = det.model(x)
+    (found,) = postprocess(output, sizes, score_thresh=0.0, max_detections=1000)
+    levels = det.model.anchor_level(found["anchors"], output.level_sizes)
+    # the best detection and one from each other level that has one: several levels, one pass per level
+    picks = [0] + [int((levels == lv).nonzero()[0]) for lv in levels.unique().tolist() if lv != int(levels[0])]
+    assert len(picks) >= 2
+    anchors, labels = found["anchors"][picks], found["labels"][picks]
+    maps = detection_gradcam(det.model, x, output, anchors, labels)
+    assert maps.shape == (len(picks), *x.shape[-2:])
+    for row, (anchor, label, level) in enumerate(zip(anchors, labels, levels[picks], strict=True)):
+        expected = _gradcam_by_hand(det.model, x, int(anchor), int(label), int(level))
+        torch.testing.assert_close(maps[row], expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()) + 1e-12)
+
+
+def test_explain_a_detector_matches_predict(trained, canvases, tmp_path):
+    run, _ = trained
+    val = canvases / "val" / "000000.png"
+    # a detector trained for one epoch scores below the default 0.05: no detection, an empty record
+    (empty,) = explain.explain(run, [str(val)], tmp_path / "none", top_k=3)
+    assert (empty.classes, empty.boxes, empty.figures) == ([], [], [])
+    (record,) = explain.explain(run, [str(val)], tmp_path / "explain", top_k=3, score_thresh=0.0)
+    (pred,) = detect_eval.predict(run, [str(val)], tmp_path / "pred", score_thresh=0.0)
+    best = pred["detections"][:3]
+    assert record.task == "detect" and record.method == "gradcam" and len(record.classes) == len(best) > 0
+    assert record.classes == [d["label"] for d in best]
+    assert record.scores == pytest.approx([d["score"] for d in best], rel=1e-4)
+    np.testing.assert_allclose(record.detections, [d["box"] for d in best], atol=1e-3)
+    for x1, y1, x2, y2 in record.boxes:
+        assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
+    assert all(Path(f).is_file() for f in record.figures) and len(record.figures) == 2
+    saved = json.loads((tmp_path / "explain" / "explanations.json").read_text())
+    assert saved[0]["detections"] == record.detections

@@ -115,10 +115,12 @@ def test_user_errors_name_what_is_wrong(classifier, tmp_path):
         explain.explain(run, [str(rgb)], tmp_path / "out", method="saliency")
     with pytest.raises(FovealError, match="threshold"):
         explain.explain(run, [str(rgb)], tmp_path / "out", threshold=1.5)
+    with pytest.raises(FovealError, match="score_thresh=1.5: use a detection score"):
+        explain.explain(run, [str(rgb)], tmp_path / "out", score_thresh=1.5)
     fake = tmp_path / "detector"
     fake.mkdir()
     (fake / "checkpoint.json").write_text(json.dumps({"task": "detect"}))
-    with pytest.raises(FovealError, match="explaining detectors needs a detection checkpoint"):
+    with pytest.raises(FovealError, match="detector is not a foveal checkpoint"):
         explain.explain(fake, [str(rgb)], tmp_path / "out")
 
 

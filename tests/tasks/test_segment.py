@@ -171,3 +171,23 @@ def test_other_networks_and_losses_train_and_predict(tmp_path, options):
     assert 0.0 <= metrics["fg_iou"] <= 1.0
     rows = segment_eval.predict(tmp_path / "run", [str(data / "images" / "cell0.png")], tmp_path / "pred")
     assert rows[0].size == (64, 72)
+
+
+def test_dihedral_test_time_averaging_is_invariant_to_rotations_and_flips():
+    from foveal.models.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(1, 3, depth=2, base_width=4).eval()
+    image = torch.rand(1, 37, 53)  # not square, not a tile multiple
+    plain = segment_eval.predict_logits(model, image, 28)
+    averaged = segment_eval.predict_logits(model, image, 28, tta="dihedral")
+    assert averaged.shape == plain.shape == (3, 37, 53)
+    torch.testing.assert_close(averaged.exp().sum(0), torch.ones(37, 53))  # log of averaged probabilities
+    assert not torch.allclose(averaged, plain.log_softmax(0), atol=1e-3)  # a valid U-Net is not rotation invariant
+    # the average over the whole dihedral group does not change when the input is turned or mirrored first
+    turned = segment_eval.predict_logits(model, torch.rot90(image, 1, (-2, -1)), 28, tta="dihedral")
+    torch.testing.assert_close(torch.rot90(turned, -1, (-2, -1)), averaged, rtol=1e-4, atol=1e-5)
+    mirrored = segment_eval.predict_logits(model, image.flip(-2), 28, tta="dihedral")
+    torch.testing.assert_close(mirrored.flip(-2), averaged, rtol=1e-4, atol=1e-5)
+    with pytest.raises(FovealError, match="unknown test-time augmentation 'flips'"):
+        segment_eval.predict_logits(model, image, 28, tta="flips")

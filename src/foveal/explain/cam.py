@@ -135,6 +135,29 @@ class MaskTarget:
         return (output[:, self.class_idx] * weights).sum((-2, -1))
 
 
+class DetectionTarget:
+    """The class logit of one detection of a RetinaNet: output ``cls_logits[n, anchor, label]`` (the score the
+    detection's box was kept for, before the sigmoid).
+
+    Args:
+        anchor: the anchor index of the detection (``postprocess(...)["anchors"]``), one for every image (int) or one
+            per image (int64 tensor (N,)).
+        label: its class, the same way.
+    """
+
+    def __init__(self, anchor: int | Tensor, label: int | Tensor) -> None:
+        self.anchor, self.label = anchor, label
+
+    def __call__(self, output: Any) -> Tensor:
+        logits = getattr(output, "cls_logits", None)
+        if not isinstance(logits, Tensor) or logits.ndim != 3:
+            raise FovealError(f"DetectionTarget needs a RetinaNet output with cls_logits (N, A, K), got {type(output)}")
+        n, a, k = logits.shape
+        anchor = _class_index(self.anchor, n, a, logits.device)
+        label = _class_index(self.label, n, k, logits.device)
+        return logits[torch.arange(n, device=logits.device), anchor.clone(), label.clone()]
+
+
 _H = TypeVar("_H", bound="_ModelHooks")
 
 

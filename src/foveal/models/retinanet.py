@@ -164,6 +164,20 @@ class RetinaNet(nn.Module):
         self.cls_head = RetinaHead(fpn_channels, a, num_classes, head_convs, prior)
         self.box_head = RetinaHead(fpn_channels, a, 4, head_convs)
 
+    def pyramid_layer(self, level: int) -> nn.Module:
+        """The module whose output is pyramid level ``level`` (0 = P3 … 4 = P7), the map both subnets read there."""
+        fpn = self.fpn
+        layers = [*fpn.output, fpn.p6, fpn.p7]
+        if not 0 <= level < len(layers):
+            raise FovealError(f"pyramid level {level} does not exist: RetinaNet has levels 0 (P3) to 4 (P7)")
+        return cast(nn.Module, layers[level])
+
+    def anchor_level(self, anchors: Tensor, level_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """Pyramid level (0 = P3) of each anchor index of a :class:`RetinaOutput` with these ``level_sizes``."""
+        a = self.anchor_generator.num_anchors
+        ends = torch.tensor([h * w * a for h, w in level_sizes]).cumsum(0)
+        return torch.searchsorted(ends, anchors.cpu(), right=True)
+
     def forward(self, images: Tensor) -> RetinaOutput:
         """(N, in_channels, H, W) resized, normalised images → raw outputs over all levels and anchors."""
         feats = cast(Backbone, self.backbone).forward_features(images)
@@ -307,7 +321,9 @@ def postprocess(
         box_coder: must match the one used in training.
 
     Returns:
-        Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,) int64}``, by decreasing score.
+        Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,) int64, "anchors": (D,) int64}``, by
+        decreasing score; ``anchors`` indexes the anchor axis of ``output`` (what :class:`~foveal.explain.cam.
+        DetectionTarget` needs to explain a detection).
     """
     box_coder = box_coder or BoxCoder()
     n, _, k = output.cls_logits.shape
@@ -318,7 +334,7 @@ def postprocess(
     counts = [h * w * output.num_anchors for h, w in output.level_sizes]
     results = []
     for i in range(n):
-        boxes_all, scores_all, labels_all = [], [], []
+        boxes_all, scores_all, labels_all, anchors_all = [], [], [], []
         start = 0
         for count in counts:
             logits = output.cls_logits[i, start : start + count].reshape(-1)
@@ -335,10 +351,12 @@ def postprocess(
             boxes_all.append(clip_boxes_to_image(boxes, tuple(image_sizes[i])))
             scores_all.append(scores)
             labels_all.append(idx % k)
+            anchors_all.append(anchor_idx)
             start += count
         boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
         keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
-        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        anchors = torch.cat(anchors_all)[keep]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "anchors": anchors})
     return results
 
 

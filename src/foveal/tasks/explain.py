@@ -20,7 +20,8 @@ References:
   mirror-padded (:func:`foveal.inference.tiling.reflect_pad`) to an input whose output covers it (for valid U-Nets
   that adds the border the valid convolutions consume), the way overlap-tile inference extends the image. A larger
   image is explained tile by tile with the checkpoint's evaluation tile; each tile then has its own Grad-CAM weights.
-- detect: not available yet.
+- detect: Grad-CAM of each of the ``top_k`` best detections' class logit at the pyramid level its anchor sits on
+  (:mod:`foveal.tasks.explain_detect`); ``method`` does not apply.
 
 Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`).
 """
@@ -61,14 +62,17 @@ class ExplainRecord:
 
     Attributes:
         file: the image file.
-        task: "classify" or "segment".
+        task: "classify", "segment" or "detect".
         method: "cam" or "gradcam".
         size: (height, width) of the image in pixels.
-        classes: classify: the top-k class names, best first; segment: ["foreground"].
-        scores: classify: soft-max probability of each class; segment: fraction of pixels predicted foreground.
+        classes: classify: the top-k class names, best first; segment: ["foreground"]; detect: the class of each of
+            the top-k detections, best first.
+        scores: classify: soft-max probability of each class; segment: fraction of pixels predicted foreground;
+            detect: each detection's score.
         boxes: one (x1, y1, x2, y2) per class, in original image pixels (x2, y2 exclusive), from the map's largest
             region above the threshold.
         figures: PNG files written for this image.
+        detections: detect only: each detection's own box (x1, y1, x2, y2) in original image pixels.
     """
 
     file: str
@@ -79,6 +83,7 @@ class ExplainRecord:
     scores: list[float]
     boxes: list[list[float]]
     figures: list[str]
+    detections: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +95,7 @@ class _Options:
     method: str
     threshold: float
     relative_to: str
+    score_thresh: float | None = None
 
 
 def explain(
@@ -101,6 +107,7 @@ def explain(
     method: str = "cam",
     threshold: float = PAPER_THRESHOLD,
     relative_to: str = "max",
+    score_thresh: float | None = None,
 ) -> list[ExplainRecord]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
@@ -108,10 +115,13 @@ def explain(
         checkpoint: a checkpoint directory or a run directory (its best, else latest, checkpoint).
         inputs: image files, folders and glob patterns (see :func:`foveal.data.images.expand_inputs`).
         out: output folder (created).
-        top_k: classes explained per image (capped at the number of classes); classifiers only.
-        method: "cam" (class activation map, the paper's) or "gradcam"; classifiers only.
+        top_k: classes explained per image (capped at the number of classes) for classifiers; detections explained
+            per image (the best ones) for detectors.
+        method: "cam" (class activation map, the paper's) or "gradcam"; classifiers only (segmenters and detectors
+            are explained by Grad-CAM).
         threshold: a box keeps the largest region above ``threshold`` of the map (0.2 in the paper).
         relative_to: "max" (the paper: ``threshold · max``) or "range" (of the min–max normalised map).
+        score_thresh: detectors only: the lowest detection score explained (default: the checkpoint's, 0.05).
 
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
@@ -120,7 +130,7 @@ def explain(
     from foveal.engine.checkpoint import checkpoint_task
     from foveal.engine.logging import write_json
 
-    options = _check_options(top_k, method, threshold, relative_to)
+    options = _check_options(top_k, method, threshold, relative_to, score_thresh)
     task = checkpoint_task(checkpoint)
     explainer = _EXPLAINERS.get(task)
     if explainer is None:
@@ -147,7 +157,9 @@ def format_records(records: list[ExplainRecord]) -> str:
     return "\n".join(lines)
 
 
-def _check_options(top_k: int, method: str, threshold: float, relative_to: str) -> _Options:
+def _check_options(
+    top_k: int, method: str, threshold: float, relative_to: str, score_thresh: float | None = None
+) -> _Options:
     if method not in METHODS:
         raise FovealError(f"unknown method {method!r}: use 'cam' (class activation maps) or 'gradcam'")
     if not isinstance(top_k, int) or top_k < 1:
@@ -156,7 +168,9 @@ def _check_options(top_k: int, method: str, threshold: float, relative_to: str) 
         raise FovealError(f"threshold={threshold}: use a fraction of the map in [0, 1] (the paper uses 0.2)")
     if relative_to not in ("max", "range"):
         raise FovealError(f"relative_to={relative_to!r}: use 'max' (the paper) or 'range'")
-    return _Options(top_k, method, float(threshold), relative_to)
+    if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
+        raise FovealError(f"score_thresh={score_thresh}: use a detection score in [0, 1), e.g. 0.05 (the paper's)")
+    return _Options(top_k, method, float(threshold), relative_to, score_thresh)
 
 
 def _out_dir(out: str | Path) -> Path:
@@ -404,7 +418,9 @@ def _explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: 
 
 
 def _explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
-    raise FovealError("explaining detectors needs a detection checkpoint; not available yet")
+    from foveal.tasks.explain_detect import explain_detector
+
+    return explain_detector(checkpoint, files, out_dir, opt)
 
 
 _EXPLAINERS: dict[str, Callable[[Path, list[Path], Path, _Options], list[ExplainRecord]]] = {

@@ -83,10 +83,13 @@ class WeightMapConfig:
 @dataclass(frozen=True)
 class PostConfig:
     """Instances from the predicted class map: connected components of at least ``min_size`` pixels, grown back by
-    ``expand`` pixels (the separation borders the network learned to leave as background)."""
+    ``expand`` pixels (the separation borders the network learned to leave as background). ``tta``: "none" (one
+    pass) or "dihedral" (class probabilities averaged over the 8 rotations and flips of the image, each mapped back;
+    8 x the inference time)."""
 
     min_size: int = 8
     expand: int = 0
+    tta: str = "none"
 
 
 def _paper_optim() -> OptimConfig:
@@ -343,9 +346,11 @@ def train(cfg: SegmentConfig, run_dir: str | Path | None = None, resume: str | P
 def _train(cfg: SegmentConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device) -> dict:
     from foveal.losses.segmentation import segmentation_loss
     from foveal.report.plots import plot_curves
-    from foveal.tasks.segment_eval import evaluate
+    from foveal.tasks.segment_eval import TTA_MODES, evaluate
 
     tcfg = cfg.train
+    if cfg.post.tta not in TTA_MODES:
+        raise FovealError(f"post.tta={cfg.post.tta!r}: use 'none' (one pass) or 'dihedral' (8 rotations / flips)")
     if cfg.data.batch_size < 1 or cfg.data.batch_size % dist_info.world_size:
         raise FovealError(
             f"data.batch_size={cfg.data.batch_size}: use a positive global batch that divides by the "

@@ -57,14 +57,39 @@ class SegEvaluation:
         return "\n".join(lines)
 
 
-def predict_logits(model: nn.Module, image: Tensor, tile: int, batch: int = 2, progress: bool = False) -> Tensor:
-    """Logits (K, H, W) of one image (C, H, W) by overlap-tile inference with output tiles of ``tile``."""
+TTA_MODES = ("none", "dihedral")
+
+
+def predict_logits(
+    model: nn.Module, image: Tensor, tile: int, batch: int = 2, progress: bool = False, tta: str = "none"
+) -> Tensor:
+    """Logits (K, H, W) of one image (C, H, W) by overlap-tile inference with output tiles of ``tile``.
+
+    ``tta="dihedral"``: the image is predicted in each of its 8 rotations / flips, each result mapped back, and the
+    soft-max probabilities averaged; their logarithm is returned (a valid logit map: its arg-max and soft-max are
+    those of the average).
+    """
     from foveal.inference.tiling import predict_tiled
 
+    if tta not in TTA_MODES:
+        raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
     border, stride = int(model.border), int(model.stride)  # type: ignore[arg-type]
-    with torch.no_grad():
-        logits = predict_tiled(model, image, tile, border=border, stride=stride, batch=batch, progress=progress)
-    return logits[0]
+
+    def once(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return predict_tiled(model, x, tile, border=border, stride=stride, batch=batch, progress=progress)[0]
+
+    if tta == "none":
+        return once(image)
+    total = torch.zeros(0)
+    for flip in (False, True):
+        for turns in range(4):
+            x = image.flip(-1) if flip else image
+            probs = once(torch.rot90(x, turns, (-2, -1))).float().softmax(0)
+            probs = torch.rot90(probs, -turns, (-2, -1))
+            probs = probs.flip(-1) if flip else probs
+            total = probs if total.numel() == 0 else total + probs
+    return (total / 8).clamp_min(1e-12).log()
 
 
 def to_instances(classes: np.ndarray, post: PostConfig) -> np.ndarray:
@@ -94,10 +119,11 @@ def evaluate(
     merged, touching, rand, has_instances = 0, 0, [], False
     for s in samples:
         if s.context is None:
-            pred = predict_logits(model, s.image, tile, progress=progress).argmax(0)
+            pred = predict_logits(model, s.image, tile, progress=progress, tta=post.tta).argmax(0)
         else:
             width = s.target.shape[1]
-            pred = predict_logits(model, s.context, tile, progress=progress).argmax(0)[:, s.offset : s.offset + width]
+            logits = predict_logits(model, s.context, tile, progress=progress, tta=post.tta)
+            pred = logits.argmax(0)[:, s.offset : s.offset + width]
         meter.update(pred, s.target)
         if s.instances is not None:
             has_instances = True
@@ -127,9 +153,13 @@ def _out_dir(out: str | Path) -> Path:
     return out
 
 
-def evaluate_checkpoint(path: str | Path, data: str | None, out: str | Path | None) -> SegEvaluation:
+def evaluate_checkpoint(
+    path: str | Path, data: str | None, out: str | Path | None, tta: str | None = None
+) -> SegEvaluation:
     """Evaluate a segmentation checkpoint on ``data`` (default: the validation part of its own training data) and
-    write metrics.json to ``out``."""
+    write metrics.json to ``out``. ``tta`` overrides the checkpoint's ``post.tta`` ("none" or "dihedral")."""
+    from dataclasses import replace
+
     from foveal.data.segmentation import open_segmentation
     from foveal.engine.logging import write_json
     from foveal.tasks.segment import open_data
@@ -156,7 +186,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None, out: str | Path | No
     samples = prepare(dataset, cfg.weights, len(seg.classes))
     if data is None:
         samples = attach_context(samples, cfg.data)
-    result = evaluate(seg.model, samples, len(seg.classes), cfg.data.eval_tile, cfg.post)
+    post = cfg.post if tta is None else replace(cfg.post, tta=tta)
+    result = evaluate(seg.model, samples, len(seg.classes), cfg.data.eval_tile, post)
     if out_dir is not None:
         write_json(out_dir / "metrics.json", result.to_dict())
     return result
@@ -174,10 +205,15 @@ class SegPrediction:
 
 @torch.no_grad()
 def predict(
-    path: str | Path, inputs: list[str], out: str | Path, tile: int | None = None, fmt: str = "tif"
+    path: str | Path,
+    inputs: list[str],
+    out: str | Path,
+    tile: int | None = None,
+    fmt: str = "tif",
+    tta: str | None = None,
 ) -> list[SegPrediction]:
     """Segment each image of ``inputs`` (files, folders, globs): a label image (instances, or classes for class
-    models) as TIFF or PNG and an overlay PNG per image in ``out``."""
+    models) as TIFF or PNG and an overlay PNG per image in ``out``. ``tta`` overrides the checkpoint's ``post.tta``."""
     from foveal.data.images import expand_inputs
     from foveal.data.segmentation import load_seg_image, write_label_image
     from foveal.report.segmentation_plots import plot_segmentation_overlay
@@ -186,6 +222,9 @@ def predict(
     if fmt not in ("tif", "png"):
         raise FovealError(f"unknown label format '{fmt}': use tif or png")
     seg = load_segmenter(path)
+    tta = seg.config.post.tta if tta is None else tta
+    if tta not in TTA_MODES:
+        raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
     tile = tile or seg.config.data.eval_tile
     tile_input(seg.model, tile)
     files = expand_inputs(list(inputs))
@@ -193,7 +232,8 @@ def predict(
     rows = []
     for f in files:
         image = load_seg_image(f, channels=seg.channels, normalize=seg.normalize)
-        classes = predict_logits(seg.model, image, tile, progress=image.shape[-1] * image.shape[-2] > 2048**2)
+        big = image.shape[-1] * image.shape[-2] > 2048**2
+        classes = predict_logits(seg.model, image, tile, progress=big, tta=tta)
         cls = classes.argmax(0).numpy()
         labels = to_instances(cls, seg.config.post) if seg.masks == "instances" else cls.astype(np.int32)
         label_path = write_label_image(labels, out_dir / f"{f.stem}_labels.{fmt}")
