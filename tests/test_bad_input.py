@@ -137,6 +137,8 @@ def test_bad_override_or_option(capsys, run_copy: Path, arg: str, needles: tuple
 def test_bad_option_values(capsys, ckpt_run: Path, tmp_path: Path) -> None:
     fail(capsys, ["predict", str(ckpt_run), "x.png", "--top-k", "abc"], "--top-k", "'abc'", "foveal predict --help")
     fail(capsys, ["eval", str(ckpt_run), "--bogus"], "--bogus", "foveal eval --help")
+    fail(capsys, ["eval", str(ckpt_run), "--tta", "dihedral"], "--tta applies to segmentation", "'classify'")
+    fail(capsys, ["predict", str(ckpt_run), "x.png", "--tta", "flips"], "--tta", "'flips'", "foveal predict --help")
     fail(capsys, ["train", "track"], "'track'", "classify")
     fail(capsys, [], "COMMAND", "foveal --help")
     onnx = tmp_path / "m.onnx"
