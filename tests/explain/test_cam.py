@@ -295,3 +295,19 @@ def test_gradcam_of_an_inner_layer_matches_the_textbook_computation(name: str, l
     got = GradCAM(model, layer)(x, ClassTarget(classes), upsample=False)
     assert float(expected.amax()) > 0
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * float(expected.amax()))
+
+
+def test_detection_target_picks_each_images_anchor_and_class():
+    from foveal.explain.cam import DetectionTarget
+    from foveal.models.retinanet import RetinaOutput
+
+    logits = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    output = RetinaOutput(logits, torch.zeros(2, 4, 4), torch.zeros(4, 4), [(2, 2)], 1)
+    assert DetectionTarget(torch.tensor([1, 3]), torch.tensor([2, 0]))(output).tolist() == [5.0, 21.0]
+    assert DetectionTarget(0, 1)(output).tolist() == [1.0, 13.0]
+    with pytest.raises(FovealError, match="anchor index 4 is out of range: this output has 4 anchors"):
+        DetectionTarget(4, 0)(output)
+    with pytest.raises(FovealError, match="class index 3 is out of range"):
+        DetectionTarget(0, 3)(output)
+    with pytest.raises(FovealError, match="cls_logits"):
+        DetectionTarget(0, 0)(logits)

@@ -153,7 +153,10 @@ class DetectionTarget:
         if not isinstance(logits, Tensor) or logits.ndim != 3:
             raise FovealError(f"DetectionTarget needs a RetinaNet output with cls_logits (N, A, K), got {type(output)}")
         n, a, k = logits.shape
-        anchor = _class_index(self.anchor, n, a, logits.device)
+        anchor = torch.as_tensor(self.anchor, device=logits.device)
+        if anchor.is_floating_point() or bool(((anchor < 0) | (anchor >= a)).any()):
+            raise FovealError(f"anchor index {anchor.tolist()} is out of range: this output has {a} anchors")
+        anchor = _class_index(anchor, n, a, logits.device)
         label = _class_index(self.label, n, k, logits.device)
         return logits[torch.arange(n, device=logits.device), anchor.clone(), label.clone()]
 
