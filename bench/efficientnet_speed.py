@@ -11,6 +11,10 @@ Each contender runs in the setting a user of that library gets at its best: fove
 faster of contiguous / channels-last (foveal unfused is listed for reference). For training every library gets the
 faster of the two memory formats, and all three use the paper's dropout 0.2 and stochastic depth 0.2 (timm's defaults
 are 0, so they are set for it).
+
+``--compiled`` adds a separate eval table in which every library's channels-last eval model (foveal's fused one) goes
+through ``torch.compile`` (inductor, with weight freezing), the same way for all three: what compilation adds on top
+of each library's eager best, reported beside the eager ratios, never mixed into them.
 """
 
 from __future__ import annotations
@@ -96,6 +100,22 @@ def _eval_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
+def _compiled_settings(builders: dict[str, Callable[[], nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # constant-fold the eval weights into the compiled graph (all libraries alike)
+    cl_x = x.contiguous(memory_format=torch.channels_last)
+    settings: dict[str, Callable[[], Any]] = {}
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        model = build().eval()
+        if name == "foveal":
+            model = fuse_conv_bn(model)
+        compiled = torch.compile(model.to(memory_format=torch.channels_last))
+        settings[f"{name} channels_last compiled"] = _eval_fn(compiled, cl_x)
+    return settings
+
+
 def _train_settings(builders: dict[str, Callable[[], nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], Any]]:
     settings: dict[str, Callable[[], Any]] = {}
     target = torch.randint(0, 1000, (BATCH,), generator=torch.Generator().manual_seed(0))
@@ -154,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9, help="measured eval rounds (median of these)")
     parser.add_argument("--train-reps", type=int, default=5, help="measured train-step rounds (median of these)")
+    parser.add_argument("--compiled", action="store_true", help="also an eval table with torch.compile for all")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "efficientnet_speed.json")
     args = parser.parse_args()
 
@@ -168,6 +189,10 @@ def main() -> None:
     eval_summary = _report("Eval forward", evals, gflop)
     trains = _measure(_train_settings(builders, x), warmup=2, reps=args.train_reps, inner=1)
     train_summary = _report("SGD train step (forward + backward + step)", trains, 3 * gflop)
+    compiled_summary = None
+    if args.compiled:
+        compiled = _measure(_compiled_settings(builders, x), warmup=3, reps=args.reps, inner=2)
+        compiled_summary = _report("Eval forward, torch.compile for every library", compiled, gflop)
     elapsed = time.perf_counter() - start
     print(f"\nbench took {elapsed:.0f} s")
 
@@ -185,6 +210,7 @@ def main() -> None:
         "torchvision); every library in train mode with SGD(lr=1e-3, momentum=0.9), cross-entropy",
         "eval": eval_summary,
         "train": train_summary,
+        "eval_compiled": compiled_summary,
         "versions": {
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
