@@ -11,15 +11,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from foveal.data.segmentation import (
-    NUCLEI_SAMPLE,
-    SegmentationData,
-    load_seg_image,
-    load_seg_pages,
-    open_segmentation,
-    split_columns,
-    write_label_image,
-)
+from foveal.data.seg_io import load_seg_image, load_seg_pages, write_label_image
+from foveal.data.segmentation import NUCLEI_SAMPLE, SegmentationData, open_segmentation, split_columns
 from foveal.errors import FovealError
 
 RNG = np.random.default_rng(0)

@@ -45,22 +45,23 @@ counts that differ, colour, float, negative or out-of-range masks, corrupt files
 
 from __future__ import annotations
 
-import os
-import secrets
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from foveal.data.images import IMAGE_EXTENSIONS, list_images
+from foveal.data.seg_io import (
+    TIFF_SUFFIXES,
+    check_channels,
+    check_options,
+    read_pages,
+    to_float,
+)
 from foveal.errors import FovealError
 
 #: The bundled real sample (one 256 × 512 uint16 fluorescence image of nuclei with 64 instance labels).
@@ -68,21 +69,10 @@ NUCLEI_SAMPLE = Path(__file__).resolve().parent / "samples" / "nuclei"
 #: The ``spec`` that names the bundled sample.
 NUCLEI_SAMPLE_SPEC = "nuclei-sample"
 MASK_KINDS = ("auto", "instances", "classes")
-NORMALIZATIONS = ("percentile", "dtype", "minmax")
-#: Percentiles mapped to 0 and 1 by ``normalize="percentile"``.
-PERCENTILES = (1.0, 99.8)
 #: Sub-folder names that hold the masks of a folder dataset.
 MASK_FOLDERS = ("masks", "labels")
 #: Stem endings allowed on a mask file (``a_labels.tif`` is the mask of ``a.tif``).
 MASK_SUFFIXES = ("_labels", "_masks", "_label", "_mask")
-
-_TIFF = frozenset({".tif", ".tiff"})
-_LOSSY = frozenset({".jpg", ".jpeg", ".webp"})
-_DECODE_ERRORS = (
-    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error,
-    Image.DecompressionBombError,
-)  # fmt: skip
-_ALPHA_SAMPLES = (1, 2)  # TIFF ExtraSamples: associated and unassociated alpha
 
 
 @dataclass(eq=False)
@@ -168,184 +158,6 @@ def split_columns(data: SegmentationData, at: int) -> tuple[SegmentationData, Se
                 f"cannot split sample {name} (width {width}) at column {at}: choose a column between 1 and {width - 1}"
             )
     return data.crop(slice(None), slice(None, at)), data.crop(slice(None), slice(at, None))
-
-
-# ------------------------------------------------------------------------------------------------------- reading
-
-
-def _read_tiff(path: Path, role: str) -> list[np.ndarray]:
-    """Pages (H, W, C) of the first series of a TIFF file, in the stored dtype (alpha samples dropped)."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise FovealError(f"{role} {path} holds no image data: fix or remove it")
-            series = tif.series[0]
-            pixels = series.asarray()
-            axes = series.axes
-            extras = tuple(getattr(series.keyframe, "extrasamples", ()) or ())
-    except FovealError:
-        raise
-    except PermissionError:
-        raise FovealError(f"cannot read {role} {path}: permission denied (check its permissions)") from None
-    except (tifffile.TiffFileError, *_DECODE_ERRORS) as exc:
-        if "imagecodecs" in str(exc):  # LZW, JPEG, ... compression that tifffile cannot decode alone: Pillow can
-            return _read_pillow(path, role, all_frames=True)
-        raise FovealError(f"cannot read {role} {path}: {exc} (the TIFF file is corrupt or truncated)") from None
-    if "Y" not in axes or "X" not in axes:
-        raise FovealError(f"{role} {path} has axes {axes} (shape {pixels.shape}): a 2-D image needs Y and X axes")
-    chan = [i for i, a in enumerate(axes) if a in "SC"]
-    pages = [i for i, a in enumerate(axes) if a not in "YXSC"]
-    pixels = pixels.transpose([*pages, axes.index("Y"), axes.index("X"), *chan])
-    h, w = pixels.shape[len(pages)], pixels.shape[len(pages) + 1]
-    pixels = pixels.reshape(-1, h, w, int(np.prod(pixels.shape[len(pages) + 2 :])))
-    n_alpha = sum(e in _ALPHA_SAMPLES for e in extras)
-    if n_alpha and axes.count("S") == 1 and "C" not in axes and pixels.shape[-1] > n_alpha:
-        pixels = pixels[..., : pixels.shape[-1] - n_alpha]
-    return [_native(page) for page in pixels]
-
-
-def _native(a: np.ndarray) -> np.ndarray:
-    return a.astype(a.dtype.newbyteorder("="), copy=False) if a.dtype.byteorder not in "=|" else a
-
-
-def _pillow_pixels(img: Image.Image, role: str) -> np.ndarray:
-    """(H, W, C) pixels of a loaded frame; for images colour modes become RGB (or L), masks keep their mode."""
-    mode = img.mode
-    if role == "image" and mode in ("1", "LA", "La"):
-        img = img.convert("L")
-    elif role == "image" and mode in ("P", "PA"):
-        img = img.convert("RGBA").convert("RGB")  # palette transparency applied without a warning
-    elif role == "image" and mode not in ("L", "RGB", "F", "I") and not mode.startswith("I;16"):
-        img = img.convert("RGB")
-    pixels = np.asarray(img)
-    if pixels.dtype == bool:
-        pixels = pixels.astype(np.uint8) * (255 if role == "image" else 1)
-    return _native(pixels if pixels.ndim == 3 else pixels[:, :, None])
-
-
-def _read_pillow(path: Path, role: str, all_frames: bool = False) -> list[np.ndarray]:
-    """Fully decoded frames (H, W, C): the first only, or every frame (pages of a TIFF) with ``all_frames``."""
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise FovealError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images cannot be detected: "
-            "set it back to False"
-        )
-    try:
-        with Image.open(path) as img:
-            frames = []
-            for i in range(getattr(img, "n_frames", 1) if all_frames else 1):
-                img.seek(i)
-                img.load()
-                frames.append(_pillow_pixels(img, role))
-    except UnidentifiedImageError:
-        raise FovealError(f"{role} {path} is not an image Pillow can read (corrupt, or not an image)") from None
-    except PermissionError:
-        raise FovealError(f"cannot read {role} {path}: permission denied (check its permissions)") from None
-    except _DECODE_ERRORS as exc:
-        raise FovealError(f"cannot read {role} {path}: {exc} (the file is truncated or corrupt)") from None
-    return frames
-
-
-def _read_pages(path: Path, role: str) -> list[np.ndarray]:
-    if not path.exists():
-        raise FovealError(f"{role} not found: {path} (check the path)")
-    if path.is_dir():
-        raise FovealError(f"expected an {role} file but {path} is a folder")
-    if path.suffix.lower() in _TIFF:
-        return _read_tiff(path, role)
-    if role == "mask" and path.suffix.lower() in _LOSSY:
-        raise FovealError(
-            f"mask {path} is a {path.suffix} file: lossy compression alters label values; save masks as PNG or TIFF"
-        )
-    return _read_pillow(path, role)
-
-
-# -------------------------------------------------------------------------------------------------------- images
-
-
-def _check_options(normalize: str, channels: int | None) -> None:
-    if normalize not in NORMALIZATIONS:
-        raise FovealError(f"unknown normalize='{normalize}': choose one of {', '.join(NORMALIZATIONS)}")
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
-        raise FovealError(f"bad channels={channels!r}: use a positive channel count (1 grayscale, 3 RGB) or None")
-
-
-def _to_float(pixels: np.ndarray, path: Path, normalize: str) -> Tensor:
-    """(C, H, W) float32 of one (H, W, C) page, normalised as the module docstring says."""
-    if pixels.dtype == np.uint8:
-        x = pixels.astype(np.float32) / 255.0
-    else:
-        x = pixels.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise FovealError(f"image {path} holds NaN or infinite values: fix or remove it")
-        if normalize == "dtype" and pixels.dtype.kind in "iu":
-            x /= float(np.iinfo(pixels.dtype).max)
-        elif normalize == "dtype":
-            lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-            if lo < 0.0 or hi > 1.0:
-                raise FovealError(
-                    f"float image {path} holds values in [{lo:g}, {hi:g}], outside [0, 1], so normalize='dtype' "
-                    "cannot scale it: use normalize='percentile' or 'minmax'"
-                )
-        else:
-            lo_v, hi_v = x.min(axis=(0, 1)), x.max(axis=(0, 1))
-            if normalize == "percentile":
-                p_lo, p_hi = np.percentile(x, PERCENTILES, axis=(0, 1))
-                flat = p_hi <= p_lo
-                lo_v, hi_v = np.where(flat, lo_v, p_lo), np.where(flat, hi_v, p_hi)
-            span = (hi_v - lo_v).astype(np.float32)
-            # A constant channel has x == lo everywhere, so dividing by 1 instead of 0 maps it to 0.
-            x = (x - lo_v.astype(np.float32)) / np.where(span > 0, span, 1.0).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
-
-
-def _check_channels(images: list[Tensor], paths: list[Path], channels: int | None) -> int:
-    for image, path in zip(images, paths, strict=True):
-        c = int(image.shape[0])
-        if channels is not None and c != channels:
-            raise FovealError(
-                f"image {path} has {c} channel(s) but channels={channels} was asked: convert the images or set "
-                f"channels to {c}"
-            )
-        if c != images[0].shape[0]:
-            raise FovealError(
-                f"images differ in channel count: {paths[0]} has {int(images[0].shape[0])}, {path} has {c}; "
-                "convert them to one count (e.g. all grayscale or all RGB)"
-            )
-    return int(images[0].shape[0]) if images else channels or 1
-
-
-def load_seg_pages(path: str | Path, channels: int | None = None, normalize: str = "percentile") -> list[Tensor]:
-    """Every page of an image file (one for non-stack files), normalised like :func:`open_segmentation` does.
-
-    Args:
-        path: PNG, TIFF (8/16/32-bit, float, multi-channel, multi-page) or any format Pillow reads.
-        channels: the channel count every page must have, None for the file's own.
-        normalize: ``percentile``, ``dtype`` or ``minmax`` (8-bit images are always divided by 255).
-
-    Returns:
-        float32 tensors (C, H, W), one per page.
-
-    Raises:
-        FovealError: the file is missing, corrupt or truncated, has another channel count, or an option is bad.
-    """
-    _check_options(normalize, channels)
-    p = Path(path)
-    images = [_to_float(page, p, normalize) for page in _read_pages(p, "image")]
-    _check_channels(images, [p] * len(images), channels)
-    return images
-
-
-def load_seg_image(path: str | Path, channels: int | None = None, normalize: str = "percentile") -> Tensor:
-    """One image for prediction: float32 (C, H, W), as :func:`load_seg_pages` loads it.
-
-    Raises:
-        FovealError: as :func:`load_seg_pages` does, and for a multi-page stack.
-    """
-    pages = load_seg_pages(path, channels, normalize)
-    if len(pages) != 1:
-        raise FovealError(f"image {path} is a stack of {len(pages)} pages: pass single images (one page each)")
-    return pages[0]
 
 
 # --------------------------------------------------------------------------------------------------------- masks
@@ -462,7 +274,7 @@ def _folder_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 def _stack_pair(path: Path) -> tuple[Path, Path]:
-    if path.suffix.lower() not in _TIFF:
+    if path.suffix.lower() not in TIFF_SUFFIXES:
         raise FovealError(
             f"{path} is not a TIFF stack: pass '{NUCLEI_SAMPLE_SPEC}', a folder with images/ and masks/ sub-folders, "
             "or a .tif stack with its masks in <stem>_labels.tif beside it"
@@ -484,8 +296,8 @@ def _load_pairs(
     masks: list[_Mask] = []
     paths: list[Path] = []
     for image_path, mask_path in pairs:
-        image_pages = _read_pages(image_path, "image")
-        mask_pages = _read_pages(mask_path, "mask")
+        image_pages = read_pages(image_path, "image")
+        mask_pages = read_pages(mask_path, "mask")
         if len(image_pages) != len(mask_pages):
             raise FovealError(
                 f"image {image_path} has {len(image_pages)} page(s) but mask {mask_path} has {len(mask_pages)}: "
@@ -501,7 +313,7 @@ def _load_pairs(
                     f"image {image_path}{where} is {h}×{w} but its mask {mask_path} is {mh}×{mw}: an image and its "
                     "mask must have the same size"
                 )
-            images.append(_to_float(pixels, image_path, normalize))
+            images.append(to_float(pixels, image_path, normalize))
             masks.append(_Mask(_to_labels(mask_pixels, mask_path), mask_path, name, mask_pixels.dtype == np.uint8))
             paths.append(image_path)
     return images, masks, paths
@@ -530,7 +342,7 @@ def open_segmentation(
     Raises:
         FovealError: bad input of any kind listed in the module docstring; the message names the file.
     """
-    _check_options(normalize, channels)
+    check_options(normalize, channels)
     if masks not in MASK_KINDS:
         raise FovealError(f"unknown masks='{masks}': choose one of {', '.join(MASK_KINDS)}")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
@@ -546,7 +358,7 @@ def open_segmentation(
     else:
         pairs = _folder_pairs(path) if path.is_dir() else [_stack_pair(path)]
     images, mask_list, paths = _load_pairs(pairs, channels, normalize)
-    n_channels = _check_channels(images, paths, channels)
+    n_channels = check_channels(images, paths, channels)
     kind, k, binary = _resolve_kind(mask_list, masks, num_classes)
     if all(not m.labels.any() for m in mask_list):
         raise FovealError(
@@ -556,52 +368,3 @@ def open_segmentation(
     labels = [torch.from_numpy((m.labels == 255).astype(np.int64) if binary else m.labels) for m in mask_list]
     names = [m.name for m in mask_list]
     return SegmentationData(images, labels, names, kind, k, n_channels, str(spec))
-
-
-# -------------------------------------------------------------------------------------------------------- writing
-
-
-def write_label_image(labels: np.ndarray, path: str | Path) -> Path:
-    """Write a label image atomically (to a hidden file beside ``path``, then renamed over it; folders are created).
-
-    Args:
-        labels: (H, W) non-negative integer (or bool) labels.
-        path: ``.png`` (16-bit grayscale, labels up to 65535) or ``.tif`` / ``.tiff`` (zlib-compressed, 16-bit, or
-            32-bit when a label exceeds 65535).
-
-    Returns:
-        ``path`` as a Path.
-
-    Raises:
-        FovealError: bad labels (shape, type, negative, too large for the format), another extension, or a file that
-            cannot be written.
-    """
-    p = Path(path)
-    arr = np.asarray(labels)
-    ext = p.suffix.lower()
-    if ext not in _TIFF | {".png"}:
-        raise FovealError(f"cannot write labels to {p}: use a .png, .tif or .tiff file name")
-    if arr.ndim != 2 or arr.dtype.kind not in "iub":
-        raise FovealError(f"labels for {p} must be a 2-D integer array, got {arr.dtype} of shape {arr.shape}")
-    top = int(arr.max()) if arr.size else 0
-    if arr.size and int(arr.min()) < 0:
-        raise FovealError(f"labels for {p} hold negative values (down to {int(arr.min())}): labels are 0 or positive")
-    limit = 65535 if ext == ".png" else 2**32 - 1
-    if top > limit:
-        hint = "write a .tif" if ext == ".png" else "relabel the objects consecutively"
-        raise FovealError(f"labels for {p} go up to {top}, more than a {ext} label image holds ({limit}): {hint}")
-    out = arr.astype(np.uint16 if top <= 65535 else np.uint32)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if ext == ".png":
-            Image.fromarray(out).save(tmp, format="PNG")
-        else:
-            tifffile.imwrite(tmp, out, photometric="minisblack", compression="zlib")
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise FovealError(f"cannot write label image {p}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p

@@ -379,7 +379,7 @@ def _bottom_to_output(cam: Tensor, input_size: int, stride: int, border: int) ->
 def _explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
     from PIL import Image
 
-    from foveal.data.segmentation import load_seg_image
+    from foveal.data.seg_io import load_seg_image
     from foveal.explain.overlay import overlay
     from foveal.report.tables import atomic_output
     from foveal.tasks.segment import load_segmenter, tile_input

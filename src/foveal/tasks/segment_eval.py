@@ -215,7 +215,7 @@ def predict(
     """Segment each image of ``inputs`` (files, folders, globs): a label image (instances, or classes for class
     models) as TIFF or PNG and an overlay PNG per image in ``out``. ``tta`` overrides the checkpoint's ``post.tta``."""
     from foveal.data.images import expand_inputs
-    from foveal.data.segmentation import load_seg_image, write_label_image
+    from foveal.data.seg_io import load_seg_image, write_label_image
     from foveal.report.segmentation_plots import plot_segmentation_overlay
     from foveal.tasks.segment import tile_input
 
