@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from foveal.data.synthetic import touching_cells
 from foveal.errors import FovealError
-from foveal.metrics.segmentation import merged_pairs
+from foveal.metrics.instances import merged_pairs
 
 
 def test_deterministic_by_seed() -> None:

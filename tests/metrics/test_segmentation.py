@@ -9,16 +9,8 @@ import pytest
 import torch
 
 from foveal.errors import FovealError
-from foveal.metrics.segmentation import (
-    DSB_THRESHOLDS,
-    InstanceMeter,
-    SegmentationMeter,
-    instance_iou,
-    match_instances,
-    merged_pairs,
-    pixel_error,
-    rand_error,
-)
+from foveal.metrics.instances import DSB_THRESHOLDS, InstanceMeter, instance_iou, match_instances, merged_pairs
+from foveal.metrics.segmentation import SegmentationMeter, pixel_error, rand_error
 
 
 def _labels(rng: np.random.Generator, shape: tuple[int, int] = (12, 12), k: int = 5) -> np.ndarray:

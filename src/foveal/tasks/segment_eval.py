@@ -110,7 +110,8 @@ def evaluate(
     progress: bool = False,
 ) -> SegEvaluation:
     """Evaluate ``model`` on prepared samples (targets with separation borders as background, as trained)."""
-    from foveal.metrics.segmentation import InstanceMeter, SegmentationMeter, merged_pairs, rand_error
+    from foveal.metrics.instances import InstanceMeter, merged_pairs
+    from foveal.metrics.segmentation import SegmentationMeter, rand_error
 
     was_training = model.training
     model.eval()
