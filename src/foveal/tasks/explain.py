@@ -243,8 +243,20 @@ def _crop_region(height: int, width: int, resolution: int) -> tuple[int, int, in
     return max(0, x1), max(0, y1), min(width, max(x2, x1 + 1)), min(height, max(y2, y1 + 1))
 
 
-def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
+def load_with_channels(path: Path, channels: int, what: str = "model") -> Tensor:
+    """(C, H, W) uint8 image of ``path``; an error naming the fix when its channel count is not ``channels``."""
     from foveal.data.images import load_image
+
+    image = load_image(path, None)
+    if image.shape[0] != channels:
+        raise FovealError(
+            f"image {path} has {image.shape[0]} channel(s) but the {what} takes {channels}: convert it "
+            f"({'to grayscale' if channels == 1 else 'to RGB'}) or use a {what} trained on such images"
+        )
+    return image
+
+
+def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
     from foveal.tasks.classify import _normalize, eval_transform, load_classifier
 
     clf = load_classifier(checkpoint)
@@ -254,12 +266,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
     used: set[str] = set()
     with class_maps(clf.model, opt.method) as maps_of:
         for f in files:
-            image = load_image(f, None)
-            if image.shape[0] != clf.channels:
-                raise FovealError(
-                    f"image {f} has {image.shape[0]} channel(s) but the model takes {clf.channels}: convert it "
-                    f"({'to grayscale' if clf.channels == 1 else 'to RGB'}) or use a model trained on such images"
-                )
+            image = load_with_channels(f, clf.channels)
             height, width = image.shape[-2:]
             x = _normalize(transform(image), clf.mean, clf.std)[None]
             try:

@@ -26,7 +26,7 @@ from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import DetectionTarget, GradCAM
 from foveal.models.retinanet import RetinaNet, RetinaOutput, boxes_to_original, postprocess
-from foveal.tasks.explain import ExplainRecord, _Options, _unique_stem
+from foveal.tasks.explain import ExplainRecord, _Options, _unique_stem, load_with_channels
 
 
 def detection_gradcam(model: RetinaNet, x: Tensor, output: RetinaOutput, anchors: Tensor, labels: Tensor) -> Tensor:
@@ -60,7 +60,6 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _O
     detections (above ``opt.score_thresh``, default the checkpoint's) gets a record with empty lists and no
     figure."""
     from foveal.data.box_transforms import collate_detection
-    from foveal.data.images import load_image
     from foveal.tasks.detect_eval import _uses_channels_last, load_detector
 
     det = load_detector(checkpoint)
@@ -70,12 +69,7 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _O
     records: list[ExplainRecord] = []
     used: set[str] = set()
     for f in files:
-        image = load_image(f, None)
-        if image.shape[0] != det.channels:
-            raise FovealError(
-                f"image {f} has {image.shape[0]} channel(s) but the detector takes {det.channels}: convert it "
-                f"({'to grayscale' if det.channels == 1 else 'to RGB'}) or use a detector trained on such images"
-            )
+        image = load_with_channels(f, det.channels, "detector")
         height, width = image.shape[-2:]
         batch = collate_detection([transform(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))])
         x = batch.images
