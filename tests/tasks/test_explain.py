@@ -18,7 +18,7 @@ from foveal.data.synthetic import touching_cells
 from foveal.errors import FovealError
 from foveal.explain.boxes import map_to_box
 from foveal.explain.cam import CAM
-from foveal.tasks import classify, explain, segment
+from foveal.tasks import classify, explain, explain_segment, segment
 from foveal.tasks.classify import _normalize, eval_transform
 
 TINY_CLASSIFY = ["data.limit=null", "data.batch_size=16", "train.progress=false", "train.max_steps=2"]
@@ -172,15 +172,15 @@ def test_segmenter_gradcam_of_the_predicted_foreground(segmenter, tmp_path):
 def test_segmenter_single_tile_covers_the_image_and_tiles_agree_on_shape(segmenter):
     run, images = segmenter
     seg = segment.load_segmenter(run)
-    tile = explain._single_tile(seg.model, 72, 80)
+    tile = explain_segment._single_tile(seg.model, 72, 80)
     border = seg.model.border
     assert seg.model.output_size(tile + 2 * border) == tile and tile // seg.model.stride * seg.model.stride >= 80
     image = torch.rand(1, 40, 44)
-    whole, predicted = explain.segment_gradcam(seg.model, image)
-    tiled, predicted_tiled = explain.segment_gradcam(seg.model, image, tile=28)  # 2 × 2 tiles
+    whole, predicted = explain_segment.segment_gradcam(seg.model, image)
+    tiled, predicted_tiled = explain_segment.segment_gradcam(seg.model, image, tile=28)  # 2 × 2 tiles
     assert whole.shape == tiled.shape == (40, 44) and bool((whole >= 0).all() and (tiled >= 0).all())
     assert torch.equal(predicted, predicted_tiled)  # overlap-tile inference: the same prediction for any tile
-    assert explain.bottom_layer(seg.model) == "down.2"
+    assert explain_segment.bottom_layer(seg.model) == "down.2"
 
 
 def test_localization_recipe_gives_8x8_maps_on_64_px_canvases():
