@@ -240,6 +240,16 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
     return Checkpoint(path=p, meta=meta, weights=weights, state=state)
 
 
+def load_checkpoint_weights(model: nn.Module, ckpt: Checkpoint) -> None:
+    """Load a checkpoint's weights into the model rebuilt from its own record; a mismatch means a damaged checkpoint."""
+    try:
+        load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
+    except FovealError as exc:
+        raise FovealError(
+            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
+        ) from None
+
+
 def load_weights_into(model: nn.Module, weights: dict[str, Tensor], source: str) -> None:
     """Load ``weights`` into ``model`` strictly, turning any mismatch into a message that names it."""
     own = model.state_dict()

@@ -429,12 +429,7 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
         raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
     if not isinstance(model, eff.EfficientNet):
         raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
-    try:
-        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
-    except FovealError as exc:
-        raise FovealError(
-            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
-        ) from None
+    ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
     if fuse:
         model = copy.deepcopy(model)

@@ -120,12 +120,7 @@ def load_detector(path: str | Path, fast: bool = True, bf16: bool = False) -> Lo
         mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
     except (KeyError, TypeError, ValueError) as exc:
         raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
-    try:
-        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
-    except FovealError as exc:
-        raise FovealError(
-            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
-        ) from None
+    ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
     if fast:
         model = inference_model(model, bf16)

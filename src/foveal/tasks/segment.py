@@ -462,12 +462,7 @@ def load_segmenter(path: str | Path) -> LoadedSegmenter:
         config = from_dict(SegmentConfig, ckpt.meta["config"])
     except (KeyError, TypeError) as exc:
         raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
-    try:
-        ckpt_io.load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
-    except FovealError as exc:
-        raise FovealError(
-            f"{exc}; its model record and its weights disagree, so the checkpoint is damaged: use an intact copy"
-        ) from None
+    ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
     return LoadedSegmenter(
         model, classes, int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]), config, ckpt.meta
