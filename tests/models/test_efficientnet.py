@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foveal.errors import FovealError
 from foveal.models.backbones import Backbone, ResNetBackbone, check_backbone
 from foveal.models.efficientnet import (
     VARIANTS,
@@ -21,6 +22,7 @@ from foveal.models.efficientnet import (
     count_parameters,
     efficientnet,
     efficientnet_variant,
+    from_args,
     round_channels,
     round_repeats,
 )
@@ -145,6 +147,29 @@ def test_grayscale_input() -> None:
     assert model.stem.conv.weight.shape[1] == 1
     with torch.no_grad():
         assert model(torch.randn(2, 1, 64, 64)).shape == (2, 5)
+
+
+def test_output_stride_turns_the_last_downsamplings_into_stride_one() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 64, 64)
+    plain = efficientnet(-4, in_channels=1, num_classes=3, stem_stride=1).eval()
+    fine = efficientnet(-4, in_channels=1, num_classes=3, stem_stride=1, output_stride=4).eval()
+    fine.load_state_dict(plain.state_dict())  # same parameters: only strides change
+    assert plain.forward_head_features(x).shape[-1] == 4
+    assert fine.forward_head_features(x).shape[-1] == 16
+    assert [f.stride for f in fine.feature_info] == [1, 2, 4]
+    strides = [blocks[0].depthwise.conv.stride[0] for blocks in fine.stages]
+    assert strides == [1, 2, 2, 1, 1, 1, 1]  # stages 4 and 6 of Table 1 lose their stride 2
+    rebuilt = from_args(fine.args)
+    rebuilt.load_state_dict(fine.state_dict())
+    rebuilt.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), fine(x))
+
+
+def test_output_stride_that_cannot_be_reached_names_the_options() -> None:
+    with pytest.raises(FovealError, match=r"output_stride=3 .* use one of 2, 4, 8, 16, 32"):
+        EfficientNet(output_stride=3)
 
 
 # -- training ----------------------------------------------------------------------------------------------------------

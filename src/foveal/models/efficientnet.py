@@ -9,7 +9,7 @@ released (width, depth, resolution, dropout) coefficients; :func:`compound_scali
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -147,6 +147,9 @@ class EfficientNet(nn.Module):
             ``drop_path · i / n``, as in the reference code.
         stages: the architecture table (default: the paper's Table 1).
         stem_stride: stride of the stem conv (2 in the paper; 1 keeps more resolution for tiny images).
+        output_stride: total stride of the last conv map (``None``: the table's, 32 with the paper's stem). A smaller
+            power of two turns the last downsampling stages into stride-1 stages, so the maps of class activation
+            mapping are finer (Zhou et al. remove the last pooling layers for 14 × 14 maps at 224 px).
         padding: "symmetric" (k // 2, the PyTorch convention used by timm and torchvision) or "same" (TensorFlow SAME,
             needed for TF-ported weights).
         bn_momentum: BatchNorm momentum in PyTorch's convention (0.01 = the paper's decay 0.99).
@@ -169,6 +172,7 @@ class EfficientNet(nn.Module):
         drop_path: float = 0.2,
         stages: tuple[Stage, ...] = B0_STAGES,
         stem_stride: int = 2,
+        output_stride: int | None = None,
         padding: str = "symmetric",
         bn_momentum: float = 0.01,
         bn_eps: float = 1e-3,
@@ -189,6 +193,7 @@ class EfficientNet(nn.Module):
             "drop_path": drop_path,
             "stages": [asdict(s) for s in stages],
             "stem_stride": stem_stride,
+            "output_stride": output_stride,
             "padding": padding,
             "bn_momentum": bn_momentum,
             "bn_eps": bn_eps,
@@ -200,6 +205,7 @@ class EfficientNet(nn.Module):
         stem = round_channels(B0_STEM, width)
         self.stem = ConvBNAct(in_channels, stem, 3, stem_stride, **bn)
 
+        stages = _limit_stride(stages, stem_stride, output_stride)
         repeats = [round_repeats(s.repeats, depth) for s in stages]
         total, index = sum(repeats), 0
         cin, stride = stem, stem_stride
@@ -272,6 +278,25 @@ class EfficientNet(nn.Module):
         """Replace the final linear layer (e.g. to fine-tune on another label set)."""
         self.classifier = nn.Linear(self.num_features, num_classes)
         self.args["num_classes"] = num_classes
+
+
+def _limit_stride(stages: tuple[Stage, ...], stem_stride: int, output_stride: int | None) -> tuple[Stage, ...]:
+    """``stages`` with the last downsampling stages made stride 1 until the total stride is ``output_stride``."""
+    rows = list(stages)
+    total = stem_stride * math.prod(s.stride for s in rows)
+    for i in reversed(range(len(rows))):
+        if output_stride is None or total <= output_stride:
+            break
+        if rows[i].stride > 1:
+            total //= rows[i].stride
+            rows[i] = replace(rows[i], stride=1)
+    if output_stride is not None and total != output_stride:
+        options = [stem_stride * math.prod(s.stride for s in stages[:k]) for k in range(len(stages) + 1)]
+        listed = ", ".join(str(v) for v in sorted(set(options)))
+        raise FovealError(
+            f"output_stride={output_stride} cannot be reached with stem stride {stem_stride}: use one of {listed}"
+        )
+    return tuple(rows)
 
 
 def efficientnet_variant(name: str, **kwargs: Any) -> EfficientNet:

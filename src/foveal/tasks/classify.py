@@ -32,7 +32,8 @@ class ModelConfig:
     """Which EfficientNet. ``name`` is "efficientnet_b0" … "efficientnet_b7" (released coefficients) or
     "efficientnet" (built from ``phi`` with ``alpha``, ``beta``, ``gamma``). ``resolution`` and ``dropout`` default
     to the variant's. ``weights`` initialises from a foveal checkpoint or a timm / torchvision state-dict file.
-    ``pool``: "avg" (global average pooling, the paper's) or "max" (global max pooling)."""
+    ``pool``: "avg" (global average pooling, the paper's) or "max" (global max pooling). ``output_stride``: total
+    stride of the last conv map (default: the table's; smaller gives finer class activation maps)."""
 
     name: str = "efficientnet_b0"
     phi: float = 0.0
@@ -43,6 +44,7 @@ class ModelConfig:
     dropout: float | None = None
     drop_path: float = 0.2
     stem_stride: int = 2
+    output_stride: int | None = None
     bn_momentum: float = 0.01
     bn_eps: float = 1e-3
     padding: Literal["symmetric", "same"] = "symmetric"
@@ -116,6 +118,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int, in_channels: int) -> ef
         dropout=scaling.dropout if cfg.dropout is None else cfg.dropout,
         drop_path=cfg.drop_path,
         stem_stride=cfg.stem_stride,
+        output_stride=cfg.output_stride,
         padding=cfg.padding,
         bn_momentum=cfg.bn_momentum,
         bn_eps=cfg.bn_eps,
