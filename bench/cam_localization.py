@@ -40,6 +40,7 @@ from foveal.data.classification import DEBIAN_FASHION_MNIST
 from foveal.data.localization_set import LocalizationData, build_localization_set
 from foveal.engine.checkpoint import latest_checkpoint
 from foveal.explain.boxes import PAPER_THRESHOLD
+from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.metrics.localization import threshold_sweep
 from foveal.tasks import classify
 from foveal.tasks.explain import MapFn, class_maps, localization_eval
@@ -126,9 +127,7 @@ def _sweep(checkpoint: Path, data: LocalizationData) -> dict[str, Any]:
     x = _normalize(eval_transform(clf.resolution)(data.images), clf.mean, clf.std)
     with class_maps(clf.model, "cam") as maps_of:
         maps = torch.cat([maps_of(x[i : i + 64], data.labels[i : i + 64, None]) for i in range(0, len(x), 64)])
-    maps = torch.nn.functional.interpolate(
-        maps.float(), size=data.images.shape[-2:], mode="bilinear", align_corners=False
-    )[:, 0]
+    maps = upsample_maps(maps.float(), data.images.shape[-2:], grid_of(clf.model), x.shape[-2:])[:, 0]
     sweep = threshold_sweep(maps, data.boxes)
     return {
         "thresholds": sweep.thresholds,
@@ -137,7 +136,7 @@ def _sweep(checkpoint: Path, data: LocalizationData) -> dict[str, Any]:
     }
 
 
-def _ideal_map_accuracy(data: LocalizationData, grids: tuple[int, ...] = (4, 6, 8)) -> dict[str, float]:
+def _ideal_map_accuracy(data: LocalizationData, grids: tuple[int, ...] = (4, 8, 16)) -> dict[str, float]:
     """Box accuracy (IoU ≥ 0.5) of an ideal g × g map, the object's own ink pooled per cell, upsampled and boxed at
     20 % of its max: the ceiling that the last conv map's grid puts on any CAM."""
     from torchvision.ops import box_iou

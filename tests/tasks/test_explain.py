@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from foveal.cli import CONFIG_DIR
@@ -18,6 +17,7 @@ from foveal.data.synthetic import touching_cells
 from foveal.errors import FovealError
 from foveal.explain.boxes import map_to_box
 from foveal.explain.cam import CAM
+from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.tasks import classify, explain, explain_segment, segment
 from foveal.tasks.classify import _normalize, eval_transform
 
@@ -78,7 +78,7 @@ def test_classifier_explanations_json_figures_and_boxes_in_original_pixels(class
     canvas = torch.from_numpy(np.array(Image.open(images / "canvas0.png")))[None]
     x = _normalize(eval_transform(clf.resolution)(canvas), clf.mean, clf.std)[None]
     result = CAM(clf.model)(x, top_k=3, upsample=False)
-    maps = F.interpolate(result.maps, size=(64, 64), mode="bilinear", align_corners=False)[0]
+    maps = upsample_maps(result.maps, (64, 64), grid_of(clf.model))[0]
     assert records[0].classes == [clf.classes[int(c)] for c in result.classes[0]]
     assert records[0].boxes == [map_to_box(m).tolist() for m in maps]
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from foveal.errors import FovealError
+from foveal.explain.upsample import GRIDS, grid_of, upsample_maps
 from foveal.models.efficientnet import EfficientNet
 
 _IDENTITY_TOLERANCE = 1e-3
@@ -167,8 +168,11 @@ _H = TypeVar("_H", bound="_ModelHooks")
 class _ModelHooks:
     """Eval mode + hooks while active; on exit, hooks removed and every module's training flag restored."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, grid: str | None = None) -> None:
+        if grid is not None and grid not in GRIDS:
+            raise FovealError(f"unknown grid {grid!r}: use 'stride' (symmetric padding), 'cell' or None (the model's)")
         self.model = model
+        self.grid = grid_of(model) if grid is None else grid
         self._first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         self._handles: list[RemovableHandle] = []
         self._modes: list[tuple[nn.Module, bool]] | None = None
@@ -237,6 +241,8 @@ class CAM(_ModelHooks):
         classifier: the ``nn.Linear`` (or its name) applied to the pooled features. ``None``: ``get_classifier()``
             (timm), then the attributes ``classifier``, ``fc``, ``head``, then the last layer of an ``nn.Sequential``,
             then the model's only ``nn.Linear``.
+        grid: where the feature cells sit on the input, for upsampling: "stride" (cell i on pixel S·i, symmetric
+            padding) or "cell" (the middle of its block); ``None``: :func:`foveal.explain.upsample.grid_of` the model.
 
     The first call checks the CAM identity ``classifier(mean(f)) == logits`` and raises :class:`FovealError` when it
     does not hold (the model has more than pooling + one linear layer after ``feature_layer``).
@@ -247,8 +253,9 @@ class CAM(_ModelHooks):
         model: nn.Module,
         feature_layer: str | nn.Module | None = None,
         classifier: str | nn.Linear | None = None,
+        grid: str | None = None,
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, grid)
         linear = _auto_classifier(model) if classifier is None else _resolve(model, classifier, "classifier")
         if not isinstance(linear, nn.Linear):
             found = "found none" if linear is None else f"got {type(linear).__name__}"
@@ -302,7 +309,7 @@ class CAM(_ModelHooks):
             weights = self.classifier.weight[index].to(features.dtype)  # (N, k, C)
             maps = torch.einsum("nkc,nchw->nkhw", weights, features)
             if upsample:
-                maps = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                maps = upsample_maps(maps, x.shape[-2:], self.grid)
         return CAMResult(maps=maps, classes=index, scores=scores, logits=logits.clone())
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -359,10 +366,11 @@ class GradCAM(_ModelHooks):
     Args:
         model: any module; its raw output goes to the target.
         target_layer: the module (or dotted name) whose output A (N, C, h, w) is weighted.
+        grid: where the layer's cells sit on the input, for upsampling (as for :class:`CAM`).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module, grid: str | None = None) -> None:
+        super().__init__(model, grid)
         self.target_layer = _resolve(model, target_layer, "target_layer")
         self._activation: Tensor | None = None
         self._running = False
@@ -418,7 +426,7 @@ class GradCAM(_ModelHooks):
             alpha = grad.mean((2, 3))
             maps = torch.einsum("nc,nchw->nhw", alpha, activation).clamp_min_(0)
             if upsample:
-                maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                maps = upsample_maps(maps, x.shape[-2:], self.grid)
         return maps
 
 

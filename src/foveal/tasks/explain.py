@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foveal.data.localization_set import LocalizationData
 from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.cam import CAM, ClassTarget, GradCAM
+from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
 from foveal.models.efficientnet import EfficientNet
 
@@ -270,7 +270,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
             except FovealError as exc:
                 raise FovealError(f"cannot explain {f}: {exc}") from None
             x1, y1, x2, y2 = _crop_region(height, width, clf.resolution)
-            region = F.interpolate(maps[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            region = upsample_maps(maps, (y2 - y1, x2 - x1), grid_of(clf.model), (clf.resolution, clf.resolution))
             boxes = maps_to_boxes(region, opt.threshold, opt.relative_to) + torch.tensor([x1, y1, x1, y1])
             full = region.amin((1, 2), keepdim=True).expand(k, height, width).clone()
             full[:, y1:y2, x1:x2] = region
@@ -371,6 +371,7 @@ def localization_eval(
     size = tuple(data.images.shape[-2:])
     transform = eval_transform(clf.resolution)
     meter = LocalizationMeter()
+    grid = grid_of(clf.model)
     with _map_source(clf.model, method) as maps_of:
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
@@ -379,7 +380,7 @@ def localization_eval(
             with torch.no_grad():
                 top = clf.model(x).topk(k, dim=1).indices
             maps = maps_of(x, torch.cat([top, labels[:, None]], 1)).float()
-            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            maps = upsample_maps(maps, size, grid, x.shape[-2:])
             boxes = maps_to_boxes(maps, threshold, relative_to)
             meter.update(top, boxes[:, :k], labels, data.boxes[start:stop], boxes[:, k])
     return meter.compute()
