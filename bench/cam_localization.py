@@ -48,7 +48,7 @@ from foveal.tasks.explain import MapFn, class_maps, localization_eval
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 SEEDS = {"train": 0, "val": 1, "test": 2}
-FULL = {"train": 24000, "val": 1000, "test": 5000, "gradcam": 500}
+FULL = {"train": 60000, "val": 1000, "test": 5000, "gradcam": 500}
 QUICK = {"train": 256, "val": 64, "test": 64, "gradcam": 16}
 QUICK_OVERRIDES = ["train.max_steps=3", "data.batch_size=32", "model.resolution=64"]
 
