@@ -19,6 +19,8 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,15 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
     except (OSError, SafetensorError) as exc:
         raise FovealError(f"checkpoint weights in {p} are unreadable ({exc}); the checkpoint is damaged") from None
     return Checkpoint(path=p, meta=meta, weights=weights, state=state)
+
+
+@contextmanager
+def reading_record(ckpt: Checkpoint) -> Iterator[None]:
+    """Around the reading of a checkpoint's model record: a missing or malformed field becomes one message."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
 
 
 def load_checkpoint_weights(model: nn.Module, ckpt: Checkpoint) -> None:

@@ -425,11 +425,11 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
     """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fuse``)."""
     ckpt = ckpt_io.load_checkpoint(path)
     _check_task(ckpt)
-    try:
+    with ckpt_io.reading_record(ckpt):
         spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
         model = rebuild(spec)
-    except (KeyError, TypeError) as exc:
-        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
+        resolution, channels = int(inp["resolution"]), int(inp["channels"])
+        mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
     if not isinstance(model, eff.EfficientNet):
         raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
     ckpt_io.load_checkpoint_weights(model, ckpt)
@@ -438,9 +438,7 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
         model = copy.deepcopy(model)
         fuse_conv_bn(model)
         model.to(memory_format=torch.channels_last)
-    return LoadedClassifier(
-        model, classes, int(inp["resolution"]), int(inp["channels"]), tuple(inp["mean"]), tuple(inp["std"]), ckpt.meta
-    )
+    return LoadedClassifier(model, classes, resolution, channels, mean, std, ckpt.meta)
 
 
 @torch.no_grad()

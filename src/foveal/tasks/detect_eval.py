@@ -111,15 +111,13 @@ def load_detector(path: str | Path, fast: bool = True, bf16: bool = False) -> Lo
 
     ckpt = ckpt_io.load_checkpoint(path)
     check_task(ckpt)
-    try:
+    with ckpt_io.reading_record(ckpt):
         spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
         categories = [dict(c) for c in ckpt.meta["categories"]]
         model = rebuild(spec)
         config = from_dict(DetectConfig, ckpt.meta["config"])
         geometry = (int(inp["channels"]), int(inp["min_size"]), int(inp["max_size"]))
         mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
     ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
     if fast:

@@ -456,14 +456,11 @@ def load_segmenter(path: str | Path) -> LoadedSegmenter:
 
     ckpt = ckpt_io.load_checkpoint(path)
     check_task(ckpt)
-    try:
+    with ckpt_io.reading_record(ckpt):
         spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
         model = rebuild(spec)
         config = from_dict(SegmentConfig, ckpt.meta["config"])
-    except (KeyError, TypeError) as exc:
-        raise FovealError(f"checkpoint {ckpt.path} lacks its model record ({exc}); it is damaged or too old") from None
+        geometry = (int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]))
     ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
-    return LoadedSegmenter(
-        model, classes, int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]), config, ckpt.meta
-    )
+    return LoadedSegmenter(model, classes, *geometry, config, ckpt.meta)
