@@ -183,13 +183,13 @@ def test_segmenter_single_tile_covers_the_image_and_tiles_agree_on_shape(segment
     assert explain_segment.bottom_layer(seg.model) == "down.2"
 
 
-def test_localization_recipe_gives_8x8_maps_on_64_px_canvases():
+def test_localization_recipe_gives_16x16_maps_on_64_px_canvases():
     cfg = load_config(classify.ClassifyConfig, CONFIG_DIR / "localize_cpu.yaml")
-    assert cfg.model.pool == "avg" and classify.resolution_of(cfg.model) == 128
+    assert cfg.model.pool == "avg" and classify.resolution_of(cfg.model) == 64
     model = classify.build_classifier(cfg.model, 10, 1).eval()
     with torch.no_grad():
-        features = model.forward_head_features(torch.zeros(1, 1, 128, 128))
-    assert features.shape[-2:] == (8, 8)
+        features = model.forward_head_features(torch.zeros(1, 1, 64, 64))
+    assert features.shape[-2:] == (16, 16)
 
 
 def test_max_pooling_classifier_gets_the_weighted_sum_that_cam_refuses():
