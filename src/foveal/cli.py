@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from foveal.engine.allocator import keep_freed_memory
 from foveal.errors import FovealError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "train":
             args.overrides = list(args.overrides) + extra
+        keep_freed_memory()  # the command owns the process: reuse freed tensor memory (FOVEAL_MALLOC=default: off)
         return int(args.func(args))
     except FovealError as exc:
         print(f"foveal: error: {exc}", file=sys.stderr)
