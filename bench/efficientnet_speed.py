@@ -218,7 +218,7 @@ def main() -> None:
         "resolution": RES,
         "threads": THREADS,
         "dtype": "float32",
-        "malloc": "kept freed memory (foveal.engine.allocator, for every library)" if args.tuned_malloc else "glibc default",
+        "malloc": "freed memory kept (foveal.engine.allocator) for all" if args.tuned_malloc else "glibc default",
         "gflop_per_image_forward": gflop,
         "reps": {"eval": args.reps, "train": args.train_reps},
         "peer_settings": "timm efficientnet_b0 with drop_rate=0.2, drop_path_rate=0.2 (the paper's, as foveal and "
