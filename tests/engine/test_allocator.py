@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 tuned = keep_freed_memory()
 model, x = efficientnet(-3, num_classes=10).eval(), torch.randn(4, 3, 128, 128)
 with torch.inference_mode():
-    model(x)
+    for _ in range(2):  # warm-up: the heap grows to the pass's peak
+        model(x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):
         model(x)
@@ -39,7 +40,7 @@ def test_forward_passes_reuse_freed_memory_instead_of_faulting_pages() -> None:
     untouched, default_faults = _forward_page_faults("default")
     assert tuned and not untouched
     assert default_faults > 1000  # glibc unmaps every large freed tensor, so the next one faults its pages in
-    assert faults < default_faults / 10
+    assert faults < default_faults / 4
 
 
 def test_the_environment_can_leave_malloc_alone(monkeypatch: pytest.MonkeyPatch) -> None:
