@@ -12,6 +12,7 @@ from foveal.errors import FovealError
 from foveal.explain.cam import CAM, GradCAM
 from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.models.efficientnet import efficientnet
+from foveal.models.retinanet import RetinaNet
 
 
 def _center_tap_net(levels: int) -> nn.Sequential:
@@ -66,6 +67,8 @@ def test_grid_of_known_models() -> None:
     assert grid_of(efficientnet(-6, num_classes=3, padding="same")) == "cell"
     assert grid_of(torchvision.models.resnet18(num_classes=3)) == "stride"
     assert grid_of(torchvision.models.efficientnet_b0(num_classes=3)) == "stride"
+    assert grid_of(RetinaNet("resnet18", num_classes=2)) == "stride"
+    assert grid_of(RetinaNet("efficientnet_b0", num_classes=2, backbone_kwargs={"padding": "same"})) == "cell"
     assert grid_of(nn.Sequential(nn.Conv2d(3, 4, 2, 2), nn.Flatten())) == "cell"
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -18,6 +17,7 @@ from foveal.data.box_transforms import DetectionTransform
 from foveal.data.detection_set import build_detection_set
 from foveal.engine.checkpoint import save_checkpoint
 from foveal.errors import FovealError
+from foveal.explain.upsample import upsample_maps
 from foveal.models.retinanet import RetinaNet, batch_images, boxes_to_original, postprocess
 from foveal.tasks import detect, detect_eval, explain
 from foveal.tasks.explain_detect import detection_gradcam
@@ -308,7 +308,8 @@ def test_cli_eval_and_predict_dispatch_to_detection(trained, canvases, tmp_path,
 
 
 def _gradcam_by_hand(model, x, anchor, label, level):
-    """Grad-CAM of one detection written out: d logit / d P_level, channel means as weights, ReLU of the sum."""
+    """Grad-CAM of one detection written out: d logit / d P_level, channel means as weights, ReLU of the sum,
+    upsampled with the backbone's grid."""
     seen = {}
     handle = model.pyramid_layer(level).register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
     try:
@@ -318,7 +319,7 @@ def _gradcam_by_hand(model, x, anchor, label, level):
     finally:
         handle.remove()
     cam = (grad.mean((2, 3))[:, :, None, None] * seen["a"]).sum(1).clamp_min(0)
-    return F.interpolate(cam[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach()
+    return upsample_maps(cam, x.shape[-2:], "stride")[0].detach()  # a ResNet backbone: cell i on pixel S·i
 
 
 def test_detection_gradcam_equals_the_hand_written_one(trained, canvases):

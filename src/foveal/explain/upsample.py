@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
+from foveal.models.backbones import ResNetBackbone
 from foveal.models.efficientnet import EfficientNet
 
 GRIDS = ("stride", "cell")
@@ -30,10 +31,15 @@ GRIDS = ("stride", "cell")
 
 def grid_of(model: nn.Module) -> str:
     """The geometry of ``model``'s feature grid: "stride" for nets known to downsample with symmetric padding (foveal
-    EfficientNet with symmetric padding, torchvision ResNet, timm / torchvision EfficientNet), "cell" for any other
-    (the usual assumption)."""
+    EfficientNet with symmetric padding, torchvision ResNet, timm / torchvision EfficientNet, and a detector with such
+    a ``backbone``, e.g. foveal's RetinaNet), "cell" for any other (the usual assumption)."""
     if isinstance(model, EfficientNet):
         return "stride" if model.args.get("padding", "symmetric") == "symmetric" else "cell"
+    if isinstance(model, ResNetBackbone):
+        return "stride"
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module) and backbone is not model:  # a detector: its backbone's grid
+        return grid_of(backbone)
     kind = type(model)
     module, name = kind.__module__, kind.__name__
     if module.startswith("torchvision.models.resnet") and name == "ResNet":
