@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from foveal.errors import FovealError
-from foveal.explain.upsample import GRIDS, grid_of, upsample_maps
+from foveal.explain.upsample import check_grid, grid_of, upsample_maps
 from foveal.models.efficientnet import EfficientNet
 
 _IDENTITY_TOLERANCE = 1e-3
@@ -169,8 +169,8 @@ class _ModelHooks:
     """Eval mode + hooks while active; on exit, hooks removed and every module's training flag restored."""
 
     def __init__(self, model: nn.Module, grid: str | None = None) -> None:
-        if grid is not None and grid not in GRIDS:
-            raise FovealError(f"unknown grid {grid!r}: use 'stride' (symmetric padding), 'cell' or None (the model's)")
+        if grid is not None:
+            check_grid(grid)
         self.model = model
         self.grid = grid_of(model) if grid is None else grid
         self._first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

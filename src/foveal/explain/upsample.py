@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
@@ -40,16 +41,19 @@ def grid_of(model: nn.Module) -> str:
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module) and backbone is not model:  # a detector: its backbone's grid
         return grid_of(backbone)
-    kind = type(model)
-    module, name = kind.__module__, kind.__name__
-    if module.startswith("torchvision.models.resnet") and name == "ResNet":
+    if isinstance(model, (torchvision.models.ResNet, torchvision.models.EfficientNet)):
         return "stride"
-    if module.startswith("torchvision.models.efficientnet") and name == "EfficientNet":
-        return "stride"
-    if module.startswith("timm.models") and name == "EfficientNet":
+    kind = type(model)  # timm is optional: recognised by name, not imported
+    if kind.__module__.startswith("timm.models") and kind.__name__ == "EfficientNet":
         stem = getattr(model, "conv_stem", None)
         return "cell" if type(stem).__name__ == "Conv2dSame" else "stride"
     return "cell"
+
+
+def check_grid(grid: str) -> None:
+    """Raise :class:`FovealError` unless ``grid`` is one of :data:`GRIDS`."""
+    if grid not in GRIDS:
+        raise FovealError(f"unknown grid {grid!r}: use 'stride' (symmetric-padding nets) or 'cell'")
 
 
 def upsample_maps(
@@ -67,8 +71,7 @@ def upsample_maps(
     Returns:
         (…, H, W) maps; with ``grid="cell"`` the same as ``F.interpolate(mode="bilinear", align_corners=False)``.
     """
-    if grid not in GRIDS:
-        raise FovealError(f"unknown grid {grid!r}: use 'stride' (symmetric-padding nets) or 'cell'")
+    check_grid(grid)
     if maps.ndim < 2:
         raise FovealError(f"maps must have shape (..., h, w), got {tuple(maps.shape)}")
     height, width = int(size[0]), int(size[1])
@@ -85,11 +88,9 @@ def _axis_weights(out: int, cells: int, net: int, grid: str, device: torch.devic
     u = (q + 0.5) * cells / out - 0.5 if grid == "cell" else (q + 0.5) * cells / out - 0.5 * cells / net
     u = u.clamp(0, cells - 1)
     lo = u.floor().long().clamp(max=max(cells - 2, 0))
-    frac = u - lo
+    frac = u - lo  # 0 when there is one cell
     weights = torch.zeros(out, cells, device=device, dtype=torch.float64)
-    weights[torch.arange(out, device=device), lo] = 1 - frac
+    weights[q.long(), lo] = 1 - frac
     if cells > 1:
-        weights[torch.arange(out, device=device), lo + 1] += frac
-    else:
-        weights[:, 0] = 1.0
+        weights[q.long(), lo + 1] += frac
     return weights.to(dtype)

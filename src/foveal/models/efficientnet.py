@@ -282,15 +282,17 @@ class EfficientNet(nn.Module):
 
 def _limit_stride(stages: tuple[Stage, ...], stem_stride: int, output_stride: int | None) -> tuple[Stage, ...]:
     """``stages`` with the last downsampling stages made stride 1 until the total stride is ``output_stride``."""
+    if output_stride is None:
+        return stages
     rows = list(stages)
     total = stem_stride * math.prod(s.stride for s in rows)
     for i in reversed(range(len(rows))):
-        if output_stride is None or total <= output_stride:
+        if total <= output_stride:
             break
         if rows[i].stride > 1:
             total //= rows[i].stride
             rows[i] = replace(rows[i], stride=1)
-    if output_stride is not None and total != output_stride:
+    if total != output_stride:
         options = [stem_stride * math.prod(s.stride for s in stages[:k]) for k in range(len(stages) + 1)]
         listed = ", ".join(str(v) for v in sorted(set(options)))
         raise FovealError(

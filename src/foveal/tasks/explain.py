@@ -255,6 +255,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
     clf = load_classifier(checkpoint)
     k = min(opt.top_k, len(clf.classes))
     transform = eval_transform(clf.resolution)
+    grid = grid_of(clf.model)
     records: list[ExplainRecord] = []
     used: set[str] = set()
     with class_maps(clf.model, opt.method) as maps_of:
@@ -270,7 +271,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
             except FovealError as exc:
                 raise FovealError(f"cannot explain {f}: {exc}") from None
             x1, y1, x2, y2 = _crop_region(height, width, clf.resolution)
-            region = upsample_maps(maps, (y2 - y1, x2 - x1), grid_of(clf.model), (clf.resolution, clf.resolution))
+            region = upsample_maps(maps, (y2 - y1, x2 - x1), grid, (clf.resolution, clf.resolution))
             boxes = maps_to_boxes(region, opt.threshold, opt.relative_to) + torch.tensor([x1, y1, x1, y1])
             full = region.amin((1, 2), keepdim=True).expand(k, height, width).clone()
             full[:, y1:y2, x1:x2] = region
