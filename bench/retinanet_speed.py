@@ -18,16 +18,25 @@ What is timed, per image of S × S (S = 512 and 800; torchvision with ``min_size
 - foveal: :func:`resize_for_detection` (also a resize by 1.0), normalisation, then
   :func:`foveal.tasks.detect_eval.detect_batch` (the network, post-processing, the map back) under
   ``torch.inference_mode()`` — the same steps, so the pre-processing is included equally. foveal's inference model is
-  :func:`foveal.tasks.detect_eval.inference_model` (BatchNorm folded into the convolutions, channels-last); foveal
-  unfused and torchvision channels-last are listed too.
+  :func:`foveal.tasks.detect_eval.inference_model` (BatchNorm folded into the convolutions, channels-last, and in
+  fp32 the 3×3 stride-1 convolutions of ≥ 128 channels computed with Winograd F(4×4, 3×3),
+  :mod:`foveal.inference.winograd`); foveal with direct convolutions, foveal unfused and torchvision channels-last
+  are listed too.
 - in fp32, and in bf16: foveal's inference model with bf16 weights (post-processing in fp32), torchvision under
   ``torch.autocast("cpu", torch.bfloat16)`` (the way to run it in bf16). Ratios compare each library's best setting
   of the same precision, plus foveal bf16 against torchvision fp32 (its default).
 
-In fp32 both networks run near the machine's fp32 matrix limit (~175 GFLOP/s on 2 cores), so folding BatchNorm and
-channels-last can only win the non-matrix part; bf16 (about 420 GFLOP/s here) is where most of a speed-up can come
-from, and there foveal's folded BatchNorm saves the conversions autocast inserts around torchvision's separate
-BatchNorm layers.
+In fp32 both networks' direct convolutions run near the machine's fp32 matrix limit (~175 GFLOP/s on 2 cores), so
+folding BatchNorm and channels-last can only win the non-matrix part. Winograd F(4×4, 3×3) needs 36 instead of 144
+multiplications per 4 × 4 output tile; the subnets' 3×3 convolutions are ~60 % of the detector's FLOPs, so that is
+where the fp32 speed-up comes from (GFLOP/s is still counted on the direct convolution's FLOPs, so it can exceed the
+matrix limit). bf16 (about 420 GFLOP/s here) is the other way; there foveal's folded BatchNorm saves the conversions
+autocast inserts around torchvision's separate BatchNorm layers.
+
+The whole process runs with glibc malloc keeping freed memory (:func:`foveal.engine.allocator.keep_freed_memory`,
+what the ``foveal`` command does): both libraries run under it. It does not change torchvision's time (its direct
+convolutions are compute-bound) but Winograd's large temporaries would otherwise be page-faulted back on every call.
+``--default-malloc`` leaves malloc as it is.
 
 Training step: two images of 800 × 800 (``--train-size``), three boxes each, forward + loss + backward + SGD step
 (lr 0.01, momentum 0.9, weight decay 1e-4), fp32, BatchNorm in training mode in both; torchvision's own loss (L1,
@@ -60,6 +69,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from foveal.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from foveal.engine.allocator import keep_freed_memory
 from foveal.models.retinanet import RetinaNet, import_torchvision_retinanet, resize_for_detection, retinanet_loss
 from foveal.tasks.detect import DetectInferenceConfig
 from foveal.tasks.detect_eval import detect_batch, inference_model
@@ -244,8 +254,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7, help="measured inference rounds (median of these)")
     parser.add_argument("--train-reps", type=int, default=5, help="measured training rounds (3 if a step > 30 s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192-px images, 2 rounds, no JSON written")
+    parser.add_argument("--skip-train", action="store_true", help="inference only (no JSON written)")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc malloc as it is (see the module docstring)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "retinanet_speed.json")
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory()
     if args.quick:
         args.sizes, args.train_size, args.reps, args.train_reps = [192], 192, 2, 2
 
@@ -256,6 +272,7 @@ def main() -> None:
     _busy_bias(tv, torch.rand(3, 512, 512, generator=g))
     ours = import_torchvision_retinanet(tv.state_dict())
     fast = inference_model(ours)
+    direct = inference_model(ours, winograd=False)
 
     half = inference_model(ours, bf16=True)
     tv_cl = copy.deepcopy(tv).to(memory_format=torch.channels_last)
@@ -264,6 +281,7 @@ def main() -> None:
         image = torch.rand(3, size, size, generator=g)
         settings = {
             "foveal fp32 fused channels_last": _foveal_infer(fast, image, size),
+            "foveal fp32 fused channels_last direct conv": _foveal_infer(direct, image, size),
             "foveal fp32 unfused contiguous": _foveal_infer(ours, image, size),
             "torchvision fp32 contiguous": _torchvision_infer(tv, image, size),
             "torchvision fp32 channels_last": _torchvision_infer(tv_cl, image, size),
@@ -280,6 +298,9 @@ def main() -> None:
         print(f"                                         bf16 {summary['agreement_bf16']}")
         inference[str(size)] = summary
 
+    if args.skip_train:
+        print(f"\nbench took {time.perf_counter() - started:.0f} s")
+        return
     images = [torch.rand(3, args.train_size, args.train_size, generator=g) for _ in range(2)]
     train_settings = {
         f"{lib} fp32 {fmt}": build(copy.deepcopy(model), images, args.train_size, fmt == "channels_last")

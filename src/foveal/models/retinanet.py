@@ -79,10 +79,16 @@ class RetinaHead(nn.Module):
             nn.init.constant_(cast(Tensor, self.out.bias), -math.log((1 - prior) / prior))
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """[(N, C, H_l, W_l)] → (N, ΣHWA, outputs)."""
+        """[(N, C, H_l, W_l)] → (N, ΣHWA, outputs).
+
+        Runs layer by layer over all levels; a layer with a ``forward_levels`` method (the inference model's
+        :class:`~foveal.inference.winograd.WinogradConv2d`) takes all levels in one call.
+        """
+        ys = list(features)
+        for layer in [*self.trunk, self.out]:
+            ys = layer.forward_levels(ys) if hasattr(layer, "forward_levels") else [layer(y) for y in ys]
         outs = []
-        for f in features:
-            y = self.out(self.trunk(f))
+        for y in ys:
             n, _, h, w = y.shape
             outs.append(y.view(n, -1, self.outputs, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, self.outputs))
         return torch.cat(outs, dim=1)
