@@ -215,6 +215,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         relative_to=args.relative_to,
         score_thresh=args.score_thresh,
+        map_stride=args.map_stride,
     )
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
@@ -289,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--score-thresh", type=float, default=None, help="detectors: lowest score explained (default: checkpoint's)"
+    )
+    p.add_argument(
+        "--map-stride",
+        type=int,
+        default=None,
+        help="EfficientNet classifiers: maps on this finer stride from the same weights (e.g. 2; default: its own)",
     )
     p.set_defaults(func=cmd_explain)
 

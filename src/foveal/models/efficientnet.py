@@ -8,6 +8,7 @@ released (width, depth, resolution, dropout) coefficients; :func:`compound_scali
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from foveal.errors import FovealError
 from foveal.models.backbones import FeatureInfo
-from foveal.models.layers import ConvBNAct, SqueezeExcite, drop_path, records_grad
+from foveal.models.layers import Conv2dSame, ConvBNAct, SqueezeExcite, drop_path, records_grad
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,42 @@ def _limit_stride(stages: tuple[Stage, ...], stem_stride: int, output_stride: in
             f"output_stride={output_stride} cannot be reached with stem stride {stem_stride}: use one of {listed}"
         )
     return tuple(rows)
+
+
+def dilated_copy(model: EfficientNet, output_stride: int) -> EfficientNet:
+    """A copy of ``model`` whose last map has the finer total stride ``output_stride``, with the same weights.
+
+    For denser class activation maps at test time. The last downsampling convolutions run at stride 1 and every later
+    k×k convolution is dilated by the stride removed before it ("à trous", as DeepLab turns a classifier into a dense
+    predictor), so each conv sees the same pixels as in ``model``: the new map holds the old one at every
+    (old stride / ``output_stride``)-th position and fills the positions between. The one difference at the old
+    positions: squeeze-and-excitation averages the finer map. ``model`` is not changed.
+    """
+    strides = [int(block.depthwise.conv.stride[0]) for block in model.modules() if isinstance(block, MBConv)]
+    stem = int(model.stem.conv.stride[0])
+    total = stem * math.prod(strides)
+    options = sorted({stem * math.prod(strides[:k]) for k in range(len(strides) + 1)})
+    if output_stride not in options:
+        finer = ", ".join(str(v) for v in options)
+        raise FovealError(f"map stride {output_stride} is not reachable from this model's {total}: use one of {finer}")
+    keep = list(strides)
+    for i in reversed(range(len(keep))):
+        if total <= output_stride:
+            break
+        total //= keep[i]
+        keep[i] = 1
+    dense = copy.deepcopy(model)
+    removed = 1  # product of the strides removed so far: the dilation of every later k×k conv
+    blocks = [block for block in dense.modules() if isinstance(block, MBConv)]
+    for block, old, new in zip(blocks, strides, keep, strict=True):
+        conv = block.depthwise.conv
+        conv.stride, conv.dilation = (new, new), (removed, removed)
+        if not isinstance(conv, Conv2dSame):  # symmetric padding grows with the dilation; SAME computes its own
+            conv.padding = (removed * (conv.kernel_size[0] // 2),) * 2
+        removed *= old // new
+    dense.args["output_stride"] = output_stride
+    dense.feature_info = tuple(replace(f, stride=min(f.stride, output_stride)) for f in dense.feature_info)
+    return dense
 
 
 def efficientnet_variant(name: str, **kwargs: Any) -> EfficientNet:

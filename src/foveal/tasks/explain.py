@@ -39,7 +39,7 @@ from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.cam import CAM, ClassTarget, GradCAM
 from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
-from foveal.models.efficientnet import EfficientNet
+from foveal.models.efficientnet import EfficientNet, dilated_copy
 
 METHODS = ("cam", "gradcam")
 RESULTS_FILE = "explanations.json"
@@ -89,6 +89,7 @@ class _Options:
     threshold: float
     relative_to: str
     score_thresh: float | None = None
+    map_stride: int | None = None
 
 
 def explain(
@@ -101,6 +102,7 @@ def explain(
     threshold: float = PAPER_THRESHOLD,
     relative_to: str = "max",
     score_thresh: float | None = None,
+    map_stride: int | None = None,
 ) -> list[ExplainRecord]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
@@ -115,6 +117,8 @@ def explain(
         threshold: a box keeps the largest region above ``threshold`` of the map (0.2 in the paper).
         relative_to: "max" (the paper: ``threshold · max``) or "range" (of the min–max normalised map).
         score_thresh: detectors only: the lowest detection score explained (default: the checkpoint's, 0.05).
+        map_stride: EfficientNet classifiers only: compute the maps at this finer stride from the same weights
+            (:func:`~foveal.models.efficientnet.dilated_copy`); ``None`` keeps the network's own grid.
 
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
@@ -123,8 +127,12 @@ def explain(
     from foveal.engine.checkpoint import checkpoint_task
     from foveal.engine.logging import write_json
 
-    options = _check_options(top_k, method, threshold, relative_to, score_thresh)
+    options = _check_options(top_k, method, threshold, relative_to, score_thresh, map_stride)
     task = checkpoint_task(checkpoint)
+    if map_stride is not None and task != "classify":
+        raise FovealError(
+            f"map_stride applies to classifiers (finer CAMs of an EfficientNet); {checkpoint} is a '{task}' checkpoint"
+        )
     explainer = _EXPLAINERS.get(task)
     if explainer is None:
         known = ", ".join(_EXPLAINERS)
@@ -151,7 +159,12 @@ def format_records(records: list[ExplainRecord]) -> str:
 
 
 def _check_options(
-    top_k: int, method: str, threshold: float, relative_to: str, score_thresh: float | None = None
+    top_k: int,
+    method: str,
+    threshold: float,
+    relative_to: str,
+    score_thresh: float | None = None,
+    map_stride: int | None = None,
 ) -> _Options:
     if method not in METHODS:
         raise FovealError(f"unknown method {method!r}: use 'cam' (class activation maps) or 'gradcam'")
@@ -163,7 +176,9 @@ def _check_options(
         raise FovealError(f"relative_to={relative_to!r}: use 'max' (the paper) or 'range'")
     if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
         raise FovealError(f"score_thresh={score_thresh}: use a detection score in [0, 1), e.g. 0.05 (the paper's)")
-    return _Options(top_k, method, float(threshold), relative_to, score_thresh)
+    if map_stride is not None and (not isinstance(map_stride, int) or map_stride < 1):
+        raise FovealError(f"map_stride={map_stride!r}: use a stride finer than the network's, e.g. 2")
+    return _Options(top_k, method, float(threshold), relative_to, score_thresh, map_stride)
 
 
 def _out_dir(out: str | Path) -> Path:
@@ -187,18 +202,25 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 # -- classifiers -----------------------------------------------------------------------------------------------------
 @contextmanager
-def class_maps(model: nn.Module, method: str) -> Iterator[MapFn]:
+def class_maps(model: nn.Module, method: str, map_stride: int | None = None) -> Iterator[MapFn]:
     """Raw maps of chosen classes at the feature grid of a foveal EfficientNet, for the length of a ``with`` block.
 
     ``"cam"``: ``M_c = Σ_k w_k^c f_k`` of the last conv map (:class:`~foveal.explain.cam.CAM`; a global-max-pooling
     model gets the same weighted sum, as in the paper's GMP ablation, without CAM's average-pooling identity check).
     ``"gradcam"``: Grad-CAM of the class logit at the same layer (for global average pooling this is ReLU(CAM) / hw).
+    With ``map_stride`` the maps come from :func:`~foveal.models.efficientnet.dilated_copy` of the model: the same
+    weights evaluated on a finer grid (e.g. 2 gives 32 × 32 maps where the network's own are 16 × 16).
 
     Yields:
         A :data:`MapFn` returning (N, k, h, w) maps.
     """
+    if map_stride is not None:
+        if not isinstance(model, EfficientNet):
+            raise FovealError(f"map_stride works with foveal's EfficientNet, not {type(model).__name__}")
+        model = dilated_copy(model, map_stride).eval()
     if method == "cam" and isinstance(model, EfficientNet) and model.pool == "max":
-        yield lambda x, classes: _weighted_features(model, x, classes)
+        dense = model
+        yield lambda x, classes: _weighted_features(dense, x, classes)
     elif method == "cam":
         with CAM(model) as cam:
             yield lambda x, classes: cam(x, classes=classes, upsample=False).maps
@@ -258,7 +280,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
     grid = grid_of(clf.model)
     records: list[ExplainRecord] = []
     used: set[str] = set()
-    with class_maps(clf.model, opt.method) as maps_of:
+    with class_maps(clf.model, opt.method, opt.map_stride) as maps_of:
         for f in files:
             image = load_with_channels(f, clf.channels)
             height, width = image.shape[-2:]
@@ -336,6 +358,7 @@ def localization_eval(
     relative_to: str = "max",
     method: str | MapFn = "cam",
     batch_size: int = 64,
+    map_stride: int | None = None,
 ) -> LocalizationResult:
     """The paper's localization protocol on canvases with ground-truth boxes.
 
@@ -350,6 +373,8 @@ def localization_eval(
         relative_to: "max" (the paper) or "range" (see :func:`foveal.explain.boxes.map_to_box`).
         method: "cam", "gradcam", or any :data:`MapFn` (e.g. another library's maps, for comparison).
         batch_size: canvases per forward pass.
+        map_stride: maps on this finer grid from the same weights (see :func:`class_maps`); classes always come from
+            the network as trained.
 
     Returns:
         Top-1 / top-5 localization error, ground-truth-known localization error and classification errors.
@@ -357,7 +382,7 @@ def localization_eval(
     from foveal.tasks.classify import _normalize, eval_transform, load_classifier
 
     if isinstance(method, str):
-        _check_options(1, method, threshold, relative_to)
+        _check_options(1, method, threshold, relative_to, map_stride=map_stride)
     if batch_size < 1:
         raise FovealError(f"batch_size={batch_size}: use a positive number of canvases per batch")
     clf = load_classifier(checkpoint)
@@ -373,7 +398,7 @@ def localization_eval(
     transform = eval_transform(clf.resolution)
     meter = LocalizationMeter()
     grid = grid_of(clf.model)
-    with _map_source(clf.model, method) as maps_of:
+    with _map_source(clf.model, method, map_stride) as maps_of:
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
             x = _normalize(transform(data.images[start:stop]), clf.mean, clf.std)
@@ -388,10 +413,12 @@ def localization_eval(
 
 
 @contextmanager
-def _map_source(model: nn.Module, method: str | MapFn) -> Iterator[MapFn]:
+def _map_source(model: nn.Module, method: str | MapFn, map_stride: int | None = None) -> Iterator[MapFn]:
     if isinstance(method, str):
-        with class_maps(model, method) as maps_of:
+        with class_maps(model, method, map_stride) as maps_of:
             yield maps_of
+    elif map_stride is not None:
+        raise FovealError("map_stride applies to the methods 'cam' and 'gradcam', not to a map function")
     else:
         yield method
 
