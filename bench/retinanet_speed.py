@@ -18,7 +18,7 @@ What is timed, per image of S × S (S = 512 and 800; torchvision with ``min_size
 - foveal: :func:`resize_for_detection` (also a resize by 1.0), normalisation, then
   :func:`foveal.tasks.detect_eval.detect_batch` (the network, post-processing, the map back) under
   ``torch.inference_mode()`` — the same steps, so the pre-processing is included equally. foveal's inference model is
-  :func:`foveal.tasks.detect_eval.inference_model` (BatchNorm folded into the convolutions, channels-last, and in
+  :func:`foveal.inference.fast.inference_model` (BatchNorm folded into the convolutions, channels-last, and in
   fp32 the 3×3 stride-1 convolutions of ≥ 128 channels computed with Winograd F(4×4, 3×3),
   :mod:`foveal.inference.winograd`); foveal with direct convolutions, foveal unfused and torchvision channels-last
   are listed too.
@@ -70,9 +70,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from foveal.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from foveal.engine.allocator import keep_freed_memory
+from foveal.inference.fast import inference_model
 from foveal.models.retinanet import RetinaNet, import_torchvision_retinanet, resize_for_detection, retinanet_loss
 from foveal.tasks.detect import DetectInferenceConfig
-from foveal.tasks.detect_eval import detect_batch, inference_model
+from foveal.tasks.detect_eval import detect_batch
 
 THREADS = 2
 DETECTIONS = 100

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foveal.inference import winograd
+from foveal.inference.fast import inference_model
 from foveal.inference.winograd import (
     WinogradConv2d,
     eligible,
@@ -13,7 +14,7 @@ from foveal.inference.winograd import (
     winograd_conv2d_levels,
 )
 from foveal.models.retinanet import RetinaNet
-from foveal.tasks.detect_eval import inference_model
+from foveal.models.unet import UNet
 
 
 def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -132,3 +133,16 @@ def test_retinanet_inference_model_with_winograd_matches_direct_convolution():
         assert float((got - ref).abs().max()) < 1e-4 * float(ref.abs().max())
     half = inference_model(model, bf16=True)  # bf16 keeps direct convolutions
     assert not any(isinstance(m, WinogradConv2d) for m in half.modules())
+
+
+def test_unet_inference_model_at_the_papers_width_matches_direct_convolution():
+    torch.manual_seed(0)
+    for batch_norm in (False, True):
+        net = UNet(1, 2, depth=2, base_width=64, batch_norm=batch_norm).eval()
+        fast = inference_model(net)
+        # the convs with >= 128 channels in and out: level 1's second, both of level 2, both of the decoder's level 1
+        assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) == 5
+        x = torch.randn(1, 1, net.input_size(20), net.input_size(24))
+        with torch.no_grad():
+            ref, got = net(x), fast(x)
+        assert got.shape == ref.shape and float((got - ref).abs().max()) < 1e-4 * float(ref.abs().max())

@@ -20,6 +20,7 @@ from foveal.models.efficientnet import (
     compound_scaling,
     count_flops,
     count_parameters,
+    dilated_copy,
     efficientnet,
     efficientnet_variant,
     from_args,
@@ -358,3 +359,40 @@ def test_init_follows_reference_fan_out_including_depthwise():
     assert float(dw.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / (k * k)), rel=0.1)
     pw = model.stages[1][0].project.conv
     assert float(pw.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / pw.out_channels), rel=0.1)
+
+
+def test_dilated_copy_holds_the_original_map_on_its_grid_and_fills_between() -> None:
+    torch.manual_seed(0)
+    model = efficientnet(-4, in_channels=1, num_classes=3, stem_stride=1, output_stride=8).eval()
+    for m in model.modules():  # BatchNorm statistics of a trained net, so that every layer matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = dilated_copy(model, 2)
+    assert dense.args["output_stride"] == 2 and model.args["output_stride"] == 8
+    assert [f.stride for f in dense.feature_info] == [1, 2, 2, 2]
+    assert [f.stride for f in model.feature_info] == [1, 2, 4, 8]
+    x = torch.randn(2, 1, 32, 40)
+    with torch.no_grad():
+        coarse, fine = model.forward_head_features(x), dense.forward_head_features(x)
+    assert coarse.shape[-2:] == (4, 5) and fine.shape[-2:] == (16, 20)
+    # squeeze-and-excitation averages the finer map: close, not equal, at the original positions
+    torch.testing.assert_close(fine[..., ::4, ::4], coarse, rtol=0, atol=1e-3 * float(coarse.abs().max()))
+    for net in (model, dense):  # without it the copy is exact there ("à trous")
+        for block in net.modules():
+            if isinstance(block, MBConv):
+                block.se = nn.Identity()
+    with torch.no_grad():
+        coarse, fine = model.forward_head_features(x), dense.forward_head_features(x)
+    torch.testing.assert_close(fine[..., ::4, ::4], coarse, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fine[..., 1::4, ::4], fine[..., ::4, ::4])  # new positions carry new values
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+
+
+def test_dilated_copy_names_the_reachable_strides() -> None:
+    model = efficientnet(-4, in_channels=1, num_classes=3, stem_stride=1, output_stride=8)
+    with pytest.raises(FovealError, match=r"map stride 3 is not reachable from this model's 8: use one of 1, 2, 4, 8"):
+        dilated_copy(model, 3)
+    with pytest.raises(FovealError, match="map stride 16 is not reachable"):
+        dilated_copy(model, 16)

@@ -214,3 +214,33 @@ def test_max_pooling_classifier_gets_the_weighted_sum_that_cam_refuses():
     torch.testing.assert_close(maps, expected)
     with pytest.raises(FovealError, match="pool must be"):
         EfficientNet(width=0.25, depth=0.25, pool="mean")
+
+
+def test_map_stride_gives_finer_maps_of_the_same_predictions(classifier, tmp_path):
+    run, images = classifier
+    clf = classify.load_classifier(run)
+    stride = clf.model.feature_info[-1].stride
+    x = _normalize(eval_transform(clf.resolution)(torch.zeros(2, 1, 64, 64)), clf.mean, clf.std)
+    classes = torch.tensor([[0, 1], [2, 3]])
+    with explain.class_maps(clf.model, "cam") as own, explain.class_maps(clf.model, "cam", stride // 2) as finer:
+        coarse, fine = own(x, classes), finer(x, classes)
+    assert fine.shape[-2:] == tuple(2 * s for s in coarse.shape[-2:])
+    data = build_localization_set("fashion-mnist-sample", "test", 8, seed=2)
+    plain = explain.localization_eval(run, data, batch_size=8)
+    dense = explain.localization_eval(run, data, batch_size=8, map_stride=stride // 2)
+    assert dense.top1_cls_error == plain.top1_cls_error  # classes come from the network as trained
+    (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, map_stride=stride // 2)
+    (same,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out2", top_k=2)
+    assert record.classes == same.classes and record.scores == same.scores
+    with pytest.raises(FovealError, match=r"map stride 3 is not reachable .* use one of"):
+        explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out3", map_stride=3)
+    with pytest.raises(FovealError, match="map_stride=0: use a stride finer"):
+        explain.localization_eval(run, data, map_stride=0)
+    with pytest.raises(FovealError, match="not to a map function"):
+        explain.localization_eval(run, data, method=lambda x, c: torch.zeros(len(x), c.shape[1], 4, 4), map_stride=2)
+
+
+def test_map_stride_is_for_classifiers(segmenter, tmp_path):
+    run, images = segmenter
+    with pytest.raises(FovealError, match="map_stride applies to classifiers .* 'segment' checkpoint"):
+        explain.explain(run, [str(images / "cell0.png")], tmp_path / "out", map_stride=2)

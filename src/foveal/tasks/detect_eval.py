@@ -7,7 +7,6 @@ image, so every box written or scored is in original-image coordinates.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from foveal.config import from_dict
 from foveal.data.box_transforms import DetectionTransform, collate_detection
 from foveal.engine import checkpoint as ckpt_io
 from foveal.errors import FovealError
+from foveal.inference.fast import inference_model
 from foveal.metrics.detection import DetectionResult
 from foveal.models.anchors import AnchorGenerator
 from foveal.models.retinanet import boxes_to_original, postprocess
@@ -31,49 +31,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 # -- loading for inference --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into it, in place; returns ``model``.
-
-    Covers ``nn.Sequential`` runs (conv, BN), torchvision ResNet blocks (``convN`` → ``bnN``) and foveal's
-    ``ConvBNAct``. Inference only: the folded model has no batch statistics left.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    from foveal.models.layers import fuse_conv_bn
-
-    fuse_conv_bn(model)
-    for parent in list(model.modules()):
-        names = list(parent._modules)
-        pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)] if isinstance(parent, nn.Sequential) else []
-        pairs += [(f"conv{i}", f"bn{i}") for i in (1, 2, 3) if f"conv{i}" in names and f"bn{i}" in names]
-        for conv_name, bn_name in pairs:
-            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training:
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(parent, bn_name, nn.Identity())
-    return model
-
-
-def inference_model(model: nn.Module, bf16: bool = False, winograd: bool = True) -> nn.Module:
-    """A copy of ``model`` for fast CPU inference: eval mode, BatchNorm folded into the convolutions, channels-last.
-
-    With ``winograd`` (fp32 only) the 3×3 stride-1 convolutions of 128 or more channels (the subnets, the FPN outputs,
-    most of ResNet's 3×3s) use Winograd F(4×4, 3×3) (:mod:`foveal.inference.winograd`): outputs differ from direct
-    convolution by ≈ 1e-5 of their range. With ``bf16`` the weights are bfloat16 (about twice the speed where the
-    CPU has bf16 instructions; logits then differ from fp32 by about 1 %). :func:`detect_batch` casts the input to
-    the model's dtype and post-processes in fp32 with fp32 anchors, so boxes keep their precision.
-    """
-    from foveal.inference.winograd import use_winograd
-
-    fast = fold_batchnorm(copy.deepcopy(model).eval())
-    if bf16:
-        fast = fast.to(torch.bfloat16)
-    elif winograd:
-        use_winograd(fast)
-    return fast.to(memory_format=torch.channels_last)
-
-
 @dataclass
 class LoadedDetector:
     """A detector ready for inference and what its inputs must look like.

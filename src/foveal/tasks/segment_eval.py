@@ -166,7 +166,7 @@ def evaluate_checkpoint(
     from foveal.tasks.segment import open_data
 
     out_dir = _out_dir(out) if out is not None else None
-    seg = load_segmenter(path)
+    seg = load_segmenter(path, fast=True)
     cfg = seg.config
     if data is None:
         _, dataset = open_data(cfg.data)
@@ -222,7 +222,7 @@ def predict(
 
     if fmt not in ("tif", "png"):
         raise FovealError(f"unknown label format '{fmt}': use tif or png")
-    seg = load_segmenter(path)
+    seg = load_segmenter(path, fast=True)
     tta = seg.config.post.tta if tta is None else tta
     if tta not in TTA_MODES:
         raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
