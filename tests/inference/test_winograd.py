@@ -15,6 +15,7 @@ from foveal.inference.winograd import (
 )
 from foveal.models.retinanet import RetinaNet
 from foveal.models.unet import UNet
+from foveal.tasks.explain_detect import detection_gradcam
 
 
 def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -133,6 +134,16 @@ def test_retinanet_inference_model_with_winograd_matches_direct_convolution():
         assert float((got - ref).abs().max()) < 1e-4 * float(ref.abs().max())
     half = inference_model(model, bf16=True)  # bf16 keeps direct convolutions
     assert not any(isinstance(m, WinogradConv2d) for m in half.modules())
+    # Grad-CAM of a detection: the layers after the hooked pyramid level need a gradient and fall back to the
+    # direct convolution, the others stay Winograd: the maps are the direct model's
+    anchors, labels = torch.tensor([5, 1800]), torch.tensor([1, 2])  # on P3 and on P4
+    one = x[:1]
+    with torch.no_grad():
+        out_direct, out_fast = direct(one), fast(one)
+    maps_direct = detection_gradcam(direct, one, out_direct, anchors, labels)
+    maps_fast = detection_gradcam(fast, one, out_fast, anchors, labels)
+    assert float(maps_direct.amax()) > 0
+    torch.testing.assert_close(maps_fast, maps_direct, rtol=0, atol=1e-4 * float(maps_direct.amax()))
 
 
 def test_unet_inference_model_at_the_papers_width_matches_direct_convolution():
@@ -146,3 +157,8 @@ def test_unet_inference_model_at_the_papers_width_matches_direct_convolution():
         with torch.no_grad():
             ref, got = net(x), fast(x)
         assert got.shape == ref.shape and float((got - ref).abs().max()) < 1e-4 * float(ref.abs().max())
+
+
+def test_state_dict_keys_are_those_of_the_replaced_conv():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    assert set(WinogradConv2d(conv).state_dict()) == set(conv.state_dict()) == {"weight", "bias"}

@@ -164,7 +164,8 @@ class WinogradConv2d(nn.Module):
         self.padding = (int(conv.padding[0]), int(conv.padding[1]))
         self.register_buffer("weight", conv.weight.detach().clone())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self.register_buffer("u", transform_weight(conv.weight).to(conv.weight.device))
+        # derived from weight: not part of the state dict, so the copy's keys stay those of the conv it replaced
+        self.register_buffer("u", transform_weight(conv.weight).to(conv.weight.device), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_levels([x])[0]
