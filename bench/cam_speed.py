@@ -33,6 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
+from _common import measure
 from foveal.explain.cam import CAM, ClassTarget, GradCAM, normalize_maps
 from foveal.models.efficientnet import count_flops, efficientnet_variant
 
@@ -77,19 +78,6 @@ def _settings(
         "gradcam (pytorch-grad-cam)": lambda: peer(input_tensor=x, targets=peer_targets),
     }
     return settings, [cam, ours, peer]
-
-
-def _measure(settings: dict[str, Callable[[], Any]], warmup: int, reps: int) -> dict[str, list[float]]:
-    for fn in settings.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(reps):
-        for name, fn in settings.items():
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
-    return out
 
 
 def _agreement(model: nn.Module, layer: str, x: torch.Tensor, classes: torch.Tensor, peer: Callable[[], Any]) -> float:
@@ -148,7 +136,7 @@ def main() -> None:
             classes = model(x).argmax(1)
         gflop = 2 * count_flops(model, RES) / 1e9  # 2 FLOP per multiply-add
         settings, contexts = _settings(model, layer, x, classes)
-        times = _measure(settings, warmup=2, reps=args.reps)
+        times = measure(settings, warmup=2, reps=args.reps)
         summary = _report(name, times, gflop)
         summary["gflop_per_image_forward"] = gflop
         summary["target_layer"] = layer

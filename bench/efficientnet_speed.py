@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from _common import measure
 from foveal.engine.allocator import keep_freed_memory
 from foveal.models.efficientnet import count_flops, efficientnet_variant
 from foveal.models.layers import fuse_conv_bn
@@ -60,23 +61,9 @@ def _peers() -> dict[str, Callable[[], nn.Module]]:
     return builders
 
 
-def _time(fn: Callable[[], Any], inner: int) -> float:
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - start) / inner
-
-
 def _measure(settings: dict[str, Callable[[], Any]], warmup: int, reps: int, inner: int) -> dict[str, list[float]]:
     """Images per second of each setting: ``warmup`` calls each, then ``reps`` interleaved rounds of ``inner`` calls."""
-    for fn in settings.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(reps):
-        for name, fn in settings.items():
-            out[name].append(BATCH / _time(fn, inner))
-    return out
+    return {name: [BATCH / t for t in times] for name, times in measure(settings, warmup, reps, inner).items()}
 
 
 def _eval_settings(builders: dict[str, Callable[[], nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], Any]]:

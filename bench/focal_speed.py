@@ -30,6 +30,7 @@ import torch
 import torchvision
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
+from _common import measure
 from foveal.losses.focal import sigmoid_focal_loss
 
 ANCHORS = 120_000
@@ -83,19 +84,6 @@ def _settings(logits: torch.Tensor, targets: torch.Tensor, num_fg: float) -> dic
     }
 
 
-def _measure(contenders: dict[str, Callable[[], Any]], warmup: int, reps: int) -> dict[str, list[float]]:
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9, help="measured rounds per setting (median of these)")
@@ -117,7 +105,7 @@ def main() -> None:
     print(f"Sigmoid focal loss, {ANCHORS} × {CLASSES} fp32, {THREADS} threads (seconds per call)")
     print(f"  {'setting':8s} {'library':12s} {'min':>7s} {'median':>7s} {'max':>7s} {'M elem/s':>9s}")
     for name, contenders in settings.items():
-        times = _measure(contenders, warmup=2, reps=args.reps)
+        times = measure(contenders, warmup=2, reps=args.reps)
         entry: dict[str, Any] = {}
         for lib, vals in times.items():
             med = statistics.median(vals)

@@ -68,6 +68,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import measure
 from foveal.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
@@ -183,20 +184,6 @@ def _torchvision_train(model: nn.Module, images: list[Tensor], size: int, channe
     return run
 
 
-def _measure(settings: dict[str, Callable[[], Any]], warmup: int, reps: int) -> dict[str, list[float]]:
-    """Seconds per call of each setting: ``warmup`` calls each, then ``reps`` interleaved rounds."""
-    for fn in settings.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(reps):
-        for name, fn in settings.items():
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
-    return out
-
-
 def _count_flops(fn: Callable[[], Any]) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -291,7 +278,7 @@ def main() -> None:
             "torchvision bf16 autocast channels_last": _torchvision_infer(tv_cl, image, size, bf16=True),
         }
         gflop = _count_flops(lambda im=image, s=size: ours(_foveal_input(im, s))) / 1e9
-        results = _measure(settings, warmup=2, reps=args.reps)
+        results = measure(settings, warmup=2, reps=args.reps)
         summary = _report(f"Inference, one {size}×{size} image", results, gflop)
         summary["agreement_fp32"] = _agreement(tv, fast, image, size)
         summary["agreement_bf16"] = _agreement(tv, half, image, size)
@@ -312,7 +299,7 @@ def main() -> None:
     step_start = time.perf_counter()
     train_gflop = _count_flops(probe) / 1e9
     reps = 3 if time.perf_counter() - step_start > 30 and args.train_reps > 3 else args.train_reps
-    trains = _measure(train_settings, warmup=1, reps=reps)
+    trains = measure(train_settings, warmup=1, reps=reps)
     train = _report(f"Training step, 2 images of {args.train_size}²", trains, train_gflop)
     elapsed = time.perf_counter() - started
     print(f"\nbench took {elapsed:.0f} s")

@@ -25,7 +25,6 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _common import measure, spread
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
 from foveal.inference.winograd import WinogradConv2d
@@ -53,23 +53,6 @@ LAYERS: list[tuple[int, int, int, str]] = [
 ]
 
 
-def _measure(settings: dict[str, Callable[[], Any]], warmup: int, reps: int) -> dict[str, list[float]]:
-    for fn in settings.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(reps):
-        for name, fn in settings.items():
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
-    return out
-
-
-def _stats(times: list[float]) -> dict[str, float]:
-    return {"min": min(times), "median": statistics.median(times), "max": max(times)}
-
-
 def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).abs().max() / ref.abs().max())
 
@@ -87,7 +70,7 @@ def _layers(reps: int) -> list[dict[str, Any]]:
             ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
             errors = (_relative_error(direct(x), ref), _relative_error(fast(x), ref))
             runs = {"direct": lambda d=direct, x=x: d(x), "winograd": lambda f=fast, x=x: f(x)}
-            times = _measure(runs, warmup=3, reps=reps)
+            times = measure(runs, warmup=3, reps=reps)
         d, w = statistics.median(times["direct"]), statistics.median(times["winograd"])
         gflop = 2 * cin * cout * 9 * side * side / 1e9
         rows.append(
@@ -97,8 +80,8 @@ def _layers(reps: int) -> list[dict[str, Any]]:
                 "out_channels": cout,
                 "side": side,
                 "gflop_direct": gflop,
-                "direct_seconds": _stats(times["direct"]),
-                "winograd_seconds": _stats(times["winograd"]),
+                "direct_seconds": spread(times["direct"]),
+                "winograd_seconds": spread(times["winograd"]),
                 "speedup": d / w,
                 "direct_gflop_per_s": gflop / d,
                 "relative_error_direct": errors[0],
@@ -120,7 +103,7 @@ def _unet(reps: int) -> dict[str, Any]:
     with torch.inference_mode():
         a, b = direct(x), fast(x)
         deviation = float((a - b).abs().max() / a.abs().max())
-        times = _measure({"direct": lambda: direct(x), "winograd": lambda: fast(x)}, warmup=1, reps=reps)
+        times = measure({"direct": lambda: direct(x), "winograd": lambda: fast(x)}, warmup=1, reps=reps)
     d, w = statistics.median(times["direct"]), statistics.median(times["winograd"])
     print(
         f"\nU-Net (paper), 1 × 572² → {tuple(a.shape[-2:])}: direct {d:.2f} s, Winograd {w:.2f} s ({d / w:.2f}×; "
@@ -131,8 +114,8 @@ def _unet(reps: int) -> dict[str, Any]:
         "input": [1, 1, 572, 572],
         "convs_swapped": swapped,
         "convs_3x3": total,
-        "direct_seconds": _stats(times["direct"]),
-        "winograd_seconds": _stats(times["winograd"]),
+        "direct_seconds": spread(times["direct"]),
+        "winograd_seconds": spread(times["winograd"]),
         "speedup": d / w,
         "max_logit_deviation_relative": deviation,
     }
