@@ -280,3 +280,37 @@ def test_import_torchvision_retinanet_matches(tmp_path):
         import_torchvision_retinanet(tv.state_dict(), num_classes=7)
     with pytest.raises(FovealError, match="not a torchvision"):
         import_torchvision_retinanet({"x": torch.zeros(1)})
+
+
+def _all_above_threshold(logits: torch.Tensor, score_thresh: float, topk: int) -> torch.Tensor:
+    """The straightforward selection: every pair above the threshold, then the ``topk`` best of them."""
+    idx = (logits.sigmoid() > score_thresh).nonzero().squeeze(1)
+    scores = logits[idx].sigmoid()
+    if len(idx) > topk:
+        idx = idx[scores.topk(topk).indices]
+    return idx
+
+
+@pytest.mark.parametrize(
+    ("anchors", "classes", "shift", "score_thresh", "topk"),
+    [
+        (2000, 12, 2.0, 0.05, 100),  # busy: most pairs pass, the per-anchor bound prunes
+        (2000, 12, -6.0, 0.05, 100),  # quiet: few pass, the threshold decides
+        (50, 12, 2.0, 0.05, 100),  # fewer anchors than topk: no bound
+        (2000, 3, 0.0, 0.0, 100),  # score threshold 0 (no logit threshold)
+        (500, 7, 1.0, 0.5, 499),
+    ],
+)
+def test_candidate_pairs_hold_exactly_the_topk_best_above_the_threshold(anchors, classes, shift, score_thresh, topk):
+    from foveal.models.retinanet import _candidates
+
+    torch.manual_seed(0)
+    logits = (torch.randn(anchors, classes) * 2 + shift).reshape(-1)
+    logit_thresh = math.log(score_thresh / (1 - score_thresh)) if 0 < score_thresh < 1 else None
+    idx = _candidates(logits, classes, logit_thresh, score_thresh, topk)
+    assert bool((logits[idx].sigmoid() > score_thresh).all())
+    chosen = idx[logits[idx].topk(min(topk, len(idx))).indices] if len(idx) > topk else idx
+    expected = _all_above_threshold(logits, score_thresh, topk)
+    assert sorted(chosen.tolist()) == sorted(expected.tolist())
+    if shift == 2.0 and anchors >= topk:
+        assert len(idx) < 0.1 * int((logits.sigmoid() > score_thresh).sum())  # the bound did prune
