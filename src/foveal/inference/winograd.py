@@ -8,9 +8,11 @@ back (Y = Aᵀ M A). Here the two tile transforms are single matrix products wit
 (36 × 36) and Aᵀ⊗Aᵀ (16 × 36), the kernels are transformed once, and the 36 channel products are one batched matrix
 multiply, so every step runs in a BLAS / oneDNN kernel.
 
-On this kind of CPU a 256 → 256 convolution at 32² … 100² runs ≈ 1.7–1.8× faster than PyTorch's direct (oneDNN)
-convolution, and ≈ 2× for the 256 → 9·91 class output of a RetinaNet head; with fewer than 128 channels the
-transforms cost more than they save (``bench/retinanet_speed.py`` measures a whole detector). The transform points
+On this kind of CPU (``bench/winograd_speed.py``) a single 256 → 256 convolution at 32² … 100² runs 1.25–1.6×
+faster than PyTorch's direct (oneDNN) convolution and the 256 → 9·91 class output of a RetinaNet head ≈ 2×; with
+fewer than 128 channels the transforms cost more than they save. Whole networks: the paper's U-Net 1.43×,
+RetinaNet R50-FPN (with its subnets' pyramid levels batched, :meth:`WinogradConv2d.forward_levels`) 1.3–1.4×
+(``bench/retinanet_speed.py``). The transform points
 (0, ±1, ±2, ∞) amplify rounding: results differ from the direct convolution by ≈ 1e-5 of the output's range in fp32,
 so this is used for fp32 only (bf16 would lose too much) and only where nothing needs a gradient.
 
