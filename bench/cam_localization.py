@@ -19,7 +19,8 @@ Usage: python bench/cam_localization.py [--quick] [--reuse] [--map-stride 2] [--
    maps on a finer grid from the same weights (``--map-stride``, default 2: the network's 16 × 16 maps become
    32 × 32; :func:`foveal.models.efficientnet.dilated_copy`); classes still come from the network as trained.
 
-``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs).
+``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs). The process
+keeps freed memory, as the ``foveal`` command does (training ≈ 3–5 % faster than with glibc's default malloc).
 
 Goal: top-1 localization error ≤ 20 % with training ≤ 15 CPU minutes. Writes bench/results/cam_localization.json
 and prints a table. ``--quick`` runs the whole path on a tiny budget (a smoke test; its figures mean nothing) and
@@ -43,6 +44,7 @@ from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
 from foveal.data.classification import DEBIAN_FASHION_MNIST
 from foveal.data.localization_set import LocalizationData, build_localization_set
+from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.checkpoint import latest_checkpoint
 from foveal.explain.boxes import PAPER_THRESHOLD
 from foveal.explain.upsample import grid_of, upsample_maps
@@ -192,6 +194,7 @@ def main() -> int:
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of localize_cpu.yaml")
     args = parser.parse_args()
+    keep_freed_memory()  # as the foveal command does for its training runs
     torch.set_num_threads(THREADS)
     sizes = dict(QUICK if args.quick else FULL)
     for key, value in (
