@@ -19,8 +19,9 @@ Usage: python bench/cam_localization.py [--quick] [--reuse] [--map-stride 2] [--
    maps on a finer grid from the same weights (``--map-stride``, default 2: the network's 16 × 16 maps become
    32 × 32; :func:`foveal.models.efficientnet.dilated_copy`); classes still come from the network as trained.
 
-``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs). The process
-keeps freed memory, as the ``foveal`` command does (training ≈ 3–5 % faster than with glibc's default malloc).
+``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs). The
+process keeps freed memory, as the ``foveal`` command does (training ≈ 3–5 % faster than with glibc's default
+malloc).
 
 Goal: top-1 localization error ≤ 20 % with training ≤ 15 CPU minutes. Writes bench/results/cam_localization.json
 and prints a table. ``--quick`` runs the whole path on a tiny budget (a smoke test; its figures mean nothing) and
