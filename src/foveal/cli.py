@@ -159,19 +159,75 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from foveal.inference.export import check_onnx, export_onnx
-    from foveal.tasks import classify
+    from foveal.engine.checkpoint import checkpoint_task
+    from foveal.inference.export import DETECTOR_OUTPUTS, DetectorGraph, check_onnx, export_onnx
 
     low, high = _onnx_opsets()
     if not low <= args.opset <= high:
         raise FovealError(f"--opset {args.opset} is not supported by this torch: choose {low} to {high} (default 17)")
-    clf = classify.load_classifier(args.checkpoint)
-    path = export_onnx(clf.model, args.out, clf.channels, clf.resolution, opset=args.opset)
-    x = torch.randn(2, clf.channels, clf.resolution, clf.resolution)
-    diff = check_onnx(clf.model, path, x)
-    shape = f"N×{clf.channels}×{clf.resolution}×{clf.resolution}"
-    print(f"wrote {path} (input {shape}); onnxruntime vs torch: max |difference| = {diff:.2e}")
+    if args.size is not None and (len(args.size) > 2 or min(args.size) < 1):
+        raise FovealError(
+            f"--size {' '.join(map(str, args.size))}: give the input's H (and W) in pixels, e.g. --size 512"
+        )
+    task = checkpoint_task(args.checkpoint)
+    model: torch.nn.Module
+    names: tuple[str, ...] = ("logits",)
+    unbatched: tuple[str, ...] = ()
+    note, border = "", 0
+    if task == "classify":
+        from foveal.tasks import classify
+
+        clf = classify.load_classifier(args.checkpoint)
+        model, channels, default = clf.model, clf.channels, (clf.resolution, clf.resolution)
+    elif task == "segment":
+        from foveal.tasks.segment import load_segmenter, tile_input
+
+        seg = load_segmenter(args.checkpoint)
+        model, channels = seg.model, seg.channels
+        edge = tile_input(seg.model, seg.config.data.eval_tile)
+        default = (edge, edge)
+        border = int(getattr(seg.model, "border", 0))
+    elif task == "detect":
+        from foveal.tasks.detect_eval import load_detector
+
+        det = load_detector(args.checkpoint, fast=False)
+        model, channels = DetectorGraph(det.model), det.channels
+        edge = -(-det.min_size // 32) * 32
+        default = (edge, edge)
+        names, unbatched = DETECTOR_OUTPUTS, ("anchors",)
+        note = (
+            "; resize and normalise outside the graph, post-process its outputs (foveal.models.retinanet.postprocess)"
+        )
+    else:
+        raise FovealError(f"checkpoint {args.checkpoint} is a '{task}' checkpoint, which cannot be exported")
+    size = default if args.size is None else (args.size[0], args.size[-1])
+    if task == "segment":
+        for edge in set(size):
+            _check_segment_input(model, edge)
+        h, w = size[0] - 2 * border, size[1] - 2 * border
+        note = f"; a {size[0]}×{size[1]} input gives a {h}×{w} output tile (overlap-tile larger images)"
+    path = export_onnx(model, args.out, channels, size, opset=args.opset, output_names=names, unbatched=unbatched)
+    x = torch.randn(2, channels, *size)
+    diff = check_onnx(model, path, x)
+    shape = f"N×{channels}×{size[0]}×{size[1]}"
+    print(
+        f"wrote {path} (input {shape}, outputs {', '.join(names)}); onnxruntime vs torch: max |difference| = "
+        f"{diff:.2e}{note}"
+    )
     return 0
+
+
+def _check_segment_input(model: Any, edge: int) -> None:
+    """FovealError naming the nearest input edges a U-Net takes when it cannot take ``edge``."""
+    up = int(model.valid_input_size(edge, round="up"))
+    if up == edge:
+        return
+    try:
+        down = int(model.valid_input_size(edge, round="down"))
+    except FovealError:
+        down = None
+    options = " or ".join(str(v) for v in (down, up) if v)
+    raise FovealError(f"--size {edge}: this U-Net cannot take a {edge}-px input; use {options}")
 
 
 def _onnx_opsets() -> tuple[int, int]:
@@ -268,10 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against onnxruntime)")
+    p = sub.add_parser("export", help="export a classifier, U-Net or detector to ONNX (checked against onnxruntime)")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=None,
+        help="input H [W] (default: a classifier's resolution, a U-Net's evaluation tile, a detector's min_size)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list EfficientNet variants with parameters, FLOPs and resolution")

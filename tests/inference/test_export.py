@@ -89,3 +89,40 @@ def test_bad_targets(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(FovealError, match="onnxruntime cannot load"):
         check_onnx(model, tmp_path / "junk.onnx", torch.zeros(1, 3, 32, 32))
+
+
+def test_unet_exports_with_batchnorm_folded_and_a_dynamic_batch(tmp_path: Path) -> None:
+    from foveal.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(1, 3, depth=2, base_width=4, batch_norm=True)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    edge = (net.input_size(20), net.input_size(28))
+    path = export_onnx(net, tmp_path / "unet.onnx", in_channels=1, resolution=edge)
+    dims = onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 20, 28]
+    assert check_onnx(net, path, torch.randn(3, 1, *edge)) < 1e-4
+
+
+def test_detector_exports_logits_deltas_and_its_anchors(tmp_path: Path) -> None:
+    from foveal.inference.export import DETECTOR_OUTPUTS, DetectorGraph
+    from foveal.models.retinanet import RetinaNet
+
+    torch.manual_seed(0)
+    detector = RetinaNet("resnet18", num_classes=3, in_channels=1, fpn_channels=32).eval()
+    graph = DetectorGraph(detector)
+    path = export_onnx(graph, tmp_path / "det.onnx", 1, (64, 96), output_names=DETECTOR_OUTPUTS, unbatched=("anchors",))
+    outputs = onnx.load(str(path)).graph.output
+    assert [o.name for o in outputs] == list(DETECTOR_OUTPUTS)
+    anchors_dims = [d.dim_value for d in outputs[2].type.tensor_type.shape.dim]
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        out = detector(x)
+    assert anchors_dims == list(out.anchors.shape)  # no batch axis: one set of anchors for every image
+    assert out.cls_logits.shape[1] == out.anchors.shape[0] == 9 * (8 * 12 + 4 * 6 + 2 * 3 + 1 * 2 + 1 * 1)
+    assert check_onnx(graph, path, x) < 1e-4

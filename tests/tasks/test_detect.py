@@ -361,3 +361,13 @@ def test_explain_a_detector_matches_predict(trained, canvases, tmp_path):
     assert all(Path(f).is_file() for f in record.figures) and len(record.figures) == 2
     saved = json.loads((tmp_path / "explain" / "explanations.json").read_text())
     assert saved[0]["detections"] == record.detections
+
+
+def test_export_cli_writes_the_detector_network(trained, tmp_path, capsys):
+    from foveal.cli import main
+
+    run, _ = trained
+    assert main(["export", str(run), "--out", str(tmp_path / "det.onnx"), "--size", "64", "96"]) == 0
+    text = capsys.readouterr().out
+    assert "input N×1×64×96, outputs cls_logits, box_deltas, anchors" in text
+    assert (tmp_path / "det.onnx").stat().st_size > 0

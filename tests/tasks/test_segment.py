@@ -191,3 +191,16 @@ def test_dihedral_test_time_averaging_is_invariant_to_rotations_and_flips():
     torch.testing.assert_close(mirrored.flip(-2), averaged, rtol=1e-4, atol=1e-5)
     with pytest.raises(FovealError, match="unknown test-time augmentation 'flips'"):
         segment_eval.predict_logits(model, image, 28, tta="flips")
+
+
+def test_export_cli_writes_the_unet_at_its_evaluation_tile_or_a_valid_size(trained, tmp_path, capsys):
+    _, run = trained
+    assert main(["export", str(run), "--out", str(tmp_path / "unet.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "outputs logits" in text and "output tile" in text and (tmp_path / "unet.onnx").stat().st_size > 0
+    seg = segment.load_segmenter(run)
+    edge = seg.model.valid_input_size(seg.model.input_size(8))
+    assert main(["export", str(run), "--out", str(tmp_path / "small.onnx"), "--size", str(edge)]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "bad.onnx"), "--size", str(edge + 1)]) == 2
+    err = capsys.readouterr().err
+    assert f"--size {edge + 1}: this U-Net cannot take" in err and not (tmp_path / "bad.onnx").exists()

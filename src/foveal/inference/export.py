@@ -1,8 +1,11 @@
 """ONNX export with a dynamic batch axis, and a check of the exported graph against PyTorch.
 
-The model is exported from a copy in eval mode with its BatchNorms folded into the convolutions
-(:func:`foveal.models.layers.fuse_conv_bn`), so the caller's model is left as it was. The file is written next to its
-target and moved into place only once complete, so an existing file is never left half-overwritten.
+Classifiers and U-Nets export as they are (one output, "logits"); a RetinaNet exports its network through
+:class:`DetectorGraph` (outputs "cls_logits", "box_deltas" and the constant "anchors"; post-processing stays outside
+the graph, as resizing and normalisation do). The model is exported from a copy in eval mode with its BatchNorms
+folded into the convolutions (:func:`foveal.inference.fast.fold_batchnorm`), so the caller's model is left as it
+was. The file is written next to its target and moved into place only once complete, so an existing file is never
+left half-overwritten.
 """
 
 from __future__ import annotations
@@ -18,30 +21,56 @@ import torch
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
-from foveal.models.layers import fuse_conv_bn
+from foveal.inference.fast import fold_batchnorm
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+DETECTOR_OUTPUTS = ("cls_logits", "box_deltas", "anchors")
 
 
-def export_onnx(model: nn.Module, path: str | Path, in_channels: int, resolution: int, opset: int = 17) -> Path:
-    """Write ``model`` as an ONNX graph taking (batch, in_channels, resolution, resolution) images.
+class DetectorGraph(nn.Module):
+    """A RetinaNet's network as a graph of tensors: (N, C, H, W) resized, normalised images → cls_logits
+    (N, A, K), box_deltas (N, A, 4) and anchors (A, 4) xyxy in input pixels, the inputs of
+    :func:`foveal.models.retinanet.postprocess` (anchors are fixed by H and W)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.detector(images)
+        return out.cls_logits, out.box_deltas, out.anchors
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    in_channels: int,
+    resolution: int | tuple[int, int],
+    opset: int = 17,
+    output_names: tuple[str, ...] = (OUTPUT_NAME,),
+    unbatched: tuple[str, ...] = (),
+) -> Path:
+    """Write ``model`` as an ONNX graph taking (batch, in_channels, H, W) images.
 
     The batch axis is dynamic; height and width are fixed at ``resolution`` (TensorFlow "same" padding is computed
-    from the input size at export time). The graph's input is named "images" and its output "logits".
+    from the input size at export time). The graph's input is named "images" and its outputs ``output_names``.
 
     Args:
-        model: any module whose forward takes one (N, C, H, W) tensor and returns one tensor.
+        model: any module whose forward takes one (N, C, H, W) tensor and returns one tensor or a tuple of them.
         path: the ``.onnx`` file to write; its folder must exist.
         in_channels: C of the input (3 for RGB, 1 for grayscale).
-        resolution: H = W of the input.
+        resolution: H = W of the input, or (H, W).
         opset: ONNX operator set version.
+        output_names: one name per output ("logits" for one output).
+        unbatched: outputs without a batch axis (e.g. a detector's anchors).
 
     Returns:
         The path written.
     """
     path = Path(path)
-    if in_channels < 1 or resolution < 1:
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if in_channels < 1 or height < 1 or width < 1:
         raise FovealError(
             f"in_channels and resolution must be positive, got {in_channels} and {resolution}; pass the input size "
             "the model is meant for"
@@ -53,15 +82,15 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, resolution
     if not os.access(path.parent, os.W_OK):
         raise FovealError(f"cannot write '{path}': no permission to write in '{path.parent}'; choose another folder")
 
-    export_model = fuse_conv_bn(copy.deepcopy(model).eval()).to("cpu")
-    dummy = torch.zeros(1, in_channels, resolution, resolution)
+    export_model = fold_batchnorm(copy.deepcopy(model).eval()).to("cpu")
+    dummy = torch.zeros(1, in_channels, height, width)
     try:
         with torch.inference_mode():
             export_model(dummy)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise FovealError(
-            f"the model cannot run on a (1, {in_channels}, {resolution}, {resolution}) input ({first}); pass the "
+            f"the model cannot run on a (1, {in_channels}, {height}, {width}) input ({first}); pass the "
             "in_channels and resolution it was built for"
         ) from None
 
@@ -69,7 +98,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, resolution
     # the file gets the usual permissions
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        _export(export_model, dummy, tmp, opset)
+        _export(export_model, dummy, tmp, opset, output_names, unbatched)
         import onnx
 
         onnx.checker.check_model(str(tmp))
@@ -82,8 +111,11 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, resolution
     return path
 
 
-def _export(model: nn.Module, dummy: Tensor, path: Path, opset: int) -> None:
+def _export(
+    model: nn.Module, dummy: Tensor, path: Path, opset: int, output_names: tuple[str, ...], unbatched: tuple[str, ...]
+) -> None:
     """TorchScript exporter (fast, exact opset, dynamic batch); the torch.export-based one if it is unavailable."""
+    batched = [name for name in output_names if name not in unbatched]
     with warnings.catch_warnings():
         # The legacy exporter warns that it is deprecated, and tracing warns that "same" padding becomes a constant
         # (intended: H and W are fixed at export).
@@ -95,9 +127,9 @@ def _export(model: nn.Module, dummy: Tensor, path: Path, opset: int) -> None:
                 str(path),
                 dynamo=False,
                 opset_version=opset,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *batched)},
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(output_names),
             )
             return
         except (TypeError, NotImplementedError, AttributeError):
@@ -111,7 +143,7 @@ def _export(model: nn.Module, dummy: Tensor, path: Path, opset: int) -> None:
             opset_version=opset,
             dynamic_shapes=({0: batch},),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(output_names),
         )
 
 
@@ -126,7 +158,7 @@ def check_onnx(model: nn.Module, path: str | Path, x: Tensor) -> float:
         x: (N, C, H, W) input of the size the graph was exported for.
 
     Returns:
-        max |onnx(x) − model(x)| over all outputs.
+        max |onnx(x) − model(x)| over all outputs (a model may return one tensor or a tuple of them).
     """
     path = Path(path)
     if not path.is_file():
@@ -139,7 +171,7 @@ def check_onnx(model: nn.Module, path: str | Path, x: Tensor) -> float:
         raise FovealError(f"onnxruntime cannot load '{path}' ({exc}); re-export it") from None
     inp = session.get_inputs()[0]
     try:
-        got = session.run(None, {inp.name: x.detach().cpu().float().numpy()})[0]
+        got = session.run(None, {inp.name: x.detach().cpu().float().numpy()})
     except Exception as exc:
         raise FovealError(
             f"onnxruntime rejects an input of shape {tuple(x.shape)} (graph input {inp.shape}): {exc}"
@@ -151,4 +183,9 @@ def check_onnx(model: nn.Module, path: str | Path, x: Tensor) -> float:
             want = model(x)
     finally:
         model.train(was_training)
-    return float((torch.from_numpy(got) - want.detach().cpu().float()).abs().max())
+    wants = list(want) if isinstance(want, (tuple, list)) else [want]
+    if len(wants) != len(got):
+        raise FovealError(f"'{path}' has {len(got)} outputs but the model returns {len(wants)}: re-export it")
+    return max(
+        float((torch.from_numpy(g) - w.detach().cpu().float()).abs().max()) for g, w in zip(got, wants, strict=True)
+    )
