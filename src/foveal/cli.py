@@ -199,7 +199,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             "; resize and normalise outside the graph, post-process its outputs (foveal.models.retinanet.postprocess)"
         )
     else:
-        raise FovealError(f"checkpoint {args.checkpoint} is a '{task}' checkpoint, which cannot be exported")
+        raise FovealError(
+            f"checkpoint {args.checkpoint} is a '{task}' checkpoint, not a classifier, U-Net or detector: export one "
+            "of those"
+        )
     size = default if args.size is None else (args.size[0], args.size[-1])
     if task == "segment":
         for edge in set(size):
