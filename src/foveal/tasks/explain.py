@@ -219,8 +219,8 @@ def class_maps(model: nn.Module, method: str, map_stride: int | None = None) -> 
             raise FovealError(f"map_stride works with foveal's EfficientNet, not {type(model).__name__}")
         model = dilated_copy(model, map_stride).eval()
     if method == "cam" and isinstance(model, EfficientNet) and model.pool == "max":
-        dense = model
-        yield lambda x, classes: _weighted_features(dense, x, classes)
+        net = model  # bound for the closure: ``model`` may have been replaced above
+        yield lambda x, classes: _weighted_features(net, x, classes)
     elif method == "cam":
         with CAM(model) as cam:
             yield lambda x, classes: cam(x, classes=classes, upsample=False).maps
