@@ -183,7 +183,7 @@ def _training(quick: bool) -> dict[str, Any]:
     from foveal.cli import CONFIG_DIR
     from foveal.config import load_config
     from foveal.data.detection_set import build_detection_set
-    from foveal.data.synthetic import touching_cells
+    from foveal.data.synthetic import write_cells_folder
     from foveal.tasks import classify, detect, segment
 
     out: dict[str, Any] = {}
@@ -199,16 +199,7 @@ def _training(quick: bool) -> dict[str, Any]:
         metrics = classify.train(cfg, run_dir=root / "classify")
         out["classify"] = {"seconds": time.perf_counter() - start, "val_top1": metrics.get("top1")}
 
-        import numpy as np
-        import tifffile
-        from PIL import Image
-
-        (root / "cells" / "images").mkdir(parents=True)
-        (root / "cells" / "masks").mkdir()
-        for i in range(4):
-            picture, labels = touching_cells((96, 96), n_cells=10, radius=(5, 9), seed=i)
-            Image.fromarray((picture * 255).astype(np.uint8)).save(root / "cells" / "images" / f"c{i}.png")
-            tifffile.imwrite(root / "cells" / "masks" / f"c{i}.tif", labels.astype(np.uint16))
+        write_cells_folder(root / "cells", 4, (96, 96), n_cells=10)
         cfg_s = load_config(
             segment.SegmentConfig,
             None,

@@ -51,3 +51,17 @@ def test_options() -> None:
         touching_cells((20, 20), radius=(6, 12))
     with pytest.raises(FovealError, match="touching"):
         touching_cells(touching=1.5)
+
+
+def test_cells_folder_is_an_image_and_instance_mask_dataset(tmp_path):
+    import tifffile
+
+    from foveal.data.segmentation import open_segmentation
+    from foveal.data.synthetic import write_cells_folder
+
+    root = write_cells_folder(tmp_path / "cells", 2, (40, 48), n_cells=4, radius=(4, 6))
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["cell0.png", "cell1.png"]
+    _, labels = touching_cells((40, 48), 4, radius=(4, 6), seed=1)
+    np.testing.assert_array_equal(tifffile.imread(root / "masks" / "cell1.tif"), labels)
+    data = open_segmentation(root)
+    assert len(data) == 2 and data.channels == 1

@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from PIL import Image
 
 from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
 from foveal.data.localization_set import build_localization_set
-from foveal.data.synthetic import touching_cells
+from foveal.data.synthetic import write_cells_folder
 from foveal.errors import FovealError
 from foveal.explain.boxes import map_to_box
 from foveal.explain.cam import CAM
@@ -147,12 +146,7 @@ def test_localization_eval_rates_and_a_perfect_map_source(classifier):
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain-seg")
-    (root / "data" / "images").mkdir(parents=True)
-    (root / "data" / "masks").mkdir()
-    for i in range(2):
-        image, labels = touching_cells((72, 80), n_cells=8, radius=(5, 9), seed=i)
-        Image.fromarray((image * 255).astype(np.uint8)).save(root / "data" / "images" / f"cell{i}.png")
-        tifffile.imwrite(root / "data" / "masks" / f"cell{i}.tif", labels.astype(np.uint16))
+    write_cells_folder(root / "data", 2)
     cfg = load_config(segment.SegmentConfig, None, [*TINY_SEGMENT, f"data.train={root / 'data'}"])
     segment.train(cfg, run_dir=root / "run")
     return root / "run", root / "data" / "images"

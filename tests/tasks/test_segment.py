@@ -12,7 +12,7 @@ from PIL import Image
 
 from foveal.cli import main
 from foveal.config import load_config
-from foveal.data.synthetic import touching_cells
+from foveal.data.synthetic import write_cells_folder
 from foveal.errors import FovealError
 from foveal.tasks import segment, segment_eval
 
@@ -35,13 +35,7 @@ TINY = [
 
 
 def _cells_folder(root, n=3, size=(72, 80)):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        image, labels = touching_cells(size, n_cells=8, radius=(5, 9), seed=i)
-        Image.fromarray((image * 255).astype(np.uint8)).save(root / "images" / f"cell{i}.png")
-        tifffile.imwrite(root / "masks" / f"cell{i}.tif", labels.astype(np.uint16))
-    return root
+    return write_cells_folder(root, n, size)
 
 
 @pytest.fixture(scope="module")

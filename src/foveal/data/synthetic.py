@@ -11,6 +11,7 @@ weights are for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -101,6 +102,30 @@ def touching_cells(
                 break
     image = _render(labels, depth, rng, noise)
     return image, labels
+
+
+def write_cells_folder(
+    root: str | Path,
+    n: int,
+    size: tuple[int, int] = (72, 80),
+    *,
+    n_cells: int = 8,
+    radius: tuple[float, float] = (5, 9),
+    name: str = "cell",
+) -> Path:
+    """Write ``n`` :func:`touching_cells` images (seeds 0 … n − 1) as a segmentation folder: ``images/<name>i.png``
+    (8-bit) and ``masks/<name>i.tif`` (16-bit instance labels). Returns ``root``."""
+    import tifffile
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    for i in range(n):
+        image, labels = touching_cells(size, n_cells, radius=radius, seed=i)
+        Image.fromarray((image * 255).astype(np.uint8)).save(root / "images" / f"{name}{i}.png")
+        tifffile.imwrite(root / "masks" / f"{name}{i}.tif", labels.astype(np.uint16))
+    return root
 
 
 def _check(
