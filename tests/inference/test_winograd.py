@@ -162,3 +162,15 @@ def test_unet_inference_model_at_the_papers_width_matches_direct_convolution():
 def test_state_dict_keys_are_those_of_the_replaced_conv():
     conv = nn.Conv2d(4, 6, 3, padding=1)
     assert set(WinogradConv2d(conv).state_dict()) == set(conv.state_dict()) == {"weight", "bias"}
+
+
+def test_inputs_winograd_cannot_take_get_the_direct_convolutions_result_or_error():
+    conv = nn.Conv2d(4, 4, 3, padding=0)
+    fast = WinogradConv2d(conv)
+    with torch.no_grad():
+        empty = torch.zeros(0, 4, 8, 8)
+        assert fast(empty).shape == conv(empty).shape == (0, 4, 6, 6)
+        with pytest.raises(RuntimeError):  # too small for a valid 3×3: PyTorch's own message, as without Winograd
+            fast(torch.zeros(1, 4, 2, 8))
+        sliced = torch.randn(1, 8, 9, 9)[:, ::2]  # a non-contiguous input
+        torch.testing.assert_close(fast(sliced), conv(sliced), rtol=1e-4, atol=1e-5)

@@ -189,11 +189,15 @@ class WinogradConv2d(nn.Module):
         return [y for y in outs if y is not None]
 
     def _winograd_applies(self, x: Tensor) -> bool:
+        ph, pw = self.padding
         return (
             x.dtype == torch.float32
             and x.device.type == "cpu"
             and self.weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and x.requires_grad)
+            and x.ndim == 4
+            and x.shape[0] > 0
+            and min(x.shape[-2] + 2 * ph, x.shape[-1] + 2 * pw) >= 3  # else F.conv2d's own error (or empty result)
         )
 
     def extra_repr(self) -> str:
