@@ -275,6 +275,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         relative_to=args.relative_to,
         score_thresh=args.score_thresh,
         map_stride=args.map_stride,
+        map_scales=args.map_scales,
     )
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
@@ -362,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="EfficientNet classifiers: maps on this finer stride from the same weights (e.g. 2; default: its own)",
+    )
+    p.add_argument(
+        "--map-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="classifiers: average the maps of the image resized by these scales (e.g. 1 2.5; default: one scale)",
     )
     p.set_defaults(func=cmd_explain)
 

@@ -236,5 +236,40 @@ def test_map_stride_gives_finer_maps_of_the_same_predictions(classifier, tmp_pat
 
 def test_map_stride_is_for_classifiers(segmenter, tmp_path):
     run, images = segmenter
-    with pytest.raises(FovealError, match="map_stride applies to classifiers .* 'segment' checkpoint"):
+    with pytest.raises(FovealError, match="map_stride and map_scales apply to classifiers .* .segment. checkpoint"):
         explain.explain(run, [str(images / "cell0.png")], tmp_path / "out", map_stride=2)
+
+
+def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp_path):
+    run, images = classifier
+    clf = classify.load_classifier(run)
+    grid = grid_of(clf.model)
+    torch.manual_seed(0)
+    x = _normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
+    classes = torch.tensor([[0, 1], [2, 3]])
+    r = x.shape[-1]  # the classifier's resolution
+    with explain.class_maps(clf.model, "cam") as own:
+        one = explain.multiscale(own, (1.0,), grid)(x, classes)
+        both = explain.multiscale(own, (1.0, 2.0), grid)(x, classes)
+        single = upsample_maps(own(x, classes).float(), (r, r), grid, (r, r))
+        enlarged = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        double = upsample_maps(own(enlarged, classes).float(), (r, r), grid, (2 * r, 2 * r))
+    assert one.shape == both.shape == (2, 2, r, r)
+
+    def peak(m: torch.Tensor) -> torch.Tensor:
+        top = m.amax((-2, -1), keepdim=True)
+        return torch.where(top > 0, top, m.abs().amax((-2, -1), keepdim=True))
+
+    torch.testing.assert_close(one, single / peak(single))
+    torch.testing.assert_close(both, (single / peak(single) + double / peak(double)) / 2)
+    assert float(one.amax()) == pytest.approx(1.0) and bool((one.amax((-2, -1)) <= 1 + 1e-6).all())
+    data = build_localization_set("fashion-mnist-sample", "test", 8, seed=2)
+    plain = explain.localization_eval(run, data, batch_size=8)
+    scaled = explain.localization_eval(run, data, batch_size=8, map_scales=(1, 2.5))
+    assert scaled.top1_cls_error == plain.top1_cls_error  # classes come from the unscaled canvas
+    (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, map_scales=(1, 2))
+    assert len(record.boxes) == 2
+    with pytest.raises(FovealError, match=r"map_scales=\(\): give one or more positive image scales"):
+        explain.localization_eval(run, data, map_scales=())
+    with pytest.raises(FovealError, match="map_scales=.*positive"):
+        explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out2", map_scales=(1, -2))
