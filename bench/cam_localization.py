@@ -154,11 +154,12 @@ def _evaluate(
 def _choose_scales(checkpoint: Path, val: LocalizationData) -> tuple[tuple[float, ...], dict[str, float]]:
     """The multi-scale setting of :data:`SCALE_CANDIDATES` with the lowest top-1 localization error on the
     validation canvases (never the test canvases), and every candidate's error."""
-    errors = {}
-    for scales in SCALE_CANDIDATES:
-        result = localization_eval(checkpoint, val, threshold=PAPER_THRESHOLD, map_scales=scales)
-        errors["_".join(f"{v:g}" for v in scales)] = result.top1_loc_error
-    best = min(SCALE_CANDIDATES, key=lambda sc: errors["_".join(f"{v:g}" for v in sc)])
+    found = {
+        scales: localization_eval(checkpoint, val, threshold=PAPER_THRESHOLD, map_scales=scales).top1_loc_error
+        for scales in SCALE_CANDIDATES
+    }
+    best = min(found, key=found.__getitem__)
+    errors = {"_".join(f"{v:g}" for v in scales): error for scales, error in found.items()}
     print(f"  map scales on the validation canvases: {errors}; chosen {best}", flush=True)
     return best, errors
 

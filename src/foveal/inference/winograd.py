@@ -12,9 +12,9 @@ On this kind of CPU (``bench/winograd_speed.py``) a single 256 → 256 convoluti
 faster than PyTorch's direct (oneDNN) convolution and the 256 → 9·91 class output of a RetinaNet head ≈ 2×; with
 fewer than 128 channels the transforms cost more than they save. Whole networks: the paper's U-Net 1.43×,
 RetinaNet R50-FPN (with its subnets' pyramid levels batched, :meth:`WinogradConv2d.forward_levels`) 1.3–1.4×
-(``bench/retinanet_speed.py``). The transform points
-(0, ±1, ±2, ∞) amplify rounding: results differ from the direct convolution by ≈ 1e-5 of the output's range in fp32,
-so this is used for fp32 only (bf16 would lose too much) and only where nothing needs a gradient.
+(``bench/retinanet_speed.py``). The transform points (0, ±1, ±2, ∞) amplify rounding: results differ from the direct
+convolution by ≈ 1e-5 of the output's range in fp32, so this is used for fp32 only (bf16 would lose too much) and only
+where nothing needs a gradient.
 
 Large temporary tensors are allocated on every call; with glibc's default malloc these are returned to the system and
 page-faulted back each time, which costs more than the arithmetic saves. The ``foveal`` command keeps freed memory

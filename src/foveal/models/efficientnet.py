@@ -285,21 +285,28 @@ def _limit_stride(stages: tuple[Stage, ...], stem_stride: int, output_stride: in
     """``stages`` with the last downsampling stages made stride 1 until the total stride is ``output_stride``."""
     if output_stride is None:
         return stages
-    rows = list(stages)
-    total = stem_stride * math.prod(s.stride for s in rows)
-    for i in reversed(range(len(rows))):
-        if total <= output_stride:
-            break
-        if rows[i].stride > 1:
-            total //= rows[i].stride
-            rows[i] = replace(rows[i], stride=1)
-    if total != output_stride:
-        options = [stem_stride * math.prod(s.stride for s in stages[:k]) for k in range(len(stages) + 1)]
-        listed = ", ".join(str(v) for v in sorted(set(options)))
+    keep, options = _strides_to(stem_stride, [s.stride for s in stages], output_stride)
+    if keep is None:
+        listed = ", ".join(str(v) for v in options)
         raise FovealError(
             f"output_stride={output_stride} cannot be reached with stem stride {stem_stride}: use one of {listed}"
         )
-    return tuple(rows)
+    return tuple(replace(s, stride=k) for s, k in zip(stages, keep, strict=True))
+
+
+def _strides_to(stem: int, strides: list[int], output_stride: int) -> tuple[list[int] | None, list[int]]:
+    """``strides`` with the last downsamplings set to 1 so that stem · Π strides = ``output_stride`` (None when no
+    such cut exists), and the output strides that can be reached."""
+    options = sorted({stem * math.prod(strides[:k]) for k in range(len(strides) + 1)})
+    if output_stride not in options:
+        return None, options
+    keep, total = list(strides), stem * math.prod(strides)
+    for i in reversed(range(len(keep))):
+        if total <= output_stride:
+            break
+        total //= keep[i]
+        keep[i] = 1
+    return keep, options
 
 
 def dilated_copy(model: EfficientNet, output_stride: int) -> EfficientNet:
@@ -313,17 +320,10 @@ def dilated_copy(model: EfficientNet, output_stride: int) -> EfficientNet:
     """
     strides = [int(block.depthwise.conv.stride[0]) for block in model.modules() if isinstance(block, MBConv)]
     stem = int(model.stem.conv.stride[0])
-    total = stem * math.prod(strides)
-    options = sorted({stem * math.prod(strides[:k]) for k in range(len(strides) + 1)})
-    if output_stride not in options:
-        finer = ", ".join(str(v) for v in options)
+    keep, options = _strides_to(stem, strides, output_stride)
+    if keep is None:
+        total, finer = stem * math.prod(strides), ", ".join(str(v) for v in options)
         raise FovealError(f"map stride {output_stride} is not reachable from this model's {total}: use one of {finer}")
-    keep = list(strides)
-    for i in reversed(range(len(keep))):
-        if total <= output_stride:
-            break
-        total //= keep[i]
-        keep[i] = 1
     dense = copy.deepcopy(model)
     removed = 1  # product of the strides removed so far: the dilation of every later k×k conv
     blocks = [block for block in dense.modules() if isinstance(block, MBConv)]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,6 @@ from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig, Trainer, seeded
 from foveal.errors import FovealError
 from foveal.models import efficientnet as eff
-from foveal.models.layers import fuse_conv_bn
 from foveal.models.registry import rebuild
 
 TASK = "classify"
@@ -435,9 +433,9 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
     ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
     if fuse:
-        model = copy.deepcopy(model)
-        fuse_conv_bn(model)
-        model.to(memory_format=torch.channels_last)
+        from foveal.inference.fast import inference_model
+
+        model = cast(eff.EfficientNet, inference_model(model))  # the same class, BN folded, channels-last
     return LoadedClassifier(model, classes, resolution, channels, mean, std, ckpt.meta)
 
 
