@@ -20,9 +20,10 @@ Usage: python bench/cam_localization.py [--quick] [--reuse] [--map-stride 2] [--
    32 × 32; :func:`foveal.models.efficientnet.dilated_copy`); classes still come from the network as trained.
 
 A multi-scale CAM row (:func:`foveal.tasks.explain.multiscale`, a named deviation from the paper's single scale):
-the maps of the canvas enlarged by each scale are averaged, classes from the unscaled canvas; the scales are chosen
-among ``SCALE_CANDIDATES`` on the validation canvases, never on the test canvases (``--no-map-scales`` leaves it
-out).
+the maps of the canvas enlarged by each scale are averaged, classes from the unscaled canvas; with test-time
+mirroring (``flip``) the mirrored canvas's maps and class scores are averaged in as well. The scales and whether to
+mirror are chosen among ``SCALE_CANDIDATES`` × (no mirror, mirror) on the validation canvases, never on the test
+canvases (``--no-map-scales`` leaves the row out).
 
 ``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs). The
 process keeps freed memory, as the ``foveal`` command does (training ≈ 3–5 % faster than with glibc's default
@@ -63,7 +64,14 @@ THREADS = 2
 SEEDS = {"train": 0, "val": 1, "test": 2}
 FULL = {"train": 60000, "val": 1000, "test": 5000, "gradcam": 500}
 QUICK = {"train": 256, "val": 64, "test": 64, "gradcam": 16}
-SCALE_CANDIDATES: tuple[tuple[float, ...], ...] = ((1.0, 1.5), (1.0, 2.0), (1.0, 2.5), (1.0, 3.0), (1.0, 2.0, 3.0))
+SCALE_CANDIDATES: tuple[tuple[float, ...], ...] = (
+    (1.0,),
+    (1.0, 1.5),
+    (1.0, 2.0),
+    (1.0, 2.5),
+    (1.0, 3.0),
+    (1.0, 2.0, 3.0),
+)
 QUICK_OVERRIDES = ["train.max_steps=3", "data.batch_size=32", "model.resolution=64"]
 
 
@@ -123,17 +131,17 @@ def _evaluate(
     n_gradcam: int,
     with_peer: bool,
     map_stride: int,
-    map_scales: tuple[float, ...] | None,
+    averaged: tuple[tuple[float, ...], bool] | None,
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     small = _subset(test, n_gradcam)
-    plans: list[tuple[str, LocalizationData, Any, int | None, tuple[float, ...] | None]] = [
+    plans: list[tuple[str, LocalizationData, Any, int | None, tuple[tuple[float, ...], bool] | None]] = [
         ("cam", test, "cam", None, None)
     ]
     if with_peer and map_stride:
         plans.append((f"cam_map_stride{map_stride}", test, "cam", map_stride, None))
-    if with_peer and map_scales:
-        plans.append((f"cam_map_scales{'_'.join(f'{v:g}' for v in map_scales)}", test, "cam", None, map_scales))
+    if with_peer and averaged:
+        plans.append((_averaged_name(*averaged), test, "cam", None, averaged))
     plans += [
         (f"cam_first{n_gradcam}", small, "cam", None, None),
         (f"gradcam_first{n_gradcam}", small, "gradcam", None, None),
@@ -141,26 +149,34 @@ def _evaluate(
     if with_peer:
         peer = _peer_maps(classify.load_classifier(checkpoint).model)
         plans.append((f"pytorch_grad_cam_first{n_gradcam}", small, peer, None, None))
-    for name, data, method, stride, scales in plans:
+    for name, data, method, stride, views in plans:
+        scales, flip = views or (None, False)
         started = time.perf_counter()
         result = localization_eval(
-            checkpoint, data, threshold=PAPER_THRESHOLD, method=method, map_stride=stride, map_scales=scales
+            checkpoint, data, threshold=PAPER_THRESHOLD, method=method, map_stride=stride, map_scales=scales, flip=flip
         )
         rows[name] = _row(result, time.perf_counter() - started)
         print(f"  {name:<32} {_line(rows[name])}", flush=True)
     return rows
 
 
-def _choose_scales(checkpoint: Path, val: LocalizationData) -> tuple[tuple[float, ...], dict[str, float]]:
-    """The multi-scale setting of :data:`SCALE_CANDIDATES` with the lowest top-1 localization error on the
-    validation canvases (never the test canvases), and every candidate's error."""
+def _averaged_name(scales: tuple[float, ...], flip: bool) -> str:
+    return f"cam_map_scales{'_'.join(f'{v:g}' for v in scales)}" + ("_flip" if flip else "")
+
+
+def _choose_views(checkpoint: Path, val: LocalizationData) -> tuple[tuple[tuple[float, ...], bool], dict[str, float]]:
+    """The (scales, flip) setting, among :data:`SCALE_CANDIDATES` with and without mirroring, with the lowest top-1
+    localization error on the validation canvases (never the test canvases), and every candidate's error."""
+    candidates = [(scales, flip) for scales in SCALE_CANDIDATES for flip in (False, True) if len(scales) > 1 or flip]
     found = {
-        scales: localization_eval(checkpoint, val, threshold=PAPER_THRESHOLD, map_scales=scales).top1_loc_error
-        for scales in SCALE_CANDIDATES
+        views: localization_eval(
+            checkpoint, val, threshold=PAPER_THRESHOLD, map_scales=views[0], flip=views[1]
+        ).top1_loc_error
+        for views in candidates
     }
     best = min(found, key=found.__getitem__)
-    errors = {"_".join(f"{v:g}" for v in scales): error for scales, error in found.items()}
-    print(f"  map scales on the validation canvases: {errors}; chosen {best}", flush=True)
+    errors = {_averaged_name(*views): error for views, error in found.items()}
+    print(f"  averaged maps on the validation canvases: {errors}; chosen {_averaged_name(*best)}", flush=True)
     return best, errors
 
 
@@ -224,7 +240,9 @@ def main() -> int:
         "--map-stride", type=int, default=2, help="also CAM on this finer grid from the same weights (0: not)"
     )
     parser.add_argument(
-        "--no-map-scales", action="store_true", help="leave out the multi-scale CAM row (and its validation sweep)"
+        "--no-map-scales",
+        action="store_true",
+        help="leave out the multi-scale / mirrored CAM row (and its validation sweep)",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="evaluate the runs already in --out instead of training them again"
@@ -270,10 +288,10 @@ def main() -> int:
         checkpoint, info = _train([*overrides, *extra], out / name, args.reuse)
         trainings[name] = info
         print(f"[{name}] {info['training_minutes_incl_eval']:.2f} min, {info['steps']} steps; evaluating", flush=True)
-        scales, scale_errors = (None, {}) if name != "gap" or args.no_map_scales else _choose_scales(checkpoint, val)
-        evaluations[name] = _evaluate(checkpoint, test, sizes["gradcam"], name == "gap", args.map_stride, scales)
-        if scale_errors:
-            evaluations[name]["map_scales_validation_top1_loc_error"] = scale_errors
+        views, view_errors = (None, {}) if name != "gap" or args.no_map_scales else _choose_views(checkpoint, val)
+        evaluations[name] = _evaluate(checkpoint, test, sizes["gradcam"], name == "gap", args.map_stride, views)
+        if view_errors:
+            evaluations[name]["averaged_maps_validation_top1_loc_error"] = view_errors
         if name == "gap":
             evaluations[name]["cam_threshold_sweep"] = _sweep(checkpoint, _subset(test, sizes["gradcam"]))
 

@@ -124,3 +124,15 @@ def test_export_writes_onnx(run: tuple[Path, int, str], tmp_path: Path, capsys) 
     assert onnx_path.stat().st_size > 0
     found = re.search(r"onnxruntime vs torch: max \|difference\| = (\S+)", text)
     assert found and float(found.group(1)) < 1e-3
+
+
+def test_explain_with_flip_and_scales(run: tuple[Path, int, str], images: Path, tmp_path: Path, capsys) -> None:
+    out, _, _ = run
+    argv = ["explain", str(out), str(images / "img0.png"), "--top-k", "2", "--out", str(tmp_path / "x")]
+    assert main([*argv, "--flip", "--map-scales", "1", "2"]) == 0
+    assert "img0.png" in capsys.readouterr().out
+    (flipped,) = json.loads((tmp_path / "x" / "explanations.json").read_text())
+    assert main([*argv[:-1], str(tmp_path / "y")]) == 0
+    (plain,) = json.loads((tmp_path / "y" / "explanations.json").read_text())
+    assert len(flipped["boxes"]) == len(plain["boxes"]) == 2
+    assert flipped["scores"] != plain["scores"]  # the mirrored image's scores are averaged in

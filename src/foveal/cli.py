@@ -276,6 +276,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         score_thresh=args.score_thresh,
         map_stride=args.map_stride,
         map_scales=args.map_scales,
+        flip=args.flip,
     )
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
@@ -370,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="classifiers: average the maps of the image resized by these scales (e.g. 1 2.5; default: one scale)",
+    )
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="classifiers: average class scores and maps with those of the mirrored image (default: the image only)",
     )
     p.set_defaults(func=cmd_explain)
 

@@ -236,8 +236,10 @@ def test_map_stride_gives_finer_maps_of_the_same_predictions(classifier, tmp_pat
 
 def test_map_stride_is_for_classifiers(segmenter, tmp_path):
     run, images = segmenter
-    with pytest.raises(FovealError, match="map_stride and map_scales apply to classifiers .* .segment. checkpoint"):
+    with pytest.raises(FovealError, match="map_stride, map_scales and flip apply to classifiers .* .segment. ch"):
         explain.explain(run, [str(images / "cell0.png")], tmp_path / "out", map_stride=2)
+    with pytest.raises(FovealError, match="flip apply to classifiers"):
+        explain.explain(run, [str(images / "cell0.png")], tmp_path / "out", flip=True)
 
 
 def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp_path):
@@ -273,3 +275,46 @@ def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp
         explain.localization_eval(run, data, map_scales=())
     with pytest.raises(FovealError, match="map_scales=.*positive"):
         explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out2", map_scales=(1, -2))
+
+
+def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier, tmp_path):
+    run, images = classifier
+    clf = classify.load_classifier(run)
+    grid = grid_of(clf.model)
+    torch.manual_seed(0)
+    x = _normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
+    classes = torch.tensor([[0, 1], [2, 3]])
+    r = x.shape[-1]
+    with torch.no_grad():
+        plain, mirrored = clf.model(x).softmax(1), clf.model(x.flip(-1)).softmax(1)
+    torch.testing.assert_close(explain.class_scores(clf.model, x), plain)
+    torch.testing.assert_close(explain.class_scores(clf.model, x, flip=True), (plain + mirrored) / 2)
+    with explain.class_maps(clf.model, "cam") as own:
+        averaged = explain.multiscale(own, (1.0,), grid, flip=True)(x, classes)
+        single = upsample_maps(own(x, classes).float(), (r, r), grid)
+        back = upsample_maps(own(x.flip(-1), classes).float(), (r, r), grid).flip(-1)
+
+    def peak(m: torch.Tensor) -> torch.Tensor:
+        top = m.amax((-2, -1), keepdim=True)
+        return torch.where(top > 0, top, m.abs().amax((-2, -1), keepdim=True))
+
+    torch.testing.assert_close(averaged, (single / peak(single) + back / peak(back)) / 2)
+    # the averaged maps are mirror-symmetric in the image (the network's own grid is not: its cells sit at 0, S, 2S…)
+    with explain.class_maps(clf.model, "cam") as own:
+        of_mirror = explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x.flip(-1), classes)
+        of_image = explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x, classes)
+    torch.testing.assert_close(of_mirror.flip(-1), of_image)
+    assert not torch.allclose(back, single, atol=1e-3)  # so mirroring adds information
+
+    data = build_localization_set("fashion-mnist-sample", "test", 16, seed=2)
+    result = explain.localization_eval(run, data, batch_size=8, flip=True, map_scales=(1, 2))
+    norm = _normalize(eval_transform(clf.resolution)(data.images), clf.mean, clf.std)
+    predicted = explain.class_scores(clf.model, norm, flip=True).argmax(1)
+    assert result.top1_cls_error == pytest.approx(float((predicted != data.labels).float().mean()))
+    (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, flip=True)
+    image = explain.load_with_channels(images / "canvas0.png", clf.channels)
+    shown = _normalize(eval_transform(clf.resolution)(image), clf.mean, clf.std)[None]
+    top = explain.class_scores(clf.model, shown, flip=True)
+    assert record.scores == pytest.approx(top[0].topk(2).values.tolist())
+    with pytest.raises(FovealError, match="flip='yes': use True"):
+        explain.localization_eval(run, data, flip="yes")  # type: ignore[arg-type]

@@ -91,6 +91,12 @@ class _Options:
     score_thresh: float | None = None
     map_stride: int | None = None
     map_scales: tuple[float, ...] | None = None
+    flip: bool = False
+
+    @property
+    def averaged(self) -> bool:
+        """Whether the maps are averaged over resized or mirrored copies of the image (:func:`multiscale`)."""
+        return self.map_scales is not None or self.flip
 
 
 def explain(
@@ -105,6 +111,7 @@ def explain(
     score_thresh: float | None = None,
     map_stride: int | None = None,
     map_scales: Sequence[float] | None = None,
+    flip: bool = False,
 ) -> list[ExplainRecord]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
@@ -123,6 +130,8 @@ def explain(
             (:func:`~foveal.models.efficientnet.dilated_copy`); ``None`` keeps the network's own grid.
         map_scales: classifiers only: average the maps of the image resized by these scales (:func:`multiscale`,
             e.g. ``(1, 2.5)``); ``None``: the paper's single scale.
+        flip: classifiers only: also explain the mirrored image; class scores and maps are the averages of both
+            (test-time mirroring, a deviation from the paper; the paper's path is ``False``).
 
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
@@ -131,11 +140,11 @@ def explain(
     from foveal.engine.checkpoint import checkpoint_task
     from foveal.engine.logging import write_json
 
-    options = _check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales)
+    options = _check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales, flip)
     task = checkpoint_task(checkpoint)
-    if (map_stride is not None or map_scales is not None) and task != "classify":
+    if (map_stride is not None or options.averaged) and task != "classify":
         raise FovealError(
-            f"map_stride and map_scales apply to classifiers (finer CAMs); {checkpoint} is a '{task}' checkpoint"
+            f"map_stride, map_scales and flip apply to classifiers (finer CAMs); {checkpoint} is a '{task}' checkpoint"
         )
     explainer = _EXPLAINERS.get(task)
     if explainer is None:
@@ -170,6 +179,7 @@ def _check_options(
     score_thresh: float | None = None,
     map_stride: int | None = None,
     map_scales: Sequence[float] | None = None,
+    flip: bool = False,
 ) -> _Options:
     if method not in METHODS:
         raise FovealError(f"unknown method {method!r}: use 'cam' (class activation maps) or 'gradcam'")
@@ -186,7 +196,9 @@ def _check_options(
     scales = None if map_scales is None else tuple(float(v) for v in map_scales)
     if scales is not None and (not scales or min(scales) <= 0):
         raise FovealError(f"map_scales={map_scales!r}: give one or more positive image scales, e.g. 1 2.5")
-    return _Options(top_k, method, float(threshold), relative_to, score_thresh, map_stride, scales)
+    if not isinstance(flip, bool):
+        raise FovealError(f"flip={flip!r}: use True (average with the mirrored image) or False (the paper)")
+    return _Options(top_k, method, float(threshold), relative_to, score_thresh, map_stride, scales, flip)
 
 
 def _out_dir(out: str | Path) -> Path:
@@ -244,37 +256,52 @@ def class_maps(model: nn.Module, method: str, map_stride: int | None = None) -> 
         raise FovealError(f"unknown method {method!r}: use 'cam' or 'gradcam'")
 
 
-def multiscale(maps_of: MapFn, scales: Sequence[float], grid: str) -> MapFn:
-    """Maps from several scales of the image, for sharper boxes around thin objects (a named deviation from the CAM
-    paper's single scale).
+def multiscale(maps_of: MapFn, scales: Sequence[float], grid: str, flip: bool = False) -> MapFn:
+    """Maps from several scales of the image (and optionally its mirror), for sharper boxes around thin objects (a
+    named deviation from the CAM paper's single scale).
 
     The image is resized by each of ``scales`` (bilinear), each scale's maps are placed on the image's own pixels
     (:func:`~foveal.explain.upsample.upsample_maps` with the network's ``grid``), divided by their maximum (by their
     largest magnitude when no value is positive), and the scales are averaged. An enlarged image shrinks the
     network's receptive field relative to the object, so its map falls off closer to the object's edges; the unscaled
-    map keeps the average anchored on the object. The classes are the caller's (e.g. those predicted on the unscaled
-    image).
+    map keeps the average anchored on the object. With ``flip`` each scale is also explained mirrored (left–right),
+    its maps mirrored back on the image's pixels and averaged in. The classes are the caller's (e.g. those predicted
+    on the unscaled image, see :func:`class_scores`).
 
     Returns:
         A :data:`MapFn` giving (N, k, H, W) maps at the input's H × W.
     """
     import torch.nn.functional as F
 
+    views = [(float(scale), mirrored) for scale in scales for mirrored in ((False, True) if flip else (False,))]
+
     def maps(x: Tensor, classes: Tensor) -> Tensor:
         size = tuple(x.shape[-2:])
         total: Tensor | None = None
-        for scale in scales:
+        for scale, mirrored in views:
             xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+            xs = xs.flip(-1) if mirrored else xs
             m = upsample_maps(maps_of(xs, classes).float(), size, grid, xs.shape[-2:])
+            m = m.flip(-1) if mirrored else m
             peak = m.amax((-2, -1), keepdim=True)
             # a map without a positive value (a class absent from the image) is divided by its largest magnitude
             peak = torch.where(peak > 0, peak, m.abs().amax((-2, -1), keepdim=True)).clamp_min(1e-12)
             m = m / peak
             total = m if total is None else total + m
         assert total is not None
-        return total / len(scales)
+        return total / len(views)
 
     return maps
+
+
+@torch.no_grad()
+def class_scores(model: nn.Module, x: Tensor, flip: bool = False) -> Tensor:
+    """(N, classes) softmax probabilities of ``model`` on ``x``; with ``flip`` the mean of those of ``x`` and of its
+    left–right mirror (test-time mirroring)."""
+    probs = model(x).float().softmax(1)
+    if flip:
+        probs = (probs + model(x.flip(-1)).float().softmax(1)) / 2
+    return probs
 
 
 @torch.inference_mode()
@@ -322,15 +349,13 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
     records: list[ExplainRecord] = []
     used: set[str] = set()
     with class_maps(clf.model, opt.method, opt.map_stride) as own_maps:
-        maps_of = own_maps if opt.map_scales is None else multiscale(own_maps, opt.map_scales, grid)
+        maps_of = multiscale(own_maps, opt.map_scales or (1.0,), grid, opt.flip) if opt.averaged else own_maps
         for f in files:
             image = load_with_channels(f, clf.channels)
             height, width = image.shape[-2:]
             x = _normalize(transform(image), clf.mean, clf.std)[None]
             try:
-                with torch.no_grad():
-                    probs = clf.model(x).float().softmax(1)
-                scores, classes = probs.topk(k, dim=1)
+                scores, classes = class_scores(clf.model, x, opt.flip).topk(k, dim=1)
                 maps = maps_of(x, classes)[0].float()  # (k, h, w)
             except FovealError as exc:
                 raise FovealError(f"cannot explain {f}: {exc}") from None
@@ -402,6 +427,7 @@ def localization_eval(
     batch_size: int = 64,
     map_stride: int | None = None,
     map_scales: Sequence[float] | None = None,
+    flip: bool = False,
 ) -> LocalizationResult:
     """The paper's localization protocol on canvases with ground-truth boxes.
 
@@ -420,6 +446,7 @@ def localization_eval(
             the network as trained.
         map_scales: average the maps of the canvases resized by these scales (:func:`multiscale`); classes still
             come from the unscaled canvas.
+        flip: average class scores and maps with those of the mirrored canvas (test-time mirroring).
 
     Returns:
         Top-1 / top-5 localization error, ground-truth-known localization error and classification errors.
@@ -427,7 +454,7 @@ def localization_eval(
     from foveal.tasks.classify import _normalize, eval_transform, load_classifier
 
     if isinstance(method, str):
-        _check_options(1, method, threshold, relative_to, map_stride=map_stride, map_scales=map_scales)
+        _check_options(1, method, threshold, relative_to, map_stride=map_stride, map_scales=map_scales, flip=flip)
     if batch_size < 1:
         raise FovealError(f"batch_size={batch_size}: use a positive number of canvases per batch")
     clf = load_classifier(checkpoint)
@@ -444,13 +471,13 @@ def localization_eval(
     meter = LocalizationMeter()
     grid = grid_of(clf.model)
     with _map_source(clf.model, method, map_stride) as own_maps:
-        maps_of = own_maps if map_scales is None else multiscale(own_maps, tuple(map_scales), grid)
+        averaged = map_scales is not None or flip
+        maps_of = multiscale(own_maps, tuple(map_scales or (1.0,)), grid, flip) if averaged else own_maps
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
             x = _normalize(transform(data.images[start:stop]), clf.mean, clf.std)
             labels = data.labels[start:stop]
-            with torch.no_grad():
-                top = clf.model(x).topk(k, dim=1).indices
+            top = class_scores(clf.model, x, flip).topk(k, dim=1).indices
             maps = maps_of(x, torch.cat([top, labels[:, None]], 1)).float()
             maps = upsample_maps(maps, size, grid, x.shape[-2:])
             boxes = maps_to_boxes(maps, threshold, relative_to)
