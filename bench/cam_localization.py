@@ -142,6 +142,12 @@ def _evaluate(
         plans.append((f"cam_map_stride{map_stride}", test, "cam", map_stride, None))
     if with_peer and averaged:
         plans.append((_averaged_name(*averaged), test, "cam", None, averaged))
+        scales, flip = averaged
+        if flip:  # what mirroring adds on the test canvases: the same scales without it, and mirroring alone
+            if len(scales) > 1:
+                plans.append((_averaged_name(scales, False), test, "cam", None, (scales, False)))
+            if scales != (1.0,):
+                plans.append((_averaged_name((1.0,), True), test, "cam", None, ((1.0,), True)))
     plans += [
         (f"cam_first{n_gradcam}", small, "cam", None, None),
         (f"gradcam_first{n_gradcam}", small, "gradcam", None, None),
