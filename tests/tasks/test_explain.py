@@ -242,6 +242,12 @@ def test_map_stride_is_for_classifiers(segmenter, tmp_path):
         explain.explain(run, [str(images / "cell0.png")], tmp_path / "out", flip=True)
 
 
+def _peak(m: torch.Tensor) -> torch.Tensor:
+    """What :func:`explain.multiscale` divides each map by: its max, or its largest magnitude when none is positive."""
+    top = m.amax((-2, -1), keepdim=True)
+    return torch.where(top > 0, top, m.abs().amax((-2, -1), keepdim=True))
+
+
 def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp_path):
     run, images = classifier
     clf = classify.load_classifier(run)
@@ -258,12 +264,8 @@ def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp
         double = upsample_maps(own(enlarged, classes).float(), (r, r), grid, (2 * r, 2 * r))
     assert one.shape == both.shape == (2, 2, r, r)
 
-    def peak(m: torch.Tensor) -> torch.Tensor:
-        top = m.amax((-2, -1), keepdim=True)
-        return torch.where(top > 0, top, m.abs().amax((-2, -1), keepdim=True))
-
-    torch.testing.assert_close(one, single / peak(single))
-    torch.testing.assert_close(both, (single / peak(single) + double / peak(double)) / 2)
+    torch.testing.assert_close(one, single / _peak(single))
+    torch.testing.assert_close(both, (single / _peak(single) + double / _peak(double)) / 2)
     assert float(one.amax()) == pytest.approx(1.0) and bool((one.amax((-2, -1)) <= 1 + 1e-6).all())
     data = build_localization_set("fashion-mnist-sample", "test", 8, seed=2)
     plain = explain.localization_eval(run, data, batch_size=8)
@@ -294,11 +296,7 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
         single = upsample_maps(own(x, classes).float(), (r, r), grid)
         back = upsample_maps(own(x.flip(-1), classes).float(), (r, r), grid).flip(-1)
 
-    def peak(m: torch.Tensor) -> torch.Tensor:
-        top = m.amax((-2, -1), keepdim=True)
-        return torch.where(top > 0, top, m.abs().amax((-2, -1), keepdim=True))
-
-    torch.testing.assert_close(averaged, (single / peak(single) + back / peak(back)) / 2)
+    torch.testing.assert_close(averaged, (single / _peak(single) + back / _peak(back)) / 2)
     # the averaged maps are mirror-symmetric in the image (the network's own grid is not: its cells sit at 0, S, 2S…)
     with explain.class_maps(clf.model, "cam") as own:
         of_mirror = explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x.flip(-1), classes)

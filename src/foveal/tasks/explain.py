@@ -93,11 +93,6 @@ class _Options:
     map_scales: tuple[float, ...] | None = None
     flip: bool = False
 
-    @property
-    def averaged(self) -> bool:
-        """Whether the maps are averaged over resized or mirrored copies of the image (:func:`multiscale`)."""
-        return self.map_scales is not None or self.flip
-
 
 def explain(
     checkpoint: str | Path,
@@ -142,7 +137,7 @@ def explain(
 
     options = _check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales, flip)
     task = checkpoint_task(checkpoint)
-    if (map_stride is not None or options.averaged) and task != "classify":
+    if (map_stride is not None or map_scales is not None or flip) and task != "classify":
         raise FovealError(
             f"map_stride, map_scales and flip apply to classifiers (finer CAMs); {checkpoint} is a '{task}' checkpoint"
         )
@@ -294,6 +289,14 @@ def multiscale(maps_of: MapFn, scales: Sequence[float], grid: str, flip: bool = 
     return maps
 
 
+def _views(maps_of: MapFn, grid: str, scales: Sequence[float] | None, flip: bool) -> MapFn:
+    """``maps_of`` itself for the paper's single view, else :func:`multiscale` over ``scales`` (default: the image's
+    own) and, with ``flip``, their mirrors."""
+    if scales is None and not flip:
+        return maps_of
+    return multiscale(maps_of, tuple(scales or (1.0,)), grid, flip)
+
+
 @torch.no_grad()
 def class_scores(model: nn.Module, x: Tensor, flip: bool = False) -> Tensor:
     """(N, classes) softmax probabilities of ``model`` on ``x``; with ``flip`` the mean of those of ``x`` and of its
@@ -349,7 +352,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
     records: list[ExplainRecord] = []
     used: set[str] = set()
     with class_maps(clf.model, opt.method, opt.map_stride) as own_maps:
-        maps_of = multiscale(own_maps, opt.map_scales or (1.0,), grid, opt.flip) if opt.averaged else own_maps
+        maps_of = _views(own_maps, grid, opt.map_scales, opt.flip)
         for f in files:
             image = load_with_channels(f, clf.channels)
             height, width = image.shape[-2:]
@@ -471,8 +474,7 @@ def localization_eval(
     meter = LocalizationMeter()
     grid = grid_of(clf.model)
     with _map_source(clf.model, method, map_stride) as own_maps:
-        averaged = map_scales is not None or flip
-        maps_of = multiscale(own_maps, tuple(map_scales or (1.0,)), grid, flip) if averaged else own_maps
+        maps_of = _views(own_maps, grid, map_scales, flip)
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
             x = _normalize(transform(data.images[start:stop]), clf.mean, clf.std)
