@@ -1,24 +1,75 @@
 """Frozen dataclass configs loaded from YAML, with type-checked ``key=value`` overrides.
 
 A config is a tree of frozen dataclasses. ``load_config(cls, path, overrides)`` reads the YAML file (if any), applies
-dotted overrides such as ``optim.lr=0.1``, checks every value against the field's type and returns the instance. An
-unknown key is an error that names the closest valid key.
+dotted overrides such as ``optim.lr=0.1``, checks every value against the field's type and range and returns the
+instance. An unknown key is an error that names the closest valid key.
+
+Ranges: a field may carry a :class:`Range` in its annotation (``lr: Annotated[float, POSITIVE] = 0.1``). A number
+without one must be finite and ≥ 0 (an integer also ≤ 2³¹ − 1). NaN and infinity are refused everywhere; a tuple's
+items are checked one by one. :func:`check_ranges` checks a config built in Python the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from foveal.errors import FovealError
 
 T = TypeVar("T")
+
+_INT_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field accepts: ``low`` … ``high`` (None: unbounded), each end open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        """The range in words, e.g. "a number > 0" or "a number from 0 to 1 (1 excluded)"."""
+        if self.low is not None and self.high is not None:
+            ends = [
+                e for e, is_open in ((f"{self.low:g}", self.low_open), (f"{self.high:g}", self.high_open)) if is_open
+            ]
+            return f"from {self.low:g} to {self.high:g}" + (f" ({' and '.join(ends)} excluded)" if ends else "")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '≤'} {self.high:g}"
+        return "any finite value"
+
+
+def at_least(low: float) -> Range:
+    return Range(low=low)
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Range:
+    return Range(low, high, low_open, high_open)
+
+
+POSITIVE = Range(low=0, low_open=True)
+NON_NEGATIVE = Range(low=0)
+FRACTION = Range(0, 1)
+ANY_FINITE = Range()
+_DEFAULT_INT = Range(0, _INT_MAX)
 
 
 def _field_names(cls: type) -> list[str]:
@@ -88,11 +139,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise FovealError(f"bad value {value!r} for '{where}': expected a number")
-        if isinstance(value, (int, float)):
-            return float(value)
         try:
-            return float(str(value))
-        except ValueError:
+            return float(value) if isinstance(value, (int, float)) else float(str(value))
+        except (ValueError, OverflowError):
             raise FovealError(f"bad value {value!r} for '{where}': expected a number") from None
     if tp is str:
         if isinstance(value, (dict, list)):
@@ -101,15 +150,72 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _range_of(hint: Any, value: Any) -> Range | None:
+    """The Range a field's annotation names, else the default for ``value``'s type; None for non-numbers."""
+    if get_origin(hint) is Annotated:
+        found = [m for m in hint.__metadata__ if isinstance(m, Range)]
+        if found:
+            return found[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return _DEFAULT_INT if isinstance(value, int) else NON_NEGATIVE
+
+
+def check_value(hint: Any, value: Any, where: str, default: Any = None) -> None:
+    """Refuse a number (or a tuple item) outside the field's range, or NaN / infinity, naming the key and the fix."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        allowed = _range_of(hint, item)
+        if allowed is None:
+            continue
+        finite = math.isfinite(item)
+        if finite and item in allowed and not (isinstance(item, int) and abs(item) > _INT_MAX):
+            continue
+        kind = "an integer" if isinstance(item, int) else "a number"
+        hint_text = (
+            f", e.g. {where}={_plain(default)}" if default is not None and default is not dataclasses.MISSING else ""
+        )
+        reason = "" if finite else " (NaN and infinity are refused)"
+        raise FovealError(f"{where}={_plain(value)}: use {kind} {allowed.describe()}{reason}{hint_text}")
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_plain(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == name:
+            return f.default
+    return None
+
+
+def check_ranges(cfg: Any, where: str = "") -> None:
+    """Check every number of a config tree (built in Python, or loaded) against its field's range."""
+    hints = get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, f"{where}{f.name}.")
+        else:
+            check_value(hints[f.name], value, f"{where}{f.name}", f.default)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) dict, checking keys and types."""
+    """Build dataclass ``cls`` from a (nested) dict, checking keys, types and ranges."""
     hints = get_type_hints(cls)
+    ranged = get_type_hints(cls, include_extras=True)
     valid = _field_names(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in valid:
             raise _unknown_key(key, valid, where)
         kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
+        check_value(ranged[key], kwargs[key], f"{where}{key}", _field_default(cls, key))
         base = _section_default(cls, key)
         if base is not None and isinstance(value, dict):
             # A section given in part keeps the enclosing config's defaults for the rest (a task's recipe may differ

@@ -8,17 +8,16 @@ A checkpoint is a directory::
         checkpoint.json          task, model spec (arch + args), config, step, epoch, optimizer scalars, RNG states,
                                  metrics, class names
 
-It is written into a temporary directory beside its final place and renamed, so a crash never leaves a half-written
-checkpoint and never damages an earlier one. Loading never executes code from the file.
+It is written into a temporary directory beside its final place, flushed to the disk and renamed, so a crash (or a
+power loss) never leaves a half-written checkpoint and never damages an earlier one; :func:`remove_interrupted` clears
+what an interrupted write left. Loading never executes code from the file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
+from foveal.io import atomic_dir, missing_reason, remove_stale_temporaries
 
 FORMAT = "foveal-checkpoint"
 VERSION = 1
@@ -143,23 +143,11 @@ def save_checkpoint(
         rng_record, rng_tensors = rng_state()
         state.update(rng_tensors)
         record["rng"] = rng_record
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_file(weights, str(tmp / _MODEL))
         if state:
             save_file(state, str(tmp / _STATE))
         (tmp / _META).write_text(json.dumps(record, indent=1, default=_json_default))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -179,7 +167,9 @@ def find_checkpoint(path: str | Path) -> Path:
     """Resolve a checkpoint directory from itself, a run directory (best, else latest) or its checkpoints folder."""
     p = Path(path)
     if not p.exists():
-        raise FovealError(f"checkpoint not found: {p} (pass a checkpoint directory or the run directory of a training)")
+        raise FovealError(
+            f"checkpoint {p} {missing_reason(p)}: pass a checkpoint directory or the run directory of a training"
+        )
     if (p / _META).is_file():
         return p
     for base in (p / "checkpoints", p):
@@ -239,7 +229,45 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
         state = load_file(str(p / _STATE)) if with_state and (p / _STATE).is_file() else {}
     except (OSError, SafetensorError) as exc:
         raise FovealError(f"checkpoint weights in {p} are unreadable ({exc}); the checkpoint is damaged") from None
+    _check_input_record(p, meta.get("input"))
     return Checkpoint(path=p, meta=meta, weights=weights, state=state)
+
+
+#: The largest input edge a checkpoint record may name (pixels); larger values can only come from a damaged record.
+MAX_INPUT_EDGE = 65536
+
+
+def _check_input_record(path: Path, record: Any) -> None:
+    """Refuse an input record whose sizes or channels no trained model can have (a damaged or edited record)."""
+    if record is None:
+        return
+    if not isinstance(record, dict):
+        raise FovealError(f"checkpoint {path}: its input record is not a mapping; the checkpoint is damaged")
+    for key in ("resolution", "min_size", "max_size"):
+        value = record.get(key)
+        if value is not None and not (_is_int(value) and 1 <= value <= MAX_INPUT_EDGE):
+            raise FovealError(
+                f"checkpoint {path} records an impossible input {key} {value!r} (expected 1 … {MAX_INPUT_EDGE} "
+                "pixels); the checkpoint is damaged: use an intact copy"
+            )
+    channels = record.get("channels")
+    if channels is not None and channels not in (1, 3):
+        raise FovealError(
+            f"checkpoint {path} records {channels!r} input channels (expected 1 or 3); the checkpoint is damaged"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def require_task(ckpt: Checkpoint, tasks: tuple[str, ...], role: str) -> None:
+    """Refuse a checkpoint of another task where ``role`` (e.g. "model.weights=…") needs one of ``tasks``."""
+    task = ckpt.meta.get("task")
+    if task not in tasks:
+        raise FovealError(
+            f"{role} is a '{task}' checkpoint ({ckpt.path}); this needs the checkpoint of a {' or '.join(tasks)} run"
+        )
 
 
 @contextmanager
@@ -294,6 +322,18 @@ def restore_training(
     if "optimizer" in ckpt.meta:
         optimizer.load_state_dict(_optimizer_join(ckpt.state, ckpt.meta["optimizer"]))
     restore_rng(ckpt.meta.get("rng", {}), ckpt.state)
+
+
+def remove_interrupted(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders and files that interrupted writes left in a run directory and its checkpoints."""
+    folder = Path(run_dir) / "checkpoints"
+    removed = remove_stale_temporaries(run_dir)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)  # also the ".step-….XXXX" folders of earlier versions
+                removed.append(entry)
+    return removed
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from foveal import io
+from foveal.io import atomic_output
 
 
 class MetricLog:
@@ -32,7 +33,7 @@ class MetricLog:
 
     def _rewrite_jsonl(self) -> None:
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.records))
+        io.atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -43,24 +44,13 @@ class MetricLog:
         keys: list[str] = []
         for r in self.records:
             keys.extend(k for k in r if k not in keys)
-        fd, tmp = tempfile.mkstemp(dir=self.csv.parent, prefix=".metrics.", suffix=".csv")
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_output(self.csv) as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             for r in self.records:
                 w.writerow({k: r.get(k, "") for k in keys})
-        os.replace(tmp, self.csv)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(p, json.dumps(data, indent=1) + "\n")
+    """Write JSON atomically (temporary file, flushed to the disk, then renamed)."""
+    io.write_json(path, data)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from foveal.config import POSITIVE, at_least, between
 from foveal.engine.schedules import Schedule
 
 
@@ -21,19 +22,19 @@ class OptimConfig:
     """
 
     name: Literal["rmsprop", "sgd", "adamw"] = "rmsprop"
-    lr: float = 0.256
-    lr_batch: int = 4096
-    momentum: float = 0.9
-    rmsprop_decay: float = 0.9
-    eps: float = 1e-3
+    lr: Annotated[float, POSITIVE] = 0.256
+    lr_batch: Annotated[int, at_least(1)] = 4096
+    momentum: Annotated[float, between(0, 1, high_open=True)] = 0.9
+    rmsprop_decay: Annotated[float, between(0, 1, high_open=True)] = 0.9
+    eps: Annotated[float, POSITIVE] = 1e-3
     weight_decay: float = 1e-5
     nesterov: bool = False
     schedule: Literal["step_exponential", "cosine", "multistep", "constant"] = "step_exponential"
-    decay_rate: float = 0.97
-    decay_epochs: float = 2.4
+    decay_rate: Annotated[float, POSITIVE] = 0.97
+    decay_epochs: Annotated[float, POSITIVE] = 2.4
     milestones: tuple[float, ...] = ()
     warmup_epochs: float = 0.0
-    grad_clip: float | None = None
+    grad_clip: Annotated[float | None, POSITIVE] = None
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:

@@ -3,29 +3,39 @@
 A task hands the trainer a model, a dataset of training samples, a collate function, a loss function and an
 evaluation function; the trainer owns the rest: data order, learning-rate schedule, warm-up, gradient clipping, EMA,
 bf16 autocast, distributed data-parallel, progress bars, metric logs, curves and atomic checkpoints with exact resume.
+
+Safety: the configs' ranges are checked before anything runs; a fresh run into a folder that holds an earlier run is
+trained in a staging folder inside it and replaces the earlier run only once it has written its first checkpoint, so
+a run that fails early leaves the earlier one as it was; a loss or weights that become NaN or infinite stop the run
+before anything non-finite is saved; ``best`` is written before the step checkpoint that records it, so a kill
+between the two never leaves a ``best`` older than the recorded best score.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from foveal.config import POSITIVE, at_least, between, check_ranges
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, barrier
 from foveal.engine.logging import MetricLog
 from foveal.engine.optim import ModelEMA, OptimConfig, build_optimizer, build_schedule
 from foveal.errors import FovealError
+from foveal.io import umask
 
 
 @dataclass(frozen=True)
@@ -37,21 +47,21 @@ class TrainConfig:
     between evaluations.
     """
 
-    epochs: float = 350.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    seed: int = 0
+    epochs: Annotated[float, POSITIVE] = 350.0
+    max_steps: Annotated[int | None, at_least(1)] = None
+    max_minutes: Annotated[float | None, POSITIVE] = None
+    seed: Annotated[int, between(0, 2**32 - 1)] = 0
     deterministic: bool = False
     bf16: bool = False
-    ema_decay: float | None = None
-    eval_every: float = 1.0
-    checkpoint_every: int | None = None
-    keep_last: int = 2
-    log_every: int = 20
+    ema_decay: Annotated[float | None, between(0, 1, high_open=True)] = None
+    eval_every: Annotated[float, POSITIVE] = 1.0
+    checkpoint_every: Annotated[int | None, at_least(1)] = None
+    keep_last: Annotated[int, at_least(1)] = 2
+    log_every: Annotated[int, at_least(1)] = 20
     channels_last: bool = True
     progress: bool = True
-    workers: int = 0
-    threads: int | None = None
+    workers: Annotated[int, between(0, 256)] = 0
+    threads: Annotated[int | None, between(1, 1024)] = None
 
 
 class EpochBatches:
@@ -93,6 +103,9 @@ def seeded(seed: int) -> Iterator[None]:
         torch.set_rng_state(state)
 
 
+#: What a run writes into its directory; a fresh run over an earlier one replaces exactly these.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.csv", "curves.png", "config.json")
+
 LossFn = Callable[[nn.Module, Any], Tensor]
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 
@@ -128,12 +141,16 @@ class Trainer:
         device: torch.device | None = None,
         plot_curves: Callable[[list[dict[str, Any]], Path], object] | None = None,
     ) -> None:
+        check_ranges(train, "train.")
+        check_ranges(optim, "optim.")
         self.dist = dist_info or DistInfo()
         self.device = device or torch.device("cpu")
         self.model, self.train_set, self.collate = model, train_set, collate
         self.loss_fn, self.evaluate = loss_fn, evaluate
         self.ocfg, self.cfg = optim, train
         self.run_dir = Path(run_dir)
+        self.final_dir: Path | None = None  # where a staged fresh run goes once it has a checkpoint
+        self._log: MetricLog | None = None
         self.meta = meta
         self.plot_curves = plot_curves
         self.global_batch = batch_size
@@ -164,6 +181,7 @@ class Trainer:
             self.ema.updates = int(ckpt.meta.get("ema_updates", self.step))
 
     def _save(self, name: str, metrics: dict[str, Any] | None = None, resumable: bool = True) -> Path:
+        self._check_finite_weights()
         meta = {
             **self.meta,
             "step": self.step,
@@ -180,7 +198,53 @@ class Trainer:
             optimizer=self.optimizer if resumable else None,
             with_rng=resumable,
         )
+        if name.startswith("step-"):
+            self._promote()
         return path
+
+    def _check_finite_weights(self) -> None:
+        """Refuse to save weights that became NaN / infinite (the loss can stay finite for the step that broke them)."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        if self.ema is not None:
+            tensors += [p.detach() for p in self.ema.module.parameters()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            self._stop_non_finite("the weights")
+
+    def _stop_non_finite(self, what: str) -> None:
+        latest = ckpt_io.latest_checkpoint(self.final_dir or self.run_dir)
+        kept = f"the last good checkpoint, {latest}, is intact" if latest else "no checkpoint was written"
+        resume = f"; continue from it with --resume {self.final_dir or self.run_dir}" if latest else ""
+        raise FovealError(
+            f"training stopped at step {self.step}: {what} became NaN or infinite; {kept}. Lower optim.lr or set "
+            f"optim.grad_clip (e.g. 1.0) and train again{resume}"
+        )
+
+    # -- run directory -----------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        """Clear what interrupted writes left; stage a fresh run that would replace an earlier run's checkpoints."""
+        ckpt_io.remove_interrupted(self.run_dir)
+        folder = self.run_dir / "checkpoints"
+        if self.step == 0 and folder.is_dir() and any(folder.iterdir()):
+            staging = Path(tempfile.mkdtemp(prefix=".new-run.tmp-", dir=self.run_dir))
+            os.chmod(staging, 0o777 & ~umask())
+            self.final_dir, self.run_dir = self.run_dir, staging
+
+    def _promote(self) -> None:
+        """Move a staged fresh run over the earlier run it replaces, now that it has written a checkpoint."""
+        if self.final_dir is None:
+            return
+        staged, final = self.run_dir, self.final_dir
+        aside = Path(tempfile.mkdtemp(prefix=".old-run.tmp-", dir=final))
+        for name in RUN_FILES:
+            if (final / name).exists():
+                os.replace(final / name, aside / name)
+            if (staged / name).exists():
+                os.replace(staged / name, final / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
+        self.run_dir, self.final_dir = final, None
+        if self._log is not None:
+            self._log.jsonl, self._log.csv = final / "metrics.jsonl", final / "metrics.csv"
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def _loader(self, epoch: int, start: int) -> DataLoader[Any]:
@@ -220,9 +284,9 @@ class Trainer:
             record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "time_s": train_time}
             record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             log.append(record)
-            self._save(f"step-{self.step:08d}", metrics)
-            if improved:
+            if improved:  # best first: a kill between the two writes never leaves best older than the record
                 self._save("best", metrics, resumable=False)
+            self._save(f"step-{self.step:08d}", metrics)
             ckpt_io.prune_checkpoints(self.run_dir, self.cfg.keep_last)
             log.write_csv()
             if self.plot_curves is not None:
@@ -232,13 +296,22 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train until the planned steps (or ``max_steps`` / ``max_minutes``), evaluating and checkpointing."""
+        if self.dist.is_main:
+            self._prepare_run_dir()
+        log = MetricLog(self.run_dir, resume_step=self.step) if self.dist.is_main else None
+        self._log = log
+        try:
+            return self._fit(log)
+        except BaseException:
+            if self.final_dir is not None:  # the fresh run failed before its first checkpoint: the earlier run stays
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                self.run_dir, self.final_dir = self.final_dir, None
+            raise
+
+    def _fit(self, log: MetricLog | None) -> dict[str, Any]:
         from tqdm import tqdm
 
         cfg = self.cfg
-        if self.step == 0 and self.dist.is_main:
-            # A fresh run replaces whatever an earlier run left in this directory (the CLI asks for --overwrite).
-            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-        log = MetricLog(self.run_dir, resume_step=self.step) if self.dist.is_main else None
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         started = time.perf_counter()
@@ -261,6 +334,9 @@ class Trainer:
                     group["lr"] = lr
                 with autocast:
                     loss = self.loss_fn(self.ddp, batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    self._stop_non_finite(f"the training loss ({value})")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.ocfg.grad_clip:
@@ -269,7 +345,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1
-                running += float(loss.detach())
+                running += value
                 seen += 1
                 bar.update(1)
                 if log is not None and (self.step % cfg.log_every == 0 or self.step == 1):

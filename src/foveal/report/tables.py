@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from foveal.errors import FovealError
+from foveal.io import atomic_output
 from foveal.metrics.classification import ClassificationResult
 
 
@@ -79,50 +78,6 @@ def predictions_from_logits(
         Prediction(path, [(i, classes[i], p) for i, p in zip(idx.tolist(), val.tolist(), strict=True)])
         for path, idx, val in zip(paths, indices, values, strict=True)
     ]
-
-
-# --- atomic writing ---
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success move it over ``path`` in one step.
-
-    A reader never sees a half-written file and an earlier file survives a failed write. Missing parent folders are
-    created.
-
-    Args:
-        path: final file.
-        mode: ``"w"`` (text, UTF-8, no newline translation) or ``"wb"``.
-
-    Yields:
-        The open temporary file.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    target = Path(path)
-    if target.is_dir():
-        raise FovealError(f"cannot write {target}: it is a directory; give a file name")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise FovealError(f"cannot write {target}: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
-    try:
-        kwargs: dict[str, Any] = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
-        with open(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FovealError(f"cannot write {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- predictions ---

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from foveal.config import from_dict, to_dict
+from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between, from_dict, to_dict
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
@@ -23,6 +23,8 @@ from foveal.models import efficientnet as eff
 from foveal.models.registry import rebuild
 
 TASK = "classify"
+#: The compound coefficients φ that build a sensible EfficientNet (B0 … B7 are φ = 0 … about 7; negative: smaller).
+PHI_RANGE = between(-10, 12)
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,17 @@ class ModelConfig:
     stride of the last conv map (default: the table's; smaller gives finer class activation maps)."""
 
     name: str = "efficientnet_b0"
-    phi: float = 0.0
-    alpha: float = 1.2
-    beta: float = 1.1
-    gamma: float = 1.15
-    resolution: int | None = None
-    dropout: float | None = None
-    drop_path: float = 0.2
-    stem_stride: int = 2
-    output_stride: int | None = None
-    bn_momentum: float = 0.01
-    bn_eps: float = 1e-3
+    phi: Annotated[float, PHI_RANGE] = 0.0
+    alpha: Annotated[float, between(0, 4, low_open=True)] = 1.2
+    beta: Annotated[float, between(0, 4, low_open=True)] = 1.1
+    gamma: Annotated[float, between(0, 4, low_open=True)] = 1.15
+    resolution: Annotated[int | None, between(1, 8192)] = None
+    dropout: Annotated[float | None, between(0, 1, high_open=True)] = None
+    drop_path: Annotated[float, between(0, 1, high_open=True)] = 0.2
+    stem_stride: Annotated[int, between(1, 32)] = 2
+    output_stride: Annotated[int | None, between(1, 64)] = None
+    bn_momentum: Annotated[float, FRACTION] = 0.01
+    bn_eps: Annotated[float, POSITIVE] = 1e-3
     padding: Literal["symmetric", "same"] = "symmetric"
     weights: str | None = None
     new_classifier: bool = False
@@ -64,14 +66,14 @@ class DataConfig:
 
     train: str = "fashion-mnist-sample"
     val: str | None = None
-    channels: int | None = None
-    batch_size: int = 64
+    channels: Annotated[int | None, between(1, 3)] = None
+    batch_size: Annotated[int, at_least(1)] = 64
     augment: Literal["autoaugment", "crop-flip", "flip", "none"] = "autoaugment"
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    limit: int | None = None
-    val_limit: int | None = None
-    val_fraction: float = 0.1
+    mean: Annotated[tuple[float, ...], ANY_FINITE] = (0.5,)
+    std: Annotated[tuple[float, ...], POSITIVE] = (0.5,)
+    limit: Annotated[int | None, at_least(1)] = None
+    val_limit: Annotated[int | None, at_least(1)] = None
+    val_fraction: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class ClassifyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    label_smoothing: float = 0.0
+    label_smoothing: Annotated[float, between(0, 1, high_open=True)] = 0.0
     out: str = "runs/classify"
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from foveal.config import from_dict, to_dict
+from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between, from_dict, to_dict
 from foveal.data.box_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,15 +59,15 @@ class DetectModelConfig:
     running statistics and affine values (as Detectron does with pretrained weights)."""
 
     backbone: str = "resnet50"
-    fpn_channels: int = 256
+    fpn_channels: Annotated[int, between(1, 4096)] = 256
     p6_from: Literal["c5", "p5"] = "c5"
-    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
-    anchor_scales: tuple[float, ...] = (2**0, 2 ** (1 / 3), 2 ** (2 / 3))
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    anchor_offset: float = 0.0
+    anchor_sizes: Annotated[tuple[float, ...], POSITIVE] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    anchor_scales: Annotated[tuple[float, ...], POSITIVE] = (2**0, 2 ** (1 / 3), 2 ** (2 / 3))
+    anchor_ratios: Annotated[tuple[float, ...], POSITIVE] = (0.5, 1.0, 2.0)
+    anchor_offset: Annotated[float, between(-1, 1)] = 0.0
     anchor_round_to_pixels: bool = False
-    head_convs: int = 4
-    prior: float = 0.01
+    head_convs: Annotated[int, between(0, 64)] = 4
+    prior: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.01
     weights: str | None = None
     freeze_bn: bool = False
 
@@ -88,16 +88,16 @@ class DetectDataConfig:
     train_split: str = "train"
     val: str | None = None
     val_split: str = "val"
-    channels: int | None = None
-    min_size: int = 800
-    max_size: int = 1333
-    jitter_min_sizes: tuple[int, ...] | None = None
+    channels: Annotated[int | None, between(1, 3)] = None
+    min_size: Annotated[int, between(1, 65536)] = 800
+    max_size: Annotated[int, between(1, 65536)] = 1333
+    jitter_min_sizes: Annotated[tuple[int, ...] | None, between(1, 65536)] = None
     flip: bool = True
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    batch_size: int = 16
-    eval_batch_size: int = 8
-    val_limit: int | None = None
+    mean: Annotated[tuple[float, ...], ANY_FINITE] = IMAGENET_MEAN
+    std: Annotated[tuple[float, ...], POSITIVE] = IMAGENET_STD
+    batch_size: Annotated[int, at_least(1)] = 16
+    eval_batch_size: Annotated[int, at_least(1)] = 8
+    val_limit: Annotated[int | None, at_least(1)] = None
 
 
 @dataclass(frozen=True)
@@ -106,23 +106,23 @@ class DetectLossConfig:
     thresholds and low-quality matches (off in the paper, on in torchvision / detectron2), and the share of an
     anchor inside a crowd region that makes a background anchor ignored."""
 
-    alpha: float | None = 0.25
+    alpha: Annotated[float | None, FRACTION] = 0.25
     gamma: float = 2.0
     smooth_l1_beta: float = SMOOTH_L1_BETA
-    fg_iou: float = 0.5
-    bg_iou: float = 0.4
+    fg_iou: Annotated[float, FRACTION] = 0.5
+    bg_iou: Annotated[float, FRACTION] = 0.4
     allow_low_quality: bool = False
-    crowd_coverage: float = 0.5
+    crowd_coverage: Annotated[float, FRACTION] = 0.5
 
 
 @dataclass(frozen=True)
 class DetectInferenceConfig:
     """Post-processing: score threshold, candidates per pyramid level, class-wise NMS IoU, detections per image."""
 
-    score_thresh: float = 0.05
-    topk: int = 1000
-    nms: float = 0.5
-    max_detections: int = 100
+    score_thresh: Annotated[float, FRACTION] = 0.05
+    topk: Annotated[int, at_least(1)] = 1000
+    nms: Annotated[float, FRACTION] = 0.5
+    max_detections: Annotated[int, at_least(1)] = 100
 
 
 def _paper_optim() -> OptimConfig:

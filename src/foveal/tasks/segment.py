@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from foveal.config import from_dict, to_dict
+from foveal.config import POSITIVE, at_least, between, from_dict, to_dict
 from foveal.data.augment import AugmentConfig, augment_batch
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
@@ -37,11 +37,11 @@ class SegModelConfig:
     the contract: efficientnet_b0 … b7, resnet18/34/50/101)."""
 
     name: Literal["unet", "backbone_unet"] = "unet"
-    depth: int = 4
-    base_width: int = 64
+    depth: Annotated[int, between(1, 8)] = 4
+    base_width: Annotated[int, between(1, 4096)] = 64
     padding: Literal["valid", "same"] = "valid"
     batch_norm: bool = False
-    dropout: float = 0.5
+    dropout: Annotated[float, between(0, 1, high_open=True)] = 0.5
     encoder: str = "efficientnet_b0"
 
 
@@ -58,16 +58,16 @@ class SegDataConfig:
 
     train: str = "nuclei-sample"
     val: str | None = None
-    split_columns: int | None = None
-    val_fraction: float = 0.2
-    channels: int | None = None
+    split_columns: Annotated[int | None, at_least(1)] = None
+    val_fraction: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.2
+    channels: Annotated[int | None, between(1, 3)] = None
     masks: Literal["auto", "instances", "classes"] = "auto"
-    num_classes: int | None = None
+    num_classes: Annotated[int | None, between(2, 65536)] = None
     normalize: Literal["percentile", "dtype", "minmax"] = "percentile"
-    tile: int = 388
-    eval_tile: int = 388
-    batch_size: int = 1
-    samples_per_epoch: int = 100
+    tile: Annotated[int, at_least(1)] = 388
+    eval_tile: Annotated[int, at_least(1)] = 388
+    batch_size: Annotated[int, at_least(1)] = 1
+    samples_per_epoch: Annotated[int, at_least(1)] = 100
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class WeightMapConfig:
     """The border weight map w = w_c + w0·exp(−(d1 + d2)² / 2σ²) (instance masks only; class masks get w_c)."""
 
     w0: float = 10.0
-    sigma: float = 5.0
+    sigma: Annotated[float, POSITIVE] = 5.0
     class_weights: Literal["balanced", "none"] = "balanced"
     borders: bool = True
 

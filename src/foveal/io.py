@@ -1,0 +1,213 @@
+"""Writing files so that a reader never sees half of one, and earlier files survive a failure or a power loss.
+
+Every writer in foveal goes through these helpers: the bytes go to a temporary file (or folder) beside the target,
+are flushed to the disk (``fsync`` of the file, then of its folder), and only then take the target's name in one
+rename. New files get the permissions the process's umask allows (as ``open`` would give them), not the 0600 / 0700
+of Python's temporary files.
+
+Temporary names start with ``.`` and contain ``.tmp`` (files) or ``.tmp-`` (folders), so
+:func:`remove_stale_temporaries` can clear what an interrupted write left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from foveal.errors import FovealError
+
+PathLike = str | os.PathLike[str]
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then every folder (deepest first)."""
+    dirs = [folder]
+    for root, subdirs, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        dirs.extend(Path(root) / d for d in subdirs)
+    for d in reversed(dirs):
+        _fsync_dir(d)
+
+
+def missing_reason(path: PathLike) -> str:
+    """Why ``path`` cannot be opened although named: "not found", a broken link or a link that loops.
+
+    Returns:
+        A phrase to follow the path in a message, e.g. ``"not found"`` or ``"is a symbolic link that loops"``.
+    """
+    p = Path(path)
+    if not os.path.islink(p):
+        try:
+            os.stat(p)
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: a link further up the path loops
+                return "is inside a symbolic link that loops"
+        return "not found"
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == 40:
+            return "is a symbolic link that loops (it points back to itself)"
+        return f"is a broken symbolic link (to {os.readlink(p)}, which does not exist)"
+    return "not found"
+
+
+def make_dirs(folder: PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` (and its parents) or raise FovealError saying why it cannot be, e.g. a file or a link loop."""
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise FovealError(f"{what} {p} is a file: pass a folder (it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FovealError(f"{what} {p} {missing_reason(p)}: pass another folder") from None
+    except OSError as exc:
+        reason = "is a symbolic link that loops" if exc.errno == 40 else f"cannot be created ({exc.strerror or exc})"
+        raise FovealError(f"{what} {p} {reason}: pass a folder you can write to") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise FovealError(f"{what} {p} is not writable (permission denied): pass a folder you can write to")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success flush it to the disk and move it over ``path`` in one step.
+
+    A reader never sees a half-written file and an earlier file survives a failed write. Missing parent folders are
+    created. A new file gets the umask's permissions, a replaced one keeps its own.
+
+    Args:
+        path: final file.
+        mode: ``"w"`` (text, UTF-8, no newline translation) or ``"wb"``.
+
+    Yields:
+        The open temporary file.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    if target.is_dir():
+        raise FovealError(f"cannot write {target}: it is a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise FovealError(f"cannot write {target}: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        # Text that is not valid Unicode (a file name of another encoding, kept by Python as surrogate escapes) is
+        # written as \udcXX escapes: JSON reads them back as the same name, and the write does not fail.
+        text = {"encoding": "utf-8", "newline": "", "errors": "backslashreplace"}
+        kwargs: dict[str, Any] = text if mode == "w" else {}
+        with open(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~umask())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FovealError(f"cannot write {target}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`); returns the path."""
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_output`); returns the path."""
+    with atomic_output(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_json(path: PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (UTF-8, a final newline) atomically; returns the path."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; on success it is flushed to the disk and takes ``path``'s place.
+
+    An existing ``path`` is replaced (moved aside, the new folder renamed in, the old one removed), so a crash leaves
+    either the old folder or the new one complete, never a mix; on failure the temporary folder is removed and
+    ``path`` is left as it was.
+
+    Yields:
+        The temporary folder (created with the umask's permissions).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~umask())
+        yield tmp
+        _fsync_tree(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove what interrupted atomic writes left in ``folder`` (not recursive); returns what was removed."""
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        name = entry.name
+        if not name.startswith("."):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and ".tmp-" in name:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif entry.is_file() and name.endswith(".tmp"):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
