@@ -94,6 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task = checkpoint_task(args.checkpoint)
     _tta_only_for_segmentation(args, task)
+    _boxes_only_for_classifiers(args, task)
     if task == "segment":
         from foveal.tasks import segment_eval
 
@@ -104,6 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         det = detect_eval.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
         print(det.format())
+    elif args.boxes is not None:
+        _localization_eval(args)
     else:
         from foveal.report.tables import format_metrics
         from foveal.tasks import classify
@@ -113,6 +116,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         print(f"metrics written to {args.out}")
     return 0
+
+
+def _boxes_only_for_classifiers(args: argparse.Namespace, task: str) -> None:
+    maps = [
+        f for f, v in (("--map-stride", args.map_stride), ("--map-scales", args.map_scales), ("--flip", args.flip)) if v
+    ]
+    if args.boxes is None and (maps or args.box_format):
+        raise FovealError(f"{' and '.join(maps or ['--box-format'])} apply to localization: add --boxes FILE")
+    if args.boxes is not None and task != "classify":
+        raise FovealError(f"--boxes evaluates a classifier's localization; {args.checkpoint} is a '{task}' checkpoint")
+    if args.boxes is not None and args.data is None:
+        raise FovealError("--boxes needs --data FOLDER: the folder that holds the box file's images")
+
+
+def _localization_eval(args: argparse.Namespace) -> None:
+    from foveal.tasks.localize_eval import localization_eval_folder
+
+    report = localization_eval_folder(
+        args.checkpoint,
+        args.data,
+        args.boxes,
+        box_format=args.box_format,
+        split=args.split or "test",
+        map_stride=args.map_stride,
+        map_scales=args.map_scales,
+        flip=args.flip,
+        out=args.out,
+    )
+    print(report.format())
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -313,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", choices=["none", "dihedral"], help="segmentation: average over the 8 rotations / flips (dihedral)"
     )
+    p.add_argument(
+        "--boxes",
+        help="classifiers: weakly supervised localization against these boxes (JSON, CSV, CUB folder, VOC/ImageNet "
+        "XML folder) of the images in --data; writes localization.json and panels to --out",
+    )
+    p.add_argument(
+        "--box-format", choices=["xyxy", "xywh"], help="with --boxes: how a JSON / header-less CSV writes boxes"
+    )
+    p.add_argument("--map-stride", type=int, help="with --boxes: maps on this finer stride (as in foveal explain)")
+    p.add_argument("--map-scales", type=float, nargs="+", help="with --boxes: average the maps of these image scales")
+    p.add_argument("--flip", action="store_true", help="with --boxes: average with the mirrored image's maps")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify (top-k), segment (labels + overlays) or detect (boxes) in images")

@@ -7,7 +7,8 @@ import torch
 
 import foveal.metrics.localization as localization
 from foveal.errors import FovealError
-from foveal.metrics.localization import LocalizationMeter, threshold_sweep
+from foveal.explain.boxes import maps_to_boxes
+from foveal.metrics.localization import LocalizationMeter, MaxBoxAccMeter, threshold_sweep
 
 GT = [0.0, 0.0, 10.0, 10.0]
 HALF = [0.0, 0.0, 10.0, 5.0]  # IoU with GT = 50 / 100 = 0.5 exactly: counts
@@ -112,3 +113,83 @@ def test_threshold_sweep_finds_the_best_threshold() -> None:
     assert one.accuracy == [0.0, 1.0, 1.0] and one.best_threshold == 0.5
     with pytest.raises(FovealError, match=r"\(N, H, W\)"):
         threshold_sweep(maps[0], truth)
+
+
+# -- MaxBoxAccV2 (Choe et al., CVPR 2020) ------------------------------------------------------------------------------
+def _three_maps() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Three 8 × 8 maps (range 0..1) and their ground truth; the verdicts below are worked out by hand."""
+    maps = torch.zeros(3, 8, 8)
+    # A: a strong 3 × 8 strip away from the object and a weaker 4 × 4 blob on it, not touching (row 3 between)
+    maps[0, 0:3, :] = 1.0
+    maps[0, 4:8, 4:8] = 0.505
+    # B: the object's left part strong, a dim band to its right
+    maps[1, 0:4, 0:4] = 1.0
+    maps[1, 0:4, 4:8] = 0.305
+    # C: a small peak on the object inside a wide dim square
+    maps[2, 0:6, 0:6] = 0.605
+    maps[2, 2:4, 2:4] = 1.0
+    truth = [torch.tensor([[4.0, 4.0, 8.0, 8.0]]), torch.tensor([[0.0, 0.0, 6.0, 4.0]]), torch.tensor([[2.0, 2, 4, 4]])]
+    return maps, truth
+
+
+def test_max_box_acc_v2_hand_computed() -> None:
+    # τ = 0 keeps the whole map (0, 0, 8, 8): IoU A 16/64, B 24/64 = 0.375, C 4/64.
+    # A: τ ≤ 0.50 keeps the strip and the blob; the blob's box is the object's (IoU 1): with all regions it counts.
+    #    τ > 0.50 keeps the strip only (IoU 0).
+    # B: τ ≤ 0.30: (0, 0, 8, 4), IoU 24/32 = 0.75; τ > 0.30: (0, 0, 4, 4), IoU 16/24 ≈ 0.667.
+    # C: τ ≤ 0.60: (0, 0, 6, 6), IoU 4/36; τ > 0.60: (2, 2, 4, 4), IoU 1.
+    maps, truth = _three_maps()
+    meter = MaxBoxAccMeter()
+    meter.update(maps, truth)
+    result = meter.compute()
+    acc = {k: dict(zip(result.thresholds, v, strict=True)) for k, v in result.box_acc.items()}
+    assert [acc["0.3"][t] for t in (0.0, 0.01, 0.3, 0.31, 0.5, 0.51, 0.6, 0.61, 0.99)] == pytest.approx(
+        [1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3]
+    )
+    assert [acc["0.5"][t] for t in (0.0, 0.01, 0.31, 0.51, 0.61)] == pytest.approx([0, 2 / 3, 2 / 3, 1 / 3, 2 / 3])
+    assert [acc["0.7"][t] for t in (0.0, 0.01, 0.3, 0.31, 0.5, 0.51, 0.61)] == pytest.approx(
+        [0, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 0, 1 / 3]
+    )
+    assert result.max_box_acc == pytest.approx({"0.3": 2 / 3, "0.5": 2 / 3, "0.7": 2 / 3})
+    assert result.best_threshold == {"0.3": 0.01, "0.5": 0.01, "0.7": 0.01}  # ties: the smallest τ
+    assert result.max_box_acc_v2 == pytest.approx(2 / 3)
+    assert result.count == 3 and len(result.thresholds) == 100
+    # C alone: only τ > 0.60 finds its object, at every δ
+    alone = MaxBoxAccMeter()
+    alone.update(maps[2:], truth[2:])
+    assert alone.compute().best_threshold == {"0.3": 0.61, "0.5": 0.61, "0.7": 0.61}
+    # the largest region alone (the CAM paper's box) misses A's object at any threshold up to 0.5
+    largest = maps_to_boxes(maps[0], 0.3, "range", connectivity=2)
+    assert largest.tolist() == [0.0, 0.0, 8.0, 3.0]
+
+
+def test_max_box_acc_any_box_counts_offsets_and_blocks_do_not_matter(monkeypatch: pytest.MonkeyPatch) -> None:
+    maps, truth = _three_maps()
+    whole = MaxBoxAccMeter()
+    whole.update(maps, truth)
+    # an offset and a scale change nothing (min–max normalisation); an extra far box of an image changes nothing
+    shifted = MaxBoxAccMeter()
+    far = torch.tensor([[0.0, 6.0, 1.0, 7.0]])
+    shifted.update(3 * maps - 5, [torch.cat([truth[0], far]), truth[1], torch.cat([far, truth[2]])])
+    assert shifted.compute() == whole.compute()
+    monkeypatch.setattr(localization, "_LABEL_PIXELS", 64 * 7)  # labelling blocks of 7 maps: cut across images
+    split = MaxBoxAccMeter()
+    split.update(maps[:2], truth[:2])
+    split.update(maps[2:], truth[2:])
+    assert split.compute() == whole.compute()
+
+
+def test_max_box_acc_constant_map_and_errors() -> None:
+    meter = MaxBoxAccMeter(thresholds=[0.0, 0.5], ious=[0.5])
+    meter.update(torch.full((1, 4, 4), 3.0), [torch.tensor([[0.0, 0.0, 4.0, 4.0]])])  # no evidence: image at τ = 0
+    meter.update(torch.ones(1, 4, 4), [torch.zeros(0, 4)])  # no ground-truth box: never counts
+    result = meter.compute()
+    assert result.box_acc == {"0.5": [0.5, 0.0]} and result.max_box_acc_v2 == 0.5
+    with pytest.raises(FovealError, match="no images"):
+        MaxBoxAccMeter().compute()
+    with pytest.raises(FovealError, match=r"\(N, H, W\)"):
+        MaxBoxAccMeter().update(torch.zeros(4, 4), [torch.zeros(1, 4)])
+    with pytest.raises(FovealError, match="thresholds"):
+        MaxBoxAccMeter(thresholds=[1.5])
+    with pytest.raises(FovealError, match="ious"):
+        MaxBoxAccMeter(ious=[0.0])

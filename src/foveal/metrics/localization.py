@@ -1,9 +1,18 @@
-"""Weakly supervised localization metrics: top-1 / top-5 localization error, as in CAM and ILSVRC.
+"""Weakly supervised localization metrics: top-1 / top-5 localization error, as in CAM and ILSVRC, and MaxBoxAccV2.
 
-Reference: Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, §3 and Table 2. A
-prediction localizes an image when its class is the true class and its box has IoU ≥ 0.5 with one of the image's
-ground-truth boxes (all of the true class); top-1 looks at the first prediction, top-5 at any of the first five.
-The ground-truth-known error scores only the box drawn from the true class's map, whatever the predicted class.
+References:
+    Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, §3 and Table 2. A prediction
+    localizes an image when its class is the true class and its box has IoU ≥ 0.5 with one of the image's
+    ground-truth boxes (all of the true class); top-1 looks at the first prediction, top-5 at any of the first five.
+    The ground-truth-known error scores only the box drawn from the true class's map, whatever the predicted class.
+
+    Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right", CVPR 2020, §4.1: MaxBoxAccV2
+    takes away the choice of the map threshold. Each map of the true class is min–max normalised; at every threshold
+    τ ∈ {0, 0.01, …, 0.99} every connected region of the map ≥ τ gives a box (all contours, not only the largest), and
+    the image counts at IoU δ when any of those boxes has IoU ≥ δ with a ground-truth box. BoxAcc(τ, δ) is the share
+    of such images, MaxBoxAcc(δ) its maximum over τ, and MaxBoxAccV2 the mean of MaxBoxAcc over δ ∈ {0.3, 0.5, 0.7}.
+    Regions are 8-connected (what a contour encloses); the paper's OpenCV contours also return the inner contours of
+    holes, whose boxes lie inside their region's box: they are not counted here.
 
 Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`).
 """
@@ -14,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
@@ -26,6 +36,11 @@ TOP_K = 5
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(step / 20 for step in range(1, 20))
 """0.05, 0.10, …, 0.95: the thresholds :func:`threshold_sweep` tries by default."""
 _CHUNK = 256  # images per IoU block: the block holds (chunk · k) × (boxes of the chunk) values
+MAX_BOX_ACC_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
+"""The IoU thresholds δ whose MaxBoxAcc MaxBoxAccV2 averages (Choe et al. 2020)."""
+MAX_BOX_ACC_THRESHOLDS: tuple[float, ...] = tuple(step / 100 for step in range(100))
+"""0.00, 0.01, …, 0.99: the map thresholds τ of MaxBoxAccV2 (the paper's step of 0.01)."""
+_LABEL_PIXELS = 1 << 24  # pixels per connected-component labelling of MaxBoxAccMeter (int32 labels: 64 MiB)
 
 
 @dataclass(frozen=True)
@@ -109,7 +124,7 @@ class LocalizationMeter:
             raise FovealError(f"every batch must give the same number of predictions per image: {self._k}, now {k}")
         self._k = k
         right_class = pred_classes.long().cpu() == true_class.long().cpu()[:, None]  # (N, k)
-        hit = _best_iou(pred_boxes, gts) >= self.iou_threshold
+        hit = best_iou(pred_boxes, gts) >= self.iou_threshold
         found = right_class & hit
         self._loc[0] += int(found[:, 0].sum())
         self._cls[0] += int(right_class[:, 0].sum())
@@ -119,7 +134,7 @@ class LocalizationMeter:
         if true_class_boxes is not None:
             if true_class_boxes.shape != (n, 4):
                 raise FovealError(f"true_class_boxes must be ({n}, 4), got {tuple(true_class_boxes.shape)}")
-            self._gt_known += int((_best_iou(true_class_boxes[:, None], gts)[:, 0] >= self.iou_threshold).sum())
+            self._gt_known += int((best_iou(true_class_boxes[:, None], gts)[:, 0] >= self.iou_threshold).sum())
             self._gt_known_count += n
         self._count += n
 
@@ -191,9 +206,160 @@ def threshold_sweep(
     accuracy = []
     for t in thresholds:
         boxes = maps_to_boxes(maps, float(t), relative_to)
-        accuracy.append(float((_best_iou(boxes[:, None], gts)[:, 0] >= iou_threshold).float().mean()))
+        accuracy.append(float((best_iou(boxes[:, None], gts)[:, 0] >= iou_threshold).float().mean()))
     best = max(range(len(accuracy)), key=lambda i: (accuracy[i], -i))
     return ThresholdSweep([float(t) for t in thresholds], accuracy, float(thresholds[best]), accuracy[best])
+
+
+@dataclass(frozen=True)
+class MaxBoxAccResult:
+    """MaxBoxAccV2 and what it is made of (fractions 0..1).
+
+    Attributes:
+        max_box_acc_v2: mean of ``max_box_acc`` over the IoU thresholds.
+        max_box_acc: per IoU threshold δ (keys "0.3", "0.5", "0.7"), the best box accuracy over map thresholds.
+        best_threshold: per δ, the map threshold τ that reaches it (ties: the smallest τ).
+        thresholds: the map thresholds τ tried.
+        box_acc: per δ, the box accuracy at each τ (a curve over ``thresholds``).
+        count: images seen.
+    """
+
+    max_box_acc_v2: float
+    max_box_acc: dict[str, float]
+    best_threshold: dict[str, float]
+    thresholds: list[float]
+    box_acc: dict[str, list[float]]
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MaxBoxAccMeter:
+    """Accumulates MaxBoxAccV2 (Choe et al., CVPR 2020) over batches of ground-truth-class maps.
+
+    Example::
+
+        meter = MaxBoxAccMeter()
+        for maps, boxes in batches:        # maps (N, H, W) of each image's true class, at image size
+            meter.update(maps, boxes)
+        print(meter.compute().max_box_acc_v2)
+
+    Args:
+        thresholds: map thresholds τ, fractions of the min–max normalised map (default 0.00, 0.01, …, 0.99).
+        ious: IoU thresholds δ (default 0.3, 0.5, 0.7).
+    """
+
+    def __init__(
+        self, thresholds: Sequence[float] = MAX_BOX_ACC_THRESHOLDS, ious: Sequence[float] = MAX_BOX_ACC_IOUS
+    ) -> None:
+        if not thresholds or min(thresholds) < 0.0 or max(thresholds) > 1.0:
+            raise FovealError(f"thresholds must be one or more fractions in [0, 1], got {list(thresholds)}")
+        if not ious or min(ious) <= 0.0 or max(ious) > 1.0:
+            raise FovealError(f"ious must be one or more IoU thresholds in (0, 1], got {list(ious)}")
+        self.thresholds = [float(t) for t in thresholds]
+        self.ious = [float(d) for d in ious]
+        self._hits = torch.zeros(len(self.thresholds), len(self.ious), dtype=torch.long)
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @torch.no_grad()
+    def update(self, maps: Tensor, true_boxes: Sequence[Tensor] | Tensor) -> None:
+        """Add one batch.
+
+        Args:
+            maps: (N, H, W) map of each image's true class on the image's pixels (any range; each is min–max
+                normalised; a constant map has no region above any τ > 0, and the whole image at τ = 0).
+            true_boxes: per image an (M_i, 4) tensor of ground-truth boxes (x1, y1, x2, y2), or one (N, 4) tensor.
+        """
+        if maps.ndim != 3 or 0 in maps.shape:
+            raise FovealError(f"maps must be (N, H, W) with N, H, W ≥ 1, got {tuple(maps.shape)}")
+        gts = _per_image(true_boxes, maps.shape[0])
+        best = region_best_iou(maps, gts, torch.tensor(self.thresholds))  # (N, T)
+        self._hits += (best[:, :, None] >= torch.tensor(self.ious)[None, None, :]).sum(0)
+        self._count += maps.shape[0]
+
+    def compute(self) -> MaxBoxAccResult:
+        """MaxBoxAccV2 over every image seen."""
+        if self._count == 0:
+            raise FovealError("no images to compute MaxBoxAccV2 from; is the evaluation set empty?")
+        accuracy = self._hits.double() / self._count  # (T, D)
+        best = accuracy.max(0)  # torch returns the first index of the maximum: the smallest τ
+        keys = [f"{d:g}" for d in self.ious]
+        return MaxBoxAccResult(
+            max_box_acc_v2=float(best.values.mean()),
+            max_box_acc={k: float(v) for k, v in zip(keys, best.values, strict=True)},
+            best_threshold={k: self.thresholds[int(i)] for k, i in zip(keys, best.indices, strict=True)},
+            thresholds=list(self.thresholds),
+            box_acc={k: accuracy[:, j].tolist() for j, k in enumerate(keys)},
+            count=self._count,
+        )
+
+
+def region_best_iou(maps: Tensor, gts: Sequence[Tensor], thresholds: Tensor) -> Tensor:
+    """(N, T) largest IoU, over every 8-connected region of the min–max normalised map ≥ τ and every ground-truth box
+    of the image, at each threshold τ (0 where there is no region or no box).
+
+    Args:
+        maps: (N, H, W) maps.
+        gts: N tensors (M_i, 4) of ground-truth boxes.
+        thresholds: (T,) fractions in [0, 1].
+    """
+    from scipy import ndimage
+
+    n, h, w = maps.shape
+    flat = maps.detach().float().cpu()
+    flat = torch.where(flat.isfinite(), flat, torch.nan)
+    low = flat.flatten(1).nan_to_num(nan=torch.inf).amin(1)[:, None, None]
+    high = flat.flatten(1).nan_to_num(nan=-torch.inf).amax(1)[:, None, None]
+    span = high - low
+    norm = torch.where(span > 0, (flat - low) / span.clamp_min(1e-30), 0.0).nan_to_num(nan=-1.0)  # NaN: never kept
+    t = len(thresholds)
+    padded, valid = _padded(gts)
+    out = torch.zeros(n * t)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-neighbour regions within a map, none across maps
+    step = max(1, _LABEL_PIXELS // (h * w))
+    for start in range(0, n * t, step):
+        pairs = torch.arange(start, min(start + step, n * t))
+        image, level = pairs // t, pairs % t
+        keep = (norm[image] >= thresholds[level][:, None, None]).numpy()
+        labels, count = ndimage.label(keep, structure)
+        if not count:
+            continue
+        extents = np.array([[s.start for s in sl] + [s.stop for s in sl] for sl in ndimage.find_objects(labels)])
+        owner = torch.from_numpy(extents[:, 0]).long()  # the (image, τ) pair of the block each region lies in
+        boxes = torch.from_numpy(extents[:, [2, 1, 5, 4]]).float()  # x1, y1, x2, y2
+        mine = image[owner]  # the image of each region
+        region_iou = (_elementwise_iou(boxes[:, None], padded[mine]) * valid[mine]).amax(1)
+        out[pairs[0] : pairs[-1] + 1] = torch.zeros(len(pairs)).scatter_reduce(
+            0, owner, region_iou, reduce="amax", include_self=True
+        )
+    return out.view(n, t)
+
+
+def _padded(gts: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """(N, M, 4) ground-truth boxes padded with zeros to the largest count M (≥ 1), and (N, M) 1 / 0 validity."""
+    m = max([1, *(len(g) for g in gts)])
+    padded = torch.zeros(len(gts), m, 4)
+    valid = torch.zeros(len(gts), m)
+    for i, g in enumerate(gts):
+        padded[i, : len(g)] = g
+        valid[i, : len(g)] = 1.0
+    return padded, valid
+
+
+def _elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of broadcast pairs of boxes (..., 4) (x1, y1, x2, y2); 0 where the union is empty."""
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]).clamp_min(0) * (a[..., 3] - a[..., 1]).clamp_min(0)
+    area_b = (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), 0.0)
 
 
 def _per_image(true_boxes: Sequence[Tensor] | Tensor, n: int) -> list[Tensor]:
@@ -213,8 +379,13 @@ def _per_image(true_boxes: Sequence[Tensor] | Tensor, n: int) -> list[Tensor]:
     return out
 
 
-def _best_iou(pred: Tensor, gts: list[Tensor]) -> Tensor:
-    """(N, k) largest IoU of each predicted box (N, k, 4) with the ground-truth boxes of its own image (0 if none)."""
+def best_iou(pred: Tensor, gts: list[Tensor]) -> Tensor:
+    """(N, k) largest IoU of each predicted box (N, k, 4) with the ground-truth boxes of its own image (0 if none).
+
+    Args:
+        pred: (N, k, 4) boxes (x1, y1, x2, y2).
+        gts: N tensors (M_i, 4) of ground-truth boxes (M_i ≥ 0).
+    """
     n, k = pred.shape[:2]
     pred = pred.detach().float().cpu()
     out = torch.zeros(n, k)
