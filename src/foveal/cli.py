@@ -76,7 +76,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = module.train(cfg, run_dir=out)
     _print_metrics(result)
     print(f"run directory: {result['run_dir']}")
+    _write_report(result["run_dir"])
     return 0
+
+
+def _write_report(folder: str | Path) -> None:
+    """Write the folder's report.html and print its path (the last step of train, eval, explain and demo)."""
+    from foveal.report.html import write_report
+
+    print(f"report: {write_report(folder)}")
 
 
 def _print_metrics(metrics: dict[str, object]) -> None:
@@ -115,6 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(format_metrics(result))
     if args.out:
         print(f"metrics written to {args.out}")
+        _write_report(args.out)
     return 0
 
 
@@ -286,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from foveal.demo import run_demo
 
     out = run_demo(Path(args.out), quick=args.quick)
-    print(f"demo finished: everything is in {out}")
+    print(f"demo finished: everything is in {out}; open {out / 'report.html'}")
     return 0
 
 
@@ -312,6 +321,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
+    _write_report(args.out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _write_report(args.path)
     return 0
 
 
@@ -429,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=5.0, help="border width σ in pixels (default 5)")
     p.add_argument("--limit", type=int, default=4, help="images to draw (default 4)")
     p.set_defaults(func=cmd_weightmap)
+
+    p = sub.add_parser("report", help="write report.html for a run, an eval / explain --out folder or the demo folder")
+    p.add_argument("path", help="run directory, evaluation or explanation folder, or the demo's folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample; write everything to one folder")
     p.add_argument("--out", default="foveal-demo", help="output folder (default: foveal-demo)")

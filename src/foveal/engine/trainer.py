@@ -34,6 +34,7 @@ from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, barrier
 from foveal.engine.logging import MetricLog
 from foveal.engine.optim import ModelEMA, OptimConfig, build_optimizer, build_schedule
+from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.io import umask
 
@@ -314,7 +315,7 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-        started = time.perf_counter()
+        started, wall_started, first_step = time.perf_counter(), time.time(), self.step
         metrics: dict[str, Any] = {}
         last_eval_step = self.step if self.step > 0 else -1
         running, seen, t_log = 0.0, 0, time.perf_counter()
@@ -374,4 +375,25 @@ class Trainer:
         bar.close()
         if last_eval_step != self.step:
             metrics = self._evaluate_and_save(log, time.perf_counter() - started)
+        if self.dist.is_main:
+            self._write_run_info(wall_started, first_step)
         return metrics
+
+    def _write_run_info(self, wall_started: float, first_step: int) -> None:
+        data = dict(self.meta.get("config", {}).get("data", {}))
+        write_run_info(
+            self.run_dir,
+            "train",
+            wall_started,
+            task=self.meta.get("task"),
+            data={
+                "train": data.get("train"),
+                "val": data.get("val") or data.get("train"),
+                "train_samples": len(self.train_set),  # type: ignore[arg-type]
+            },
+            batch_size=self.global_batch,
+            steps=self.step,
+            steps_per_epoch=self.steps_per_epoch,
+            resumed=first_step > 0,
+            processes=self.dist.world_size,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -17,6 +18,7 @@ from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
 from foveal.engine.optim import OptimConfig
+from foveal.engine.runinfo import write_run_info
 from foveal.engine.trainer import TrainConfig, Trainer, seeded
 from foveal.errors import FovealError
 from foveal.models import efficientnet as eff
@@ -274,8 +276,15 @@ def open_data(cfg: DataConfig) -> tuple[Any, Any]:
 
 # -- evaluation ------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: nn.Module, samples: Dataset[Any], classes: list[str], batch_size: int = 128) -> Any:
-    """Top-1, top-5, per-class accuracy and confusion matrix of ``model`` on ``samples``."""
+def evaluate(
+    model: nn.Module,
+    samples: Dataset[Any],
+    classes: list[str],
+    batch_size: int = 128,
+    outcomes: list[Any] | None = None,
+) -> Any:
+    """Top-1, top-5, per-class accuracy and confusion matrix of ``model`` on ``samples``; with ``outcomes``, also
+    appends (top-1 probability, predicted class, true class) for each sample, in order."""
     from torch.utils.data import DataLoader
 
     from foveal.metrics.classification import ClassificationMeter
@@ -289,6 +298,9 @@ def evaluate(model: nn.Module, samples: Dataset[Any], classes: list[str], batch_
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images).float()
         meter.update(logits, targets, loss=F.cross_entropy(logits, targets, reduction="sum") / len(targets))
+        if outcomes is not None:
+            conf, pred = logits.softmax(1).max(1)
+            outcomes.extend(zip(conf.tolist(), pred.tolist(), targets.tolist(), strict=True))
     return meter.compute()
 
 
@@ -481,7 +493,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None, split: str, out: str
             "evaluate on data with the classes the model was trained on"
         )
     samples = ClassifySamples(dataset, eval_transform(clf.resolution), clf.mean, clf.std)
-    result = evaluate(clf.model, samples, clf.classes)
+    started, outcomes = time.time(), list[Any]()
+    result = evaluate(clf.model, samples, clf.classes, outcomes=outcomes)
     if out is not None:
         out = Path(out)
         try:
@@ -490,4 +503,25 @@ def evaluate_checkpoint(path: str | Path, data: str | None, split: str, out: str
             raise FovealError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
         write_metrics_json(result, out / "metrics.json")
         plot_confusion(result.confusion, clf.classes, out / "confusion.png")
+        _write_mistakes(dataset, outcomes, clf.classes, out)
+        data_info = {"data": {"spec": spec, "split": split, "samples": len(dataset)}}
+        write_run_info(out, "eval", started, task=TASK, checkpoint=str(path), **data_info)
     return result
+
+
+MISTAKES_SHOWN = 16
+
+
+def _write_mistakes(dataset: Any, outcomes: list[Any], classes: list[str], out: Path) -> None:
+    """``mistakes.json`` and thumbnails (``mistakes/``) of the most confident misclassifications."""
+    from foveal.report.eval_figures import thumbnail
+
+    wrong = sorted((i for i, (_, p, t) in enumerate(outcomes) if p != t), key=lambda i: (-outcomes[i][0], i))
+    records = []
+    for rank, i in enumerate(wrong[:MISTAKES_SHOWN]):
+        conf, pred, true = outcomes[i]
+        image, _ = dataset.get(i)
+        thumb = thumbnail(image.numpy(), out / "mistakes" / f"{rank:02d}-{i}.png")
+        row = {"index": i, "true": classes[true], "predicted": classes[pred], "confidence": round(conf, 4)}
+        records.append({**row, "thumbnail": str(thumb.relative_to(out))})
+    write_json(out / "mistakes.json", {"errors": len(wrong), "samples": len(outcomes), "shown": records})

@@ -56,7 +56,8 @@ class DetectModelConfig:
     checkpoint (a detect run: every layer but a class layer of another size; a classify run: the backbone), a
     torchvision ``retinanet_resnet50_fpn`` state dict (needs resnet50, ``p6_from: p5``; the class layer stays new) or
     a torchvision ResNet state dict (ImageNet weights, backbone only). ``freeze_bn`` keeps every BatchNorm at its
-    running statistics and affine values (as Detectron does with pretrained weights)."""
+    running statistics and affine values (as Detectron does with pretrained weights). ``backbone_width`` /
+    ``backbone_depth`` scale an EfficientNet backbone's channels / layers instead of its variant's (a smaller net)."""
 
     backbone: str = "resnet50"
     fpn_channels: Annotated[int, between(1, 4096)] = 256
@@ -70,6 +71,8 @@ class DetectModelConfig:
     prior: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.01
     weights: str | None = None
     freeze_bn: bool = False
+    backbone_width: float | None = None
+    backbone_depth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,18 @@ def build_detector(cfg: DetectModelConfig, num_classes: int, in_channels: int) -
         anchor_round_to_pixels=cfg.anchor_round_to_pixels,
         head_convs=cfg.head_convs,
         prior=cfg.prior,
+        backbone_kwargs=_backbone_kwargs(cfg),
     )
+
+
+def _backbone_kwargs(cfg: DetectModelConfig) -> dict[str, Any] | None:
+    scaled = {k: v for k, v in (("width", cfg.backbone_width), ("depth", cfg.backbone_depth)) if v is not None}
+    if scaled and not cfg.backbone.startswith("efficientnet_"):
+        raise FovealError(
+            f"model.backbone_width / backbone_depth scale EfficientNet backbones; {cfg.backbone} is not one: drop "
+            "them or choose model.backbone=efficientnet_b0"
+        )
+    return scaled or None
 
 
 def _weights_of(cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:

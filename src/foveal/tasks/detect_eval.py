@@ -8,6 +8,7 @@ image, so every box written or scored is in original-image coordinates.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from foveal.config import from_dict
 from foveal.data.box_transforms import DetectionTransform, collate_detection
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.inference.fast import inference_model
 from foveal.metrics.detection import DetectionResult
@@ -229,13 +231,50 @@ def evaluate_checkpoint(
             f"dataset {spec} has categories {theirs[:6]} but the checkpoint was trained on {names[:6]}: evaluate on "
             "data with the categories the model knows"
         )
+    started = time.time()
     result, detections = evaluate(det.model, dataset, det.transform(), det.config.inference, cfg.eval_batch_size)
     if out is not None:
         folder = _out_dir(out)
         write_json(folder / "metrics.json", result.to_dict())
         write_results_json(detections, dataset, folder / "detections.json")
         plot_pr_curve(result, folder / "pr_curve.png")
+        write_json(folder / "per_image.json", _image_figures(dataset, detections, det.classes, folder))
+        data_info = {"spec": spec, "split": split or cfg.val_split, "images": len(dataset)}
+        write_run_info(folder, "eval", started, task="detect", checkpoint=str(path), data=data_info)
     return result
+
+
+SHOWN_WORST, SHOWN_SAMPLE, SHOWN_SCORE = 6, 6, 0.3
+
+
+def _image_figures(data: Any, detections: list[dict[str, Tensor]], classes: list[str], out: Path) -> dict[str, Any]:
+    """TP / FP / FN per image at IoU 0.5 for detections of score ≥ ``SHOWN_SCORE``; for the worst images (most
+    errors) and a sample, the image with ground truth and detections coloured TP / FP / FN (``images/``)."""
+    from foveal.report.eval_figures import detection_panel, match_detections, pick_shown
+
+    rows: list[dict[str, Any]] = []
+    for i, d in enumerate(detections):
+        keep = d["scores"] >= SHOWN_SCORE
+        _, target = data.get(i)
+        boxes, labels = d["boxes"][keep].numpy(), d["labels"][keep].numpy()
+        tp, found = match_detections(boxes, labels, d["scores"][keep].numpy(), *_truth(target))
+        name = Path(str(data.images[i].path)).name
+        rows.append({"file": name, "tp": int(tp.sum()), "fp": int((~tp).sum()), "fn": int((~found).sum())})
+    shown = pick_shown([-(r["fp"] + r["fn"]) for r in rows], SHOWN_WORST, SHOWN_SAMPLE)
+    for rank, i in enumerate(shown):
+        image, target = data.get(i)
+        d = detections[i]
+        keep = d["scores"] >= SHOWN_SCORE
+        dets = {k: d[k][keep].numpy() for k in ("boxes", "labels", "scores")}
+        figure = out / "images" / f"{rank:02d}-{Path(rows[i]['file']).stem}.png"
+        detection_panel(image.numpy(), dets, *_truth(target), classes, figure)
+        rows[i]["figure"] = str(figure.relative_to(out))
+    return {"iou": 0.5, "score_thresh": SHOWN_SCORE, "images": rows}
+
+
+def _truth(target: dict[str, Tensor]) -> tuple[Any, Any]:
+    """(G, 4) xyxy boxes and (G,) labels of the ground truth (crowd regions are kept apart, under "ignore")."""
+    return target["boxes"].numpy(), target["labels"].numpy()
 
 
 @torch.no_grad()

@@ -23,9 +23,10 @@ Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class ExplainRecord:
             region above the threshold.
         figures: PNG files written for this image.
         detections: detect only: each detection's own box (x1, y1, x2, y2) in original image pixels.
+        peaks: classify only: where each class's map is largest, (x, y) in original image pixels.
     """
 
     file: str
@@ -77,6 +79,7 @@ class ExplainRecord:
     boxes: list[list[float]]
     figures: list[str]
     detections: list[list[float]] | None = None
+    peaks: list[list[int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +95,7 @@ class _Options:
     map_stride: int | None = None
     map_scales: tuple[float, ...] | None = None
     flip: bool = False
+    true_boxes: dict[str, list[list[float]]] | None = None
 
 
 def explain(
@@ -107,6 +111,7 @@ def explain(
     map_stride: int | None = None,
     map_scales: Sequence[float] | None = None,
     flip: bool = False,
+    true_boxes: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> list[ExplainRecord]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
@@ -127,6 +132,8 @@ def explain(
             e.g. ``(1, 2.5)``); ``None``: the paper's single scale.
         flip: classifiers only: also explain the mirrored image; class scores and maps are the averages of both
             (test-time mirroring, a deviation from the paper; the paper's path is ``False``).
+        true_boxes: classifiers only: image file name → its objects' boxes (x1, y1, x2, y2), drawn in green on the
+            figures of that image (the paper's Fig. 6).
 
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
@@ -134,8 +141,12 @@ def explain(
     from foveal.data.images import expand_inputs
     from foveal.engine.checkpoint import checkpoint_task
     from foveal.engine.logging import write_json
+    from foveal.engine.runinfo import write_run_info
 
     options = _check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales, flip)
+    if true_boxes is not None:
+        truth = {str(k): [[float(v) for v in b] for b in boxes] for k, boxes in true_boxes.items()}
+        options = replace(options, true_boxes=truth)
     task = checkpoint_task(checkpoint)
     if (map_stride is not None or map_scales is not None or flip) and task != "classify":
         raise FovealError(
@@ -147,10 +158,15 @@ def explain(
         raise FovealError(
             f"checkpoint {checkpoint} is a '{task}' checkpoint, which cannot be explained (tasks: {known})"
         )
+    started = time.time()
     files = expand_inputs(list(inputs))
     out_dir = _out_dir(out)
     records = explainer(Path(checkpoint), files, out_dir, options)
     write_json(out_dir / RESULTS_FILE, [r.to_dict() for r in records])
+    shown = {k: v for k, v in asdict(options).items() if v is not None and k != "true_boxes"}
+    write_run_info(
+        out_dir, "explain", started, task=task, checkpoint=str(checkpoint), data={"images": len(files)}, options=shown
+    )
     return records
 
 
@@ -369,7 +385,9 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
             full[:, y1:y2, x1:x2] = region
             names = [clf.classes[int(c)] for c in classes[0]]
             stem = _unique_stem(f, used)
-            figures = _class_figures(image, full, names, scores[0], boxes[0], out_dir / stem, opt.method)
+            truth = np.asarray((opt.true_boxes or {}).get(f.name, []), dtype=np.float64).reshape(-1, 4)
+            figures = _class_figures(image, full, names, scores[0], boxes[0], out_dir / stem, opt.method, truth)
+            peaks = full.flatten(1).argmax(1)
             records.append(
                 ExplainRecord(
                     file=str(f),
@@ -380,13 +398,21 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
                     scores=[float(s) for s in scores[0]],
                     boxes=boxes.tolist(),
                     figures=figures,
+                    peaks=[[int(p % width), int(p // width)] for p in peaks.tolist()],
                 )
             )
     return records
 
 
 def _class_figures(
-    image: Tensor, maps: Tensor, names: list[str], scores: Tensor, box: Tensor, prefix: Path, method: str
+    image: Tensor,
+    maps: Tensor,
+    names: list[str],
+    scores: Tensor,
+    box: Tensor,
+    prefix: Path,
+    method: str,
+    truth: np.ndarray | None = None,
 ) -> list[str]:
     """The Fig. 4 panel of the top-k maps (``<prefix>_top<k>.png``) and the top-1 map with its box
     (``<prefix>_<method>.png``); ``image`` (C, H, W) uint8, ``maps`` (k, H, W) on the image's pixels."""
@@ -395,8 +421,8 @@ def _class_figures(
     shown = image.permute(1, 2, 0).numpy()
     top = figure_top5(shown, maps.numpy(), names, scores.tolist(), f"{prefix}_top{len(names)}.png")
     title = f"{names[0]} ({float(scores[0]):.2f}), {'CAM' if method == 'cam' else 'Grad-CAM'}"
-    no_truth = np.zeros((0, 4))
-    boxed = figure_boxes(shown, maps[0].numpy(), no_truth, box.numpy(), f"{prefix}_{method}.png", title=title)
+    truth = np.zeros((0, 4)) if truth is None else truth
+    boxed = figure_boxes(shown, maps[0].numpy(), truth, box.numpy(), f"{prefix}_{method}.png", title=title)
     return [str(top), str(boxed)]
 
 

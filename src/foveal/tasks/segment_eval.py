@@ -6,6 +6,8 @@ mirrored context at the image border, the same result as one pass over the whole
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.tasks.segment import PostConfig, Prepared, attach_context, load_segmenter, prepare
 
@@ -108,8 +111,10 @@ def evaluate(
     post: PostConfig,
     with_rand: bool = True,
     progress: bool = False,
+    on_image: Callable[[Prepared, np.ndarray, np.ndarray | None], None] | None = None,
 ) -> SegEvaluation:
-    """Evaluate ``model`` on prepared samples (targets with separation borders as background, as trained)."""
+    """Evaluate ``model`` on prepared samples (targets with separation borders as background, as trained);
+    ``on_image(sample, predicted classes (H, W), predicted instances or None)`` sees each scored prediction."""
     from foveal.metrics.instances import InstanceMeter, merged_pairs
     from foveal.metrics.segmentation import SegmentationMeter, rand_error
 
@@ -126,9 +131,11 @@ def evaluate(
             logits = predict_logits(model, s.context, tile, progress=progress, tta=post.tta)
             pred = logits.argmax(0)[:, s.offset : s.offset + width]
         meter.update(pred, s.target)
-        if s.instances is not None:
+        pred_inst = to_instances(pred.numpy(), post) if s.instances is not None else None
+        if on_image is not None:
+            on_image(s, pred.numpy(), pred_inst)
+        if s.instances is not None and pred_inst is not None:
             has_instances = True
-            pred_inst = to_instances(pred.numpy(), post)
             inst.update(pred_inst, s.instances)
             m, t = merged_pairs(pred_inst, s.instances)
             merged, touching = merged + m, touching + t
@@ -188,10 +195,56 @@ def evaluate_checkpoint(
     if data is None:
         samples = attach_context(samples, cfg.data)
     post = cfg.post if tta is None else replace(cfg.post, tta=tta)
-    result = evaluate(seg.model, samples, len(seg.classes), cfg.data.eval_tile, post)
+    started, kept = time.time(), list[tuple[Prepared, np.ndarray, np.ndarray | None]]()
+    on_image = None if out_dir is None else lambda s, c, i: kept.append((s, c, i))
+    result = evaluate(seg.model, samples, len(seg.classes), cfg.data.eval_tile, post, on_image=on_image)
     if out_dir is not None:
         write_json(out_dir / "metrics.json", result.to_dict())
+        write_json(out_dir / "per_image.json", _image_figures(kept, out_dir))
+        spec = data or cfg.data.val or cfg.data.train
+        data_info = {"spec": spec, "images": len(samples), "pixels": int(sum(s.target.numel() for s in samples))}
+        write_run_info(out_dir, "eval", started, task="segment", checkpoint=str(path), data=data_info)
     return result
+
+
+SHOWN_WORST, SHOWN_SAMPLE, WEIGHT_MAPS_SHOWN = 4, 4, 2
+
+
+def _image_figures(kept: list[tuple[Prepared, np.ndarray, np.ndarray | None]], out: Path) -> list[dict[str, Any]]:
+    """Per-image pixel and instance metrics; for the worst and a sample of the images (by F1 at IoU 0.5, else
+    foreground IoU), the image / prediction / ground-truth panel (``images/``) and for a few the border weight map."""
+    from foveal.metrics.instances import match_instances, merged_pairs
+    from foveal.metrics.segmentation import SegmentationMeter
+    from foveal.report.eval_figures import pick_shown, segmentation_panel
+    from foveal.report.segmentation_plots import plot_weight_map_figure
+
+    rows: list[dict[str, Any]] = []
+    for s, classes, inst in kept:
+        meter = SegmentationMeter(max(2, int(s.target.max()) + 1, int(classes.max()) + 1))
+        meter.update(classes, s.target)
+        row: dict[str, Any] = {"name": s.name, "fg_iou": meter.result().foreground_iou}
+        if inst is not None and s.instances is not None:
+            match = match_instances(inst, s.instances, (0.5,))
+            row.update({"f1_50": match.f1_at(0.5), "instances": int(len(np.unique(s.instances[s.instances > 0])))})
+            row["merged_pairs"], row["touching_pairs"] = merged_pairs(inst, s.instances)
+        rows.append(row)
+    keys = [r.get("f1_50", r["fg_iou"]) for r in rows]
+    shown = pick_shown([-1.0 if k is None else float(k) for k in keys], SHOWN_WORST, SHOWN_SAMPLE)
+    for rank, i in enumerate(shown):
+        s, classes, inst = kept[i]
+        image = s.image[0] if s.image.shape[0] == 1 else s.image[:3].permute(1, 2, 0)
+        shown_image = image.numpy().astype(np.float64)
+        shown_image = (shown_image - shown_image.min()) / max(float(np.ptp(shown_image)), 1e-12)
+        true = s.instances if s.instances is not None else s.target.numpy().astype(np.int32)
+        pred = inst if inst is not None else classes.astype(np.int32)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.name)
+        path, outcome = segmentation_panel(shown_image, pred, true, out / "images" / f"{rank:02d}-{safe}.png")
+        rows[i].update({"figure": str(path.relative_to(out)), **{k: len(v) for k, v in outcome.items()}})
+        if rank < WEIGHT_MAPS_SHOWN and s.instances is not None:
+            wpath = out / "images" / f"{rank:02d}-{safe}_weightmap.png"
+            plot_weight_map_figure(shown_image, s.instances, s.weight.numpy(), wpath, title=f"{s.name}: border weights")
+            rows[i]["weight_map"] = str(wpath.relative_to(out))
+    return rows
 
 
 @dataclass(frozen=True)
