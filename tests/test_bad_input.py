@@ -272,7 +272,8 @@ def test_predict_bad_inputs(capsys, ckpt_run: Path, tmp_path: Path, kind: str) -
         item, needle = str(tmp_path / "*.jpg"), "matches no image files"
     preds = tmp_path / "preds.json"
     preds.write_text("[]\n")
-    fail(capsys, ["predict", str(ckpt_run), str(good), item, "--json", str(preds)], needle)
+    strict = ["--strict"] if kind == "corrupt" else []  # an unreadable image is otherwise skipped and listed
+    fail(capsys, ["predict", str(ckpt_run), str(good), item, "--json", str(preds), *strict], needle)
     assert preds.read_text() == "[]\n"
 
 

@@ -157,43 +157,31 @@ def _localization_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from foveal.engine.checkpoint import checkpoint_task
+    from foveal.tasks.predict import PredictRequest, run_predict
 
-    task = checkpoint_task(args.checkpoint)
-    _tta_only_for_segmentation(args, task)
-    if task == "detect":
-        from foveal.engine.logging import write_json as write_records
-        from foveal.tasks import detect_eval
-
-        out = args.out or "predictions"
-        records = detect_eval.predict(args.checkpoint, args.inputs, out)
-        print(detect_eval.format_predictions(records))
-        if args.json:
-            write_records(args.json, records)
-        print(f"detections (COCO results JSON) and figures written to {out}")
-        return 0
-    if task == "segment":
-        from dataclasses import asdict
-
-        from foveal.engine.logging import write_json as write_records
-        from foveal.tasks import segment_eval
-
-        out = args.out or "predictions"
-        rows = segment_eval.predict(args.checkpoint, args.inputs, out, tile=args.tile, fmt=args.format, tta=args.tta)
-        print(segment_eval.format_predictions(rows))
-        if args.json:
-            write_records(args.json, [asdict(r) for r in rows])
-        print(f"label images and overlays written to {out}")
-        return 0
-    from foveal.report.tables import format_table, write_csv, write_json
-    from foveal.tasks import classify
-
-    preds = classify.predict(args.checkpoint, args.inputs, top_k=args.top_k)
-    print(format_table(preds))
-    if args.json:
-        write_json(preds, args.json)
-    if args.csv:
-        write_csv(preds, args.csv)
+    request = PredictRequest(
+        checkpoint=args.checkpoint,
+        inputs=tuple(args.inputs),
+        out=args.out,
+        top_k=args.top_k,
+        tile=args.tile,
+        fmt=args.format,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resume=args.resume,
+        strict=args.strict,
+        json=args.json,
+        csv=args.csv,
+        ray=args.ray,
+    )
+    done = run_predict(request)
+    if done.table:
+        print(done.table)
+    print(done.summary.format())
+    if done.out is not None:
+        what = {"classify": "predictions", "segment": "label images and overlays", "detect": "detections"}[done.task]
+        print(f"{what} written to {done.out}")
     return 0
 
 
@@ -375,15 +363,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify (top-k), segment (labels + overlays) or detect (boxes) in images")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", help="image files, folders, glob patterns or list files (.txt, a path a line)")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", help="also write the predictions as JSON here")
     p.add_argument("--csv", help="also write the predictions as CSV here (classification)")
-    p.add_argument("--out", help="segmentation / detection: output folder (default: predictions)")
+    p.add_argument("--out", help="output folder (default: predictions; classify: none, only --json / --csv)")
     p.add_argument("--tile", type=int, help="segmentation: output tile edge (default: the checkpoint's eval tile)")
     p.add_argument("--format", choices=["tif", "png"], default="tif", help="segmentation: label image format")
     p.add_argument(
         "--tta", choices=["none", "dihedral"], help="segmentation: average over the 8 rotations / flips (dihedral)"
+    )
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: classify 32, detect 4, segment 1)")
+    p.add_argument("--workers", type=int, help="processes decoding images ahead of the model (default: spare cores)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (skips what is done)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: skip, list)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray Data: alone, a local instance; or a cluster address (auto, ray://host:10001)",
     )
     p.set_defaults(func=cmd_predict)
 

@@ -1,5 +1,8 @@
 """Writing files so that a reader never sees half of one, and earlier files survive a failure or a power loss.
 
+Output folders change as one unit too: :func:`staged_output` locks an ``--out`` folder (``.foveal.lock``), stages a
+command's files in ``.foveal-staging/`` inside it and moves them in only when the command succeeds.
+
 Every writer in foveal goes through these helpers: the bytes go to a temporary file (or folder) beside the target,
 are flushed to the disk (``fsync`` of the file, then of its folder), and only then take the target's name in one
 rename. New files get the permissions the process's umask allows (as ``open`` would give them), not the 0600 / 0700
@@ -12,17 +15,23 @@ Temporary names start with ``.`` and contain ``.tmp`` (files) or ``.tmp-`` (fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from foveal.errors import FovealError
 
 PathLike = str | os.PathLike[str]
+
+LOCK_NAME = ".foveal.lock"
+STAGING_NAME = ".foveal-staging"
+_COMMIT_MARK = ".commit"  # written into the staging folder once every file is complete: the move may begin
 
 
 def umask() -> int:
@@ -32,7 +41,7 @@ def umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Flush a folder's entries (a rename in it) to the disk; a no-op where folders cannot be opened (Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -55,7 +64,7 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
         dirs.extend(Path(root) / d for d in subdirs)
     for d in reversed(dirs):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def missing_reason(path: PathLike) -> str:
@@ -134,7 +143,7 @@ def atomic_output(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             os.fsync(handle.fileno())
         os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~umask())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise FovealError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -184,11 +193,11 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
             os.replace(target, old / "x")
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -211,3 +220,124 @@ def remove_stale_temporaries(folder: PathLike) -> list[Path]:
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the length of a ``with`` block.
+
+    Raises:
+        FovealError: when ``folder`` is a file or cannot be created, or another process holds its lock (refused at
+            once, not waited for).
+    """
+    import fcntl
+
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise FovealError(f"output folder {path} is a file: pass a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise FovealError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FovealError(
+                    f"another foveal process is writing to {path}; wait for it to finish or choose another --out"
+                ) from None
+            raise FovealError(f"cannot lock output folder {path}: {exc.strerror or exc}") from None
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    """An output folder being written: files go to ``staging`` and appear in ``final`` when the command succeeds.
+
+    Attributes:
+        final: the user's ``--out`` folder.
+        staging: the folder inside it that receives this command's files.
+        resumed: whether ``staging`` holds the files of an interrupted run that this one continues.
+    """
+
+    final: Path
+    staging: Path
+    resumed: bool
+
+    def staged(self, name: str) -> Path:
+        """Where to write the output file ``name`` now."""
+        return self.staging / name
+
+    def published(self, name: str) -> Path:
+        """Where the output file ``name`` will be once the command succeeds (the path to report)."""
+        return self.final / name
+
+    def published_path(self, staged: str | os.PathLike[str]) -> str:
+        """The final path of a file written under ``staging`` (other paths are returned as they are)."""
+        p = Path(staged)
+        try:
+            return str(self.final / p.relative_to(self.staging))
+        except ValueError:
+            return str(p)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Move every visible file of ``staging`` into ``final`` (same relative path), then remove ``staging``."""
+    (staging / _COMMIT_MARK).touch()
+    fsync_dir(staging)
+    for src in sorted(staging.rglob("*")):
+        rel = src.relative_to(staging)
+        if not src.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        dst = final / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    fsync_dir(final)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(
+    out: str | os.PathLike[str], resume: bool = False, keep_on_error: bool = False
+) -> Iterator[StagedOutput]:
+    """Write one command's outputs into ``out`` as one unit, under the folder's lock.
+
+    Args:
+        out: the output folder (created if missing).
+        resume: continue the staging folder an interrupted run left (an error when there is none); otherwise a
+            leftover staging folder is discarded.
+        keep_on_error: keep the staging folder when the block fails (for commands that ``resume`` can continue).
+
+    Yields:
+        A :class:`StagedOutput`; when the block succeeds its files are fsync'd and moved into ``out`` (each with
+        ``os.replace``), replacing files of the same name.
+
+    Raises:
+        FovealError: another process writes to ``out``; ``out`` is a file or cannot be created; ``resume`` without
+            an interrupted run.
+    """
+    with locked_folder(out) as final:
+        staging = final / STAGING_NAME
+        if (staging / _COMMIT_MARK).exists():
+            _publish(staging, final)  # a crash during an earlier move: finish it first
+        leftover = staging.exists()
+        if resume and not leftover:
+            raise FovealError(
+                f"nothing to resume in {final}: no interrupted run left its files there; run without --resume"
+            )
+        if leftover and not resume:
+            shutil.rmtree(staging)
+        staging.mkdir(exist_ok=True)
+        try:
+            yield StagedOutput(final, staging, resumed=leftover and resume)
+        except BaseException as exc:
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            if not (keep_on_error or interrupted):
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_tree(staging)
+        _publish(staging, final)

@@ -19,7 +19,8 @@ EXIF orientation tags are not applied: pixels are returned as stored.
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,73 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
                 seen.add(p)
                 out.append(p)
     return out
+
+
+#: Extensions of list files: an input ending so is read as one image path per line (blank lines and ``#`` comments
+#: skipped; relative paths are relative to the list file's folder).
+LIST_EXTENSIONS: frozenset[str] = frozenset({".txt", ".lst"})
+
+
+def _list_file(path: Path) -> Iterator[Path]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                entry = line.strip()
+                if entry and not entry.startswith("#"):
+                    p = Path(entry)
+                    yield p if p.is_absolute() else path.parent / p
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FovealError(f"cannot read the list file {path}: {exc} (one image path per line, UTF-8)") from None
+
+
+def _expand_one(text: str) -> Iterator[Path]:
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    path = Path(text)
+    if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+        yield from _list_file(path)
+    elif path.is_file():
+        yield path
+    elif path.is_dir():
+        names = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))
+        found = False
+        for name in names:
+            p = path / name
+            if is_image_file(p):
+                found = True
+                yield p
+        if not found:
+            raise FovealError(
+                f"folder {path} holds no images (looked for {exts}, not in sub-folders): "
+                f"pass a folder with images, or a pattern such as '{path}/**/*.png'"
+            )
+    elif _has_glob(text):
+        found_any = False
+        for m in sorted(glob.iglob(text, recursive=True)):
+            if is_image_file(Path(m)):
+                found_any = True
+                yield Path(m)
+        if not found_any:
+            raise FovealError(f"pattern '{text}' matches no image files (extensions {exts}): check the pattern")
+    else:
+        raise FovealError(f"input not found: {path} (pass an existing image file, folder, glob pattern or list file)")
+
+
+def iter_inputs(items: Sequence[str | Path]) -> Iterator[Path]:
+    """Image paths of command-line inputs, one at a time, in a fixed order (for streams of any length).
+
+    Like :func:`expand_inputs`, and a file ending in ``.txt`` / ``.lst`` is a list of image paths, one per line
+    (read as the stream goes). Paths are not checked to exist here: a missing file in a list is reported when it is
+    loaded. Duplicates are dropped, keeping the first (the set of seen paths grows with the stream).
+
+    Raises:
+        FovealError: as :func:`expand_inputs`, when the stream reaches the bad item.
+    """
+    if not items:
+        raise FovealError("no inputs given: pass image files, folders of images or glob patterns such as 'imgs/*.png'")
+    seen: set[str] = set()
+    for item in items:
+        for p in _expand_one(str(item)):
+            key = str(p)
+            if key not in seen:
+                seen.add(key)
+                yield p

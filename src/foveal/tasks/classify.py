@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -453,23 +454,80 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
     return LoadedClassifier(model, classes, resolution, channels, mean, std, ckpt.meta)
 
 
-@torch.no_grad()
-def predict(path: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 32) -> list[Any]:
-    """Top-k classes with probabilities for each image of ``inputs`` (files, folders, globs)."""
-    from foveal.data.images import expand_inputs, load_image
-    from foveal.report.tables import predictions_from_logits
+class _PrepareClassify:
+    """Path → (C, R, R) normalised float image, as evaluation prepares it (runs in DataLoader workers)."""
 
-    clf = load_classifier(path, fuse=True)
+    def __init__(self, clf: LoadedClassifier) -> None:
+        self.channels, self.mean, self.std = clf.channels, clf.mean, clf.std
+        self.transform = eval_transform(clf.resolution)
+
+    def __call__(self, path: Path) -> Tensor:
+        from foveal.data.images import load_image
+
+        return _normalize(self.transform(load_image(path, self.channels)), self.mean, self.std)
+
+
+class ClassifyPredictor:
+    """Batched top-k classification (a :class:`foveal.inference.batch_predict.Predictor`): each result is the
+    image's ``top_k`` ``(class index, name, probability)``, best first."""
+
+    def __init__(self, checkpoint: str | Path, top_k: int = 5) -> None:
+        if top_k < 1:
+            raise FovealError(f"--top-k {top_k}: use a positive number of classes, e.g. --top-k 5")
+        self.clf = load_classifier(checkpoint, fuse=True)
+        self.k = min(top_k, len(self.clf.classes))
+        self.prepare = _PrepareClassify(self.clf)
+
+    @torch.no_grad()
+    def predict_batch(self, prepared: Sequence[Tensor]) -> list[tuple[Any, ...]]:
+        from foveal.report.tables import predictions_from_logits
+
+        logits = self.clf.model(torch.stack(list(prepared)).contiguous(memory_format=torch.channels_last))
+        return [p.topk for p in predictions_from_logits([""] * len(prepared), logits, self.clf.classes, k=self.k)]
+
+
+class ClassifyWriter:
+    """Records ``{"predictions": [{"class", "index", "probability"}]}`` and, at the end, ``predictions.csv``."""
+
+    def write(self, item: Any, prepared: Any, result: tuple[Any, ...], out: Any) -> dict[str, Any]:
+        return {
+            "predictions": [{"class": s.name, "index": s.class_index, "probability": s.probability} for s in result]
+        }
+
+    def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: Any) -> None:
+        write_predictions_csv(records(), out.staged("predictions.csv"))
+
+
+def write_predictions_csv(records: Iterator[dict[str, Any]], path: str | Path) -> None:
+    """One CSV row per image × rank (:data:`foveal.report.tables.CSV_HEADER`) from prediction records, atomically."""
+    import csv
+
+    from foveal.io import atomic_output
+    from foveal.report.tables import CSV_HEADER
+
+    with atomic_output(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for r in records:
+            for rank, s in enumerate(r["predictions"], start=1):
+                writer.writerow([r["file"], rank, s["index"], s["class"], repr(s["probability"])])
+
+
+def predict(path: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 32) -> list[Any]:
+    """Top-k classes with probabilities for each image of ``inputs`` (files, folders, globs), in memory.
+
+    For streams of any length with outputs on disk, use ``foveal predict`` (:mod:`foveal.inference.batch_predict`
+    with :class:`ClassifyPredictor`)."""
+    from foveal.data.images import expand_inputs
+    from foveal.report.tables import Prediction
+
+    predictor = ClassifyPredictor(path, top_k)
     files = expand_inputs(list(inputs))
-    tf = eval_transform(clf.resolution)
-    preds = []
+    preds: list[Prediction] = []
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
-        batch = torch.stack([_normalize(tf(load_image(f, clf.channels)), clf.mean, clf.std) for f in chunk])
-        logits = clf.model(batch.contiguous(memory_format=torch.channels_last))
-        preds.extend(
-            predictions_from_logits([str(f) for f in chunk], logits, clf.classes, k=min(top_k, len(clf.classes)))
-        )
+        results = predictor.predict_batch([predictor.prepare(f) for f in chunk])
+        preds.extend(Prediction(str(f), topk) for f, topk in zip(chunk, results, strict=True))
     return preds
 
 

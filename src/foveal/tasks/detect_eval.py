@@ -7,9 +7,8 @@ image, so every box written or scored is in original-image coordinates.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -244,6 +243,97 @@ def evaluate_checkpoint(
     return result
 
 
+class _PrepareDetect:
+    """Path → (original (C, H, W) uint8 image, its resized and normalised sample); runs in DataLoader workers."""
+
+    def __init__(self, det: LoadedDetector) -> None:
+        self.channels, self.transform = det.channels, det.transform()
+
+    def __call__(self, path: Path) -> tuple[Tensor, Any]:
+        from foveal.data.images import load_image
+
+        image = load_image(path, self.channels)
+        return image, self.transform(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+
+
+class DetectPredictor:
+    """Batched detection (a :class:`foveal.inference.batch_predict.Predictor`): each result is ``{"boxes" (D, 4)
+    xyxy in the original image's pixels, "scores" (D,), "labels" (D,)}`` by decreasing score.
+
+    Args:
+        checkpoint: checkpoint folder or run directory.
+        score_thresh: overrides the checkpoint's inference score threshold.
+        bf16: run the network in bfloat16 (see :func:`inference_model`).
+    """
+
+    def __init__(self, checkpoint: str | Path, score_thresh: float | None = None, bf16: bool = False) -> None:
+        from dataclasses import replace
+
+        if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
+            raise FovealError(f"score_thresh={score_thresh}: use a detection score in [0, 1), e.g. 0.05")
+        self.det = load_detector(checkpoint, bf16=bf16)
+        inference = self.det.config.inference
+        self.inference = inference if score_thresh is None else replace(inference, score_thresh=score_thresh)
+        self.prepare = _PrepareDetect(self.det)
+
+    @torch.no_grad()
+    def predict_batch(self, prepared: Sequence[tuple[Tensor, Any]]) -> list[dict[str, Tensor]]:
+        batch = collate_detection([sample for _, sample in prepared])
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image, _ in prepared]
+        return detect_batch(self.det.model, batch.images, batch.image_sizes, batch.scales, sizes, self.inference)
+
+
+class DetectWriter:
+    """Per image ``<stem>_detections.png`` (detections of score ≥ ``show_thresh``; where boxes of different classes
+    overlap by IoU > 0.5 only the best is drawn) and the record ``{"image_id", "width", "height", "figure",
+    "detections": [{"label", "category_id", "score", "box": [x1, y1, x2, y2]}]}``; image ids are the images'
+    positions in the stream from 1. At the end ``detections.json`` (COCO results) and ``images.json``
+    (``[{"id", "file_name", "width", "height"}]``)."""
+
+    def __init__(self, classes: list[str], categories: list[dict[str, Any]], show_thresh: float = 0.3) -> None:
+        if not 0.0 <= show_thresh <= 1.0:
+            raise FovealError(f"show_thresh={show_thresh}: use a score in [0, 1]")
+        self.classes, self.show_thresh = classes, show_thresh
+        self.category_ids = [int(c["id"]) for c in categories]
+
+    def write(self, item: Any, prepared: tuple[Tensor, Any], result: dict[str, Tensor], out: Any) -> dict[str, Any]:
+        from foveal.report.detection_plots import draw_detections
+
+        image = prepared[0]
+        name = f"{item.stem}_detections.png"
+        shown = _shown(result, self.show_thresh)
+        boxes, scores, labels = result["boxes"], result["scores"], result["labels"]
+        draw_detections(image, boxes[shown], labels[shown], scores[shown], self.classes, out.staged(name))
+        return {
+            "image_id": item.index + 1,
+            "width": int(image.shape[-1]),
+            "height": int(image.shape[-2]),
+            "figure": str(out.published(name)),
+            "detections": [
+                {"label": self.classes[k], "category_id": self.category_ids[k], "score": s, "box": b}
+                for b, s, k in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True)
+            ],
+        }
+
+    def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: Any) -> None:
+        from foveal.inference.batch_predict import write_json_array
+
+        results = (
+            {"image_id": r["image_id"], "category_id": d["category_id"], "bbox": _xywh(d["box"]), "score": d["score"]}
+            for r in records()
+            for d in r["detections"]
+        )
+        write_json_array(out.staged("detections.json"), results)
+        images = (
+            {"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]} for r in records()
+        )
+        write_json_array(out.staged("images.json"), images)
+
+
+def _xywh(box: list[float]) -> list[float]:
+    return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+
+
 SHOWN_WORST, SHOWN_SAMPLE, SHOWN_SCORE = 6, 6, 0.3
 
 
@@ -288,95 +378,23 @@ def predict(
     batch_size: int = 4,
     bf16: bool = False,
 ) -> list[dict[str, Any]]:
-    """Detect objects in each image of ``inputs`` (files, folders, glob patterns).
-
-    Writes to ``out``: ``detections.json`` (COCO results: image ids are the images' positions in the input order
-    from 1, category ids the checkpoint's), ``images.json`` (``[{"id", "file_name", "width", "height"}]`` for
-    those ids) and one ``<name>_detections.png`` per image with the detections of score ≥ ``show_thresh`` (where
-    boxes of different classes overlap by IoU > 0.5, only the best is drawn).
-    Images whose channel count differs from the model's are converted (grey ⇄ RGB).
-
-    Args:
-        path: checkpoint folder or run directory.
-        inputs: image files, folders or glob patterns.
-        out: output folder (created).
-        score_thresh: overrides the checkpoint's inference score threshold.
-        show_thresh: lowest score drawn in the figures.
-        batch_size: images per forward pass.
-        bf16: run the network in bfloat16 (see :func:`inference_model`).
+    """Detect objects in each image of ``inputs`` (files, folders, glob patterns, list files) and write
+    :class:`DetectWriter`'s files to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is
+    skipped and listed in ``errors.jsonl``.
 
     Returns:
-        One record per image: ``{"file", "image_id", "width", "height", "figure", "detections": [{"label",
-        "category_id", "score", "box": [x1, y1, x2, y2]}]}`` with boxes in the image's own pixels.
+        One record per image (:class:`DetectWriter`'s, with ``"file"``) with boxes in the image's own pixels.
     """
-    from dataclasses import replace
-
-    from foveal.data.images import expand_inputs, load_image
-    from foveal.report.detection_plots import draw_detections
-    from foveal.report.tables import atomic_output
+    from foveal.inference.batch_predict import PREDICTIONS, iter_records, predict_stream
+    from foveal.io import staged_output
 
     _check_out(out)
-    if not 0.0 <= show_thresh <= 1.0 or (score_thresh is not None and not 0.0 <= score_thresh < 1.0):
-        raise FovealError(f"score thresholds are in [0, 1): got score_thresh={score_thresh}, show_thresh={show_thresh}")
-    det = load_detector(path)
-    inference = (
-        det.config.inference if score_thresh is None else replace(det.config.inference, score_thresh=score_thresh)
-    )
-    files = expand_inputs(list(inputs))
-    folder = _out_dir(out)
-    transform = det.transform()
-    category_ids = [int(c["id"]) for c in det.categories]
-    records: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        originals = [load_image(f, det.channels) for f in chunk]
-        empty = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-        batch = collate_detection([transform(im, *empty) for im in originals])
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in originals]
-        dets = detect_batch(det.model, batch.images, batch.image_sizes, batch.scales, sizes, inference)
-        for offset, (f, image, d, (h, w)) in enumerate(zip(chunk, originals, dets, sizes, strict=True)):
-            image_id = start + offset + 1
-            name = f"{f.stem}_detections.png"
-            if name in used:
-                name = f"{f.stem}_{image_id}_detections.png"
-            used.add(name)
-            shown = _shown(d, show_thresh)
-            figure = draw_detections(
-                image, d["boxes"][shown], d["labels"][shown], d["scores"][shown], det.classes, folder / name
-            )
-            boxes, scores, labels = d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()
-            records.append(
-                {
-                    "file": str(f),
-                    "image_id": image_id,
-                    "width": w,
-                    "height": h,
-                    "figure": str(figure),
-                    "detections": [
-                        {"label": det.classes[k], "category_id": category_ids[k], "score": s, "box": b}
-                        for b, s, k in zip(boxes, scores, labels, strict=True)
-                    ],
-                }
-            )
-            results += [
-                {
-                    "image_id": image_id,
-                    "category_id": category_ids[k],
-                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                    "score": s,
-                }
-                for b, s, k in zip(boxes, scores, labels, strict=True)
-            ]
-    with atomic_output(folder / "detections.json") as handle:
-        json.dump(results, handle)
-    images = [
-        {"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]} for r in records
-    ]
-    with atomic_output(folder / "images.json") as handle:
-        json.dump(images, handle, indent=1)
-    return records
+    predictor = DetectPredictor(path, score_thresh, bf16)
+    writer = DetectWriter(predictor.det.classes, predictor.det.categories, show_thresh)
+    settings = {"checkpoint": str(path), "score_thresh": score_thresh, "show_thresh": show_thresh}
+    with staged_output(out) as staged:
+        predict_stream(predictor, writer, [str(i) for i in inputs], staged, settings, batch_size=batch_size, workers=0)
+    return list(iter_records(Path(out) / PREDICTIONS))
 
 
 def _shown(det: dict[str, Tensor], thresh: float) -> Tensor:

@@ -39,6 +39,7 @@ from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.cam import CAM, ClassTarget, GradCAM
 from foveal.explain.upsample import grid_of, upsample_maps
+from foveal.io import staged_output
 from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
 from foveal.models.efficientnet import EfficientNet, dilated_copy
 
@@ -160,13 +161,21 @@ def explain(
         )
     started = time.time()
     files = expand_inputs(list(inputs))
-    out_dir = _out_dir(out)
-    records = explainer(Path(checkpoint), files, out_dir, options)
-    write_json(out_dir / RESULTS_FILE, [r.to_dict() for r in records])
-    shown = {k: v for k, v in asdict(options).items() if v is not None and k != "true_boxes"}
-    write_run_info(
-        out_dir, "explain", started, task=task, checkpoint=str(checkpoint), data={"images": len(files)}, options=shown
-    )
+    _check_out(out)
+    with staged_output(out) as staged:  # the figures of one command appear together, or not at all
+        records = explainer(Path(checkpoint), files, staged.staging, options)
+        records = [replace(r, figures=[staged.published_path(f) for f in r.figures]) for r in records]
+        write_json(staged.staged(RESULTS_FILE), [r.to_dict() for r in records])
+        shown = {k: v for k, v in asdict(options).items() if v is not None and k != "true_boxes"}
+        write_run_info(
+            staged.staging,
+            "explain",
+            started,
+            task=task,
+            checkpoint=str(checkpoint),
+            data={"images": len(files)},
+            options=shown,
+        )
     return records
 
 
@@ -212,15 +221,10 @@ def _check_options(
     return _Options(top_k, method, float(threshold), relative_to, score_thresh, map_stride, scales, flip)
 
 
-def _out_dir(out: str | Path) -> Path:
+def _check_out(out: str | Path) -> None:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise FovealError(f"output folder {path} is a file: pass a folder for the figures and {RESULTS_FILE}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FovealError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-    return path
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:

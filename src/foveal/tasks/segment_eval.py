@@ -7,8 +7,8 @@ mirrored context at the image border, the same result as one pass over the whole
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +257,79 @@ class SegPrediction:
     overlay: str
 
 
-@torch.no_grad()
+class _PrepareSegment:
+    """Path → (C, H, W) float image normalised as the model was trained (runs in DataLoader workers)."""
+
+    def __init__(self, channels: int, normalize: str) -> None:
+        self.channels, self.normalize = channels, normalize
+
+    def __call__(self, path: Path) -> Tensor:
+        from foveal.data.seg_io import load_seg_image
+
+        return load_seg_image(path, channels=self.channels, normalize=self.normalize)
+
+
+class SegmentPredictor:
+    """Overlap-tile segmentation (a :class:`foveal.inference.batch_predict.Predictor`): each result is the (H, W)
+    int32 label image (instances for instance models, classes otherwise) and the class map's foreground fraction.
+
+    Args:
+        checkpoint: checkpoint folder or run directory.
+        tile: output tile edge (default: the checkpoint's evaluation tile).
+        tta: overrides the checkpoint's ``post.tta`` ("none" or "dihedral").
+    """
+
+    def __init__(self, checkpoint: str | Path, tile: int | None = None, tta: str | None = None) -> None:
+        from foveal.tasks.segment import tile_input
+
+        self.seg = load_segmenter(checkpoint, fast=True)
+        self.tta = self.seg.config.post.tta if tta is None else tta
+        if self.tta not in TTA_MODES:
+            raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
+        self.tile = tile or self.seg.config.data.eval_tile
+        tile_input(self.seg.model, self.tile)
+        self.prepare = _PrepareSegment(self.seg.channels, self.seg.normalize)
+
+    @torch.no_grad()
+    def predict_batch(self, prepared: Sequence[Tensor]) -> list[tuple[np.ndarray, float]]:
+        results = []
+        for image in prepared:  # images differ in size: each is one overlap-tile batch of its own
+            big = image.shape[-1] * image.shape[-2] > 2048**2
+            cls = predict_logits(self.seg.model, image, self.tile, progress=big, tta=self.tta).argmax(0).numpy()
+            instances = self.seg.masks == "instances"
+            labels = to_instances(cls, self.seg.config.post) if instances else cls.astype(np.int32)
+            results.append((labels, float((cls > 0).mean())))
+        return results
+
+
+class SegmentWriter:
+    """Per image ``<stem>_labels.<fmt>`` (TIFF or 16-bit PNG) and ``<stem>_overlay.png``, and the record of a
+    :class:`SegPrediction` (paths as published)."""
+
+    def __init__(self, instances: bool, fmt: str = "tif") -> None:
+        if fmt not in ("tif", "png"):
+            raise FovealError(f"unknown label format '{fmt}': use tif or png")
+        self.instances, self.fmt = instances, fmt
+
+    def write(self, item: Any, prepared: Tensor, result: tuple[np.ndarray, float], out: Any) -> dict[str, Any]:
+        from foveal.data.seg_io import write_label_image
+        from foveal.report.segmentation_plots import plot_segmentation_overlay
+
+        labels, foreground = result
+        names = f"{item.stem}_labels.{self.fmt}", f"{item.stem}_overlay.png"
+        write_label_image(labels, out.staged(names[0]))
+        image = prepared
+        shown = image[0].numpy() if image.shape[0] == 1 else image[:3].permute(1, 2, 0).numpy()
+        plot_segmentation_overlay(np.clip(shown, 0, 1), labels, out.staged(names[1]))
+        n = int(labels.max()) if self.instances else int(len(np.unique(labels[labels > 0])))
+        size = (int(labels.shape[0]), int(labels.shape[1]))
+        row = SegPrediction(str(item.path), size, n, foreground, *(str(out.published(x)) for x in names))
+        return {k: v for k, v in asdict(row).items() if k != "file"}
+
+    def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: Any) -> None:
+        """Nothing to assemble: every image has its own files."""
+
+
 def predict(
     path: str | Path,
     inputs: list[str],
@@ -266,45 +338,30 @@ def predict(
     fmt: str = "tif",
     tta: str | None = None,
 ) -> list[SegPrediction]:
-    """Segment each image of ``inputs`` (files, folders, globs): a label image (instances, or classes for class
-    models) as TIFF or PNG and an overlay PNG per image in ``out``. ``tta`` overrides the checkpoint's ``post.tta``."""
-    from foveal.data.images import expand_inputs
-    from foveal.data.seg_io import load_seg_image, write_label_image
-    from foveal.report.segmentation_plots import plot_segmentation_overlay
-    from foveal.tasks.segment import tile_input
+    """Segment each image of ``inputs`` (files, folders, globs, list files) and write :class:`SegmentWriter`'s files
+    to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is skipped and listed in
+    ``errors.jsonl``. ``tta`` overrides the checkpoint's ``post.tta``."""
+    from foveal.inference.batch_predict import PREDICTIONS, iter_records, predict_stream
+    from foveal.io import staged_output
 
-    if fmt not in ("tif", "png"):
-        raise FovealError(f"unknown label format '{fmt}': use tif or png")
-    seg = load_segmenter(path, fast=True)
-    tta = seg.config.post.tta if tta is None else tta
-    if tta not in TTA_MODES:
-        raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
-    tile = tile or seg.config.data.eval_tile
-    tile_input(seg.model, tile)
-    files = expand_inputs(list(inputs))
-    out_dir = _out_dir(out)
-    rows = []
-    for f in files:
-        image = load_seg_image(f, channels=seg.channels, normalize=seg.normalize)
-        big = image.shape[-1] * image.shape[-2] > 2048**2
-        classes = predict_logits(seg.model, image, tile, progress=big, tta=tta)
-        cls = classes.argmax(0).numpy()
-        labels = to_instances(cls, seg.config.post) if seg.masks == "instances" else cls.astype(np.int32)
-        label_path = write_label_image(labels, out_dir / f"{f.stem}_labels.{fmt}")
-        shown = image[0].numpy() if image.shape[0] == 1 else image[:3].permute(1, 2, 0).numpy()
-        overlay = plot_segmentation_overlay(np.clip(shown, 0, 1), labels, out_dir / f"{f.stem}_overlay.png")
-        n = int(labels.max()) if seg.masks == "instances" else int(len(np.unique(labels[labels > 0])))
-        rows.append(
-            SegPrediction(
-                str(f),
-                (int(cls.shape[0]), int(cls.shape[1])),
-                n,
-                float((cls > 0).mean()),
-                str(label_path),
-                str(overlay),
-            )
-        )
-    return rows
+    predictor = SegmentPredictor(path, tile, tta)
+    writer = SegmentWriter(predictor.seg.masks == "instances", fmt)
+    settings = {"checkpoint": str(path), "tile": predictor.tile, "format": fmt, "tta": predictor.tta}
+    with staged_output(out) as staged:
+        predict_stream(predictor, writer, [str(i) for i in inputs], staged, settings, batch_size=1, workers=0)
+    return [seg_prediction(r) for r in iter_records(Path(out) / PREDICTIONS)]
+
+
+def seg_prediction(record: dict[str, Any]) -> SegPrediction:
+    """A :class:`SegPrediction` from its JSON record."""
+    return SegPrediction(
+        str(record["file"]),
+        (int(record["size"][0]), int(record["size"][1])),
+        int(record["instances"]),
+        float(record["foreground"]),
+        str(record["labels"]),
+        str(record["overlay"]),
+    )
 
 
 def format_predictions(rows: list[SegPrediction]) -> str:

@@ -1,0 +1,343 @@
+"""Batch prediction over streams of images of any length: decoding in DataLoader workers, batched inference,
+results appended as they come, exact resume after a kill, unreadable images skipped and listed.
+
+One loop serves every task through two small objects (see :class:`Predictor` and :class:`Writer`):
+
+- a predictor turns a path into a prepared input (``prepare``, run in the DataLoader workers: decoding, resizing,
+  normalising) and a list of prepared inputs into results (``predict_batch``: the batched forward pass and the
+  post-processing);
+- a writer turns one image's result into its files (label images, figures) and a JSON record, and at the end
+  assembles the task's summary files (a COCO results JSON, a CSV) from the records.
+
+State of a run lives in the output's staging folder (:func:`foveal.io.staged_output`): ``.records.jsonl`` (one
+line per image, in input order, fsync'd after every batch) and ``.run.json`` (what was asked). A killed run loses
+at most the batch in flight; ``resume`` skips the images already recorded and the final outputs equal those of an
+uninterrupted run. At the end ``predictions.jsonl`` (the records) and, when some image could not be read,
+``errors.jsonl`` are written beside the task's files. :func:`predict_on_ray` maps the same predictor and writer
+over a Ray dataset (:mod:`foveal.inference.ray_predict`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from foveal.errors import FovealError
+from foveal.io import StagedOutput, atomic_output
+
+RECORDS = ".records.jsonl"
+RUN = ".run.json"
+PREDICTIONS = "predictions.jsonl"
+ERRORS = "errors.jsonl"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input of the stream: its position (from 0), its path, and a file-name stem unique within the stream."""
+
+    index: int
+    path: Path
+    stem: str
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """What ``prepare`` gives for an image that cannot be used: the message naming the file and the problem."""
+
+    message: str
+
+
+class Predictor(Protocol):
+    """A task's batched inference. ``prepare`` must be picklable and light (it runs in worker processes)."""
+
+    @property
+    def prepare(self) -> Callable[[Path], Any]:
+        """Path → prepared input, or a :class:`FovealError` naming the file."""
+        ...
+
+    def predict_batch(self, prepared: Sequence[Any]) -> list[Any]:
+        """Results of prepared inputs, one per input, in order."""
+        ...
+
+
+class Writer(Protocol):
+    """A task's outputs: per-image files and records, and the summary files at the end."""
+
+    def write(self, item: Item, prepared: Any, result: Any, out: StagedOutput) -> dict[str, Any]:
+        """Write the image's files under ``out.staging`` and return its JSON record (paths as published)."""
+        ...
+
+    def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: StagedOutput) -> None:
+        """Write the task's summary files under ``out.staging`` from the records of every image (in order)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """How a stream went: images in it, images already done by an interrupted run, images that failed."""
+
+    total: int
+    resumed_from: int
+    failed: int
+    out: Path
+
+    def format(self) -> str:
+        done = f"{self.total} images" + (f" ({self.resumed_from} done before the resume)" if self.resumed_from else "")
+        bad = f"; {self.failed} could not be read, listed in {self.out / ERRORS}" if self.failed else ""
+        return f"predicted {done}{bad}"
+
+
+def default_workers(total: int, batch_size: int) -> int:
+    """Decoding workers: none for a single batch (nothing to overlap), else one per spare core, 1 to 4."""
+    if total <= batch_size:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def unique_stems(paths: Iterator[Path]) -> Iterator[Item]:
+    """Number the paths and give each a file-name stem not used before in the stream (``name``, ``name_2``, …)."""
+    used: set[str] = set()
+    for index, path in enumerate(paths):
+        stem, n = path.stem, 2
+        while stem in used:
+            stem, n = f"{path.stem}_{n}", n + 1
+        used.add(stem)
+        yield Item(index, path, stem)
+
+
+def prepare_safely(prepare: Callable[[Path], Any], path: Path) -> Any:
+    """``prepare(path)``, or :class:`Unreadable` with the message of the :class:`FovealError` it raised."""
+    try:
+        return prepare(path)
+    except FovealError as exc:
+        return Unreadable(str(exc))
+
+
+class _PreparedBatches(IterableDataset):  # type: ignore[type-arg]
+    """Batches of (index, path, prepared input), in stream order; worker w of n prepares batches w, w + n, …, which
+    the DataLoader hands back in order."""
+
+    def __init__(self, inputs: Sequence[str], prepare: Callable[[Path], Any], batch_size: int, skip: int) -> None:
+        self.inputs, self.prepare, self.batch_size, self.skip = list(inputs), prepare, batch_size, skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, str, Any]]]:
+        from foveal.data.images import iter_inputs
+
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        chunk: list[tuple[int, Path]] = []
+        k = 0
+        for index, path in enumerate(iter_inputs(self.inputs)):
+            if index < self.skip:
+                continue
+            chunk.append((index, path))
+            if len(chunk) == self.batch_size:
+                if k % workers == worker:
+                    yield [(i, str(p), prepare_safely(self.prepare, p)) for i, p in chunk]
+                chunk, k = [], k + 1
+        if chunk and k % workers == worker:
+            yield [(i, str(p), prepare_safely(self.prepare, p)) for i, p in chunk]
+
+
+def run_batch(
+    predictor: Predictor, writer: Writer, items: Sequence[Item], prepared: Sequence[Any], out: StagedOutput
+) -> list[dict[str, Any]]:
+    """Predict one batch and write its outputs; returns one record per item (``{"index", "file", …}``, or with
+    ``"error"`` for an unreadable image), in order."""
+    good = [i for i, p in enumerate(prepared) if not isinstance(p, Unreadable)]
+    results = predictor.predict_batch([prepared[i] for i in good]) if good else []
+    by_position = dict(zip(good, results, strict=True))
+    records = []
+    for position, (item, data) in enumerate(zip(items, prepared, strict=True)):
+        head = {"index": item.index, "file": str(item.path)}
+        if isinstance(data, Unreadable):
+            records.append({**head, "error": data.message})
+        else:
+            records.append({**head, **writer.write(item, data, by_position[position], out)})
+    return records
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a records file, in order."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def recorded(path: Path) -> tuple[int, str | None]:
+    """(images recorded, file of the last one) in a records file; a line cut by a kill is removed."""
+    if not path.exists():
+        return 0, None
+    with open(path, "rb+") as handle:
+        data_end = handle.seek(0, os.SEEK_END)
+        keep = data_end
+        while keep > 0:
+            handle.seek(max(0, keep - 65536))
+            block = handle.read(keep - max(0, keep - 65536))
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = max(0, keep - len(block)) + cut + 1
+                break
+            keep = max(0, keep - len(block))
+        if keep != data_end:
+            handle.truncate(keep)
+    last: dict[str, Any] | None = None
+    for record in iter_records(path):
+        last = record
+    return (0, None) if last is None else (int(last["index"]) + 1, str(last["file"]))
+
+
+def check_run(out: StagedOutput, settings: dict[str, Any]) -> None:
+    """Record what this run does; on resume, refuse a command that differs from the interrupted one."""
+    path = out.staging / RUN
+    if out.resumed and path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        if before != settings:
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            raise FovealError(
+                f"--resume continues the interrupted run in {out.final}, which was started with other "
+                f"{', '.join(changed)}: repeat its command, or run without --resume to start over"
+            )
+        return
+    with atomic_output(path) as handle:
+        json.dump(settings, handle, sort_keys=True)
+
+
+def count_inputs(inputs: Sequence[str]) -> int:
+    """Images in the stream (the inputs are checked on the way: an empty folder or pattern is an error)."""
+    from foveal.data.images import iter_inputs
+
+    return sum(1 for _ in iter_inputs(inputs))
+
+
+def progress_bar(total: int, initial: int, show: bool | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="predict", disable=None if show is None else not show)
+
+
+def append_records(handle: Any, records: list[dict[str, Any]], strict: bool) -> None:
+    """Append ``records``, flushed and fsync'd; an unreadable image among them is an error when ``strict``."""
+    errors = [r for r in records if "error" in r]
+    if errors and strict:
+        raise FovealError(
+            f"{errors[0]['error']} (--strict stops at the first unreadable image; without it such images are "
+            "skipped and listed in errors.jsonl)"
+        )
+    handle.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def predict_stream(
+    predictor: Predictor,
+    writer: Writer,
+    inputs: Sequence[str],
+    out: StagedOutput,
+    settings: dict[str, Any],
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool | None = None,
+) -> StreamSummary:
+    """Predict every image of ``inputs`` (files, folders, globs, list files) into ``out``'s staging folder.
+
+    Args:
+        predictor, writer: the task's (see the module docstring).
+        inputs: as the command line gives them; iterated lazily, never held as a list.
+        out: the staged output folder; when ``out.resumed`` the images already recorded there are skipped.
+        settings: what the run does (checkpoint, inputs, options); a resume must repeat them.
+        batch_size: images per forward pass.
+        workers: DataLoader worker processes that decode ahead of the model (None: :func:`default_workers`).
+        strict: stop at the first unreadable image (FovealError) instead of listing it in ``errors.jsonl``.
+        progress: tqdm bar with rate and ETA (None: when stderr is a terminal).
+    """
+    if batch_size < 1:
+        raise FovealError(f"--batch-size {batch_size}: use a positive number of images per forward pass, e.g. 32")
+    if workers is not None and workers < 0:
+        raise FovealError(f"--workers {workers}: use 0 (decode in this process) or a positive number of workers")
+    check_run(out, settings)
+    total = count_inputs(inputs)
+    records_path = out.staging / RECORDS
+    done, last_file = recorded(records_path)
+    stream = unique_stems(iter_paths(inputs))
+    skip_done(stream, done, last_file, out)
+    n_workers = default_workers(total - done, batch_size) if workers is None else workers
+    batches = _PreparedBatches(list(inputs), predictor.prepare, batch_size, done)
+    loader = DataLoader(batches, batch_size=None, num_workers=n_workers, collate_fn=_no_collate)
+    with open(records_path, "a", encoding="utf-8") as handle, progress_bar(total, done, progress) as bar:
+        for batch in loader:
+            items = [next(stream) for _ in batch]
+            for item, (index, _, _) in zip(items, batch, strict=True):
+                assert item.index == index, "workers must hand batches back in stream order"
+            records = run_batch(predictor, writer, items, [p for _, _, p in batch], out)
+            append_records(handle, records, strict)
+            bar.update(len(batch))
+    finish(writer, records_path, out)
+    return StreamSummary(total, done, count_errors(records_path), out.final)
+
+
+def skip_done(stream: Iterator[Item], done: int, last_file: str | None, out: StagedOutput) -> None:
+    """Advance ``stream`` past the ``done`` images an interrupted run recorded (their stems stay taken, as in an
+    uninterrupted run), checking that the last of them is the file it recorded."""
+    if done == 0:
+        return
+    item = None
+    for item in stream:
+        if item.index == done - 1:
+            break
+    if item is None or item.index != done - 1 or str(item.path) != last_file:
+        now = "missing" if item is None or item.index != done - 1 else str(item.path)
+        raise FovealError(
+            f"the inputs changed since the interrupted run in {out.final} (image {done} was {last_file}, now "
+            f"{now}): repeat the same inputs, or run without --resume"
+        )
+
+
+def iter_paths(inputs: Sequence[str]) -> Iterator[Path]:
+    from foveal.data.images import iter_inputs
+
+    return iter_inputs(list(inputs))
+
+
+def _no_collate(batch: Any) -> Any:
+    return batch
+
+
+def count_errors(path: Path) -> int:
+    return sum(1 for r in iter_records(path) if "error" in r)
+
+
+def finish(writer: Writer, records_path: Path, out: StagedOutput) -> None:
+    """``predictions.jsonl``, ``errors.jsonl`` (when an image failed) and the task's summary files."""
+
+    def good() -> Iterator[dict[str, Any]]:
+        return (r for r in iter_records(records_path) if "error" not in r)
+
+    with atomic_output(out.staged(PREDICTIONS)) as handle:
+        for r in good():
+            handle.write(json.dumps({k: v for k, v in r.items() if k != "index"}, ensure_ascii=False) + "\n")
+    errors = [r for r in iter_records(records_path) if "error" in r][:1]
+    if errors:
+        with atomic_output(out.staged(ERRORS)) as handle:
+            for r in iter_records(records_path):
+                if "error" in r:
+                    handle.write(json.dumps({"file": r["file"], "error": r["error"]}, ensure_ascii=False) + "\n")
+    writer.finish(good, out)
+
+
+def write_json_array(path: str | os.PathLike[str], records: Iterator[Any]) -> None:
+    """A JSON array of ``records`` written one element at a time (never all in memory), atomically."""
+    with atomic_output(path) as handle:
+        handle.write("[")
+        for i, r in enumerate(records):
+            handle.write(("\n " if i == 0 else ",\n ") + json.dumps(r, ensure_ascii=False, allow_nan=False))
+        handle.write("\n]\n")
