@@ -106,9 +106,9 @@ def test_bad_config_file(capsys, run_copy: Path, tmp_path: Path, text: str, need
         ("optim.lr.x=1", ("optim.lr", "not a section")),
         ("optimlr", ("optimlr", "key=value")),
         ("--bogus", ("--bogus", "foveal train --help")),
-        ("data.batch_size=0", ("data.batch_size=0", "positive")),
-        ("data.limit=0", ("data.limit=0", "positive")),
-        ("model.resolution=-5", ("model.resolution=-5", "positive")),
+        ("data.batch_size=0", ("data.batch_size=0", "≥ 1")),
+        ("data.limit=0", ("data.limit=0", "≥ 1")),
+        ("model.resolution=-5", ("model.resolution=-5", "from 1 to 8192")),
     ],
 )
 def test_bad_override_or_option(capsys, run_copy: Path, arg: str, needles: tuple[str, ...]) -> None:
