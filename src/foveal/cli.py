@@ -1,12 +1,20 @@
 """The ``foveal`` command line: train, eval, predict, explain, export, models, weightmap, demo.
 
-Every error a user can cause is printed as one line ``foveal: error: ...`` with a non-zero exit code, no traceback.
+Every error a user can cause is printed as one line ``foveal: error: ...`` with exit code 2, no traceback. An
+unexpected failure (a bug) is one line too, naming the command and its input, with exit code 1; ``FOVEAL_DEBUG=1``
+shows its traceback. Ctrl-C exits with 130. Python warnings raised while a command runs are printed after it as
+``foveal: warning: ...`` lines (once each), and not at all when it fails: the error line is the one thing said.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,18 +64,22 @@ _CONFIGS = {"classify": "ClassifyConfig", "segment": "SegmentConfig", "detect": 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from foveal.config import load_config
+    from foveal.io import writable_dir
 
     module = _task_module(args.task)
     config_cls = getattr(module, _CONFIGS[args.task])
     if args.resume:
         if args.overrides or args.config:
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
+        args.run_dir = Path(args.resume)
         result = module.train(config_cls(), resume=args.resume)
     else:
         cfg = load_config(config_cls, _config_path(args.config, args.task), args.overrides)
         out = Path(args.out or cfg.out)
         if out.exists() and not out.is_dir():
             raise FovealError(f"run directory {out} is a file: pass a folder with --out (it is created if missing)")
+        writable_dir(out, "run directory")
+        args.run_dir = out
         if out.exists() and any((out / "checkpoints").glob("step-*")) and not args.overwrite:
             raise FovealError(
                 f"run directory {out} already holds checkpoints: continue it with --resume {out}, choose another "
@@ -274,14 +286,20 @@ def _onnx_opsets() -> tuple[int, int]:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from foveal.models.catalog import format_models
+    from foveal.tasks.classify import PHI_RANGE
 
+    for phi in args.phi:
+        if not (math.isfinite(phi) and phi in PHI_RANGE):
+            raise FovealError(f"--phi {phi:g}: use a compound coefficient {PHI_RANGE.describe()} (B0 … B7: 0 … 7)")
     print(format_models(extra_phis=args.phi))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from foveal.demo import run_demo
+    from foveal.io import writable_dir
 
+    writable_dir(args.out, "demo folder")
     out = run_demo(Path(args.out), quick=args.quick)
     print(f"demo finished: everything is in {out}; open {out / 'report.html'}")
     return 0
@@ -321,6 +339,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_weightmap(args: argparse.Namespace) -> int:
     from foveal.tasks.segment_eval import weightmap_figures
 
+    if args.limit < 1:
+        raise FovealError(f"--limit {args.limit}: draw at least one image, e.g. --limit 4")
+    if not (math.isfinite(args.w0) and args.w0 >= 0):
+        raise FovealError(f"--w0 {args.w0:g}: use a finite border weight ≥ 0 (the paper's: 10)")
+    if not (math.isfinite(args.sigma) and args.sigma > 0):
+        raise FovealError(f"--sigma {args.sigma:g}: use a finite border width > 0 in pixels (the paper's: 5)")
     paths = weightmap_figures(args.data, args.out, w0=args.w0, sigma=args.sigma, limit=args.limit)
     for p in paths:
         print(f"wrote {p}")
@@ -452,13 +476,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="foveal-demo", help="output folder (default: foveal-demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
     p.set_defaults(func=cmd_demo)
+    for name in ("train", "eval", "predict", "explain", "weightmap", "demo"):
+        sub.choices[name].add_argument(
+            "--max-pixels",
+            type=float,
+            default=None,
+            metavar="N",
+            help="largest image read, in pixels (default 2^30 ≈ 1.07 billion; checked from the header before decoding)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0, 2 (an error you can fix), 1 (unexpected), 130 (interrupted)."""
+    for stream in (sys.stdout, sys.stderr):  # a file name of another encoding must not stop the output
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    args = argparse.Namespace(command=None)
+    started = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        code = _run(argv, args, started)
+    if code == 0 or os.environ.get("FOVEAL_DEBUG") == "1":
+        for text in dict.fromkeys(str(w.message).splitlines()[0] for w in caught if str(w.message).strip()):
+            print(f"foveal: warning: {text}", file=sys.stderr)
+    return code
+
+
+def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> int:
     parser = build_parser()
     try:
-        args, extra = parser.parse_known_args(argv)
+        parsed, extra = parser.parse_known_args(argv)
+        vars(args).update(vars(parsed))
         # Overrides may come before or after options (the config checks each one); anything else unknown is an error.
         unknown = [e for e in extra if e.startswith("-") or args.command != "train"]
         if unknown:
@@ -468,13 +518,57 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             args.overrides = list(args.overrides) + extra
         keep_freed_memory()  # the command owns the process: reuse freed tensor memory (FOVEAL_MALLOC=default: off)
-        return int(args.func(args))
+        from foveal.data.images import pixel_limit
+
+        with pixel_limit(getattr(args, "max_pixels", None)):
+            return int(args.func(args))
     except FovealError as exc:
         print(f"foveal: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("foveal: interrupted", file=sys.stderr)
+        print(f"foveal: interrupted{_resume_hint(args, started)}", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            f"foveal: error: {_what(args)} ran out of memory: use smaller inputs or batches (data.batch_size, "
+            "--max-pixels)",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:  # the last resort: a bug, or an input no check foresaw
+        if os.environ.get("FOVEAL_DEBUG") == "1":
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc).strip() else "no message"
+        print(
+            f"foveal: error: {_what(args)} failed unexpectedly ({type(exc).__name__}: {message}); check that input, "
+            "rerun with FOVEAL_DEBUG=1 for the traceback and report it if the input is valid",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _what(args: argparse.Namespace) -> str:
+    """'foveal predict' on its input, for the last-resort message."""
+    command = f"'foveal {args.command}'" if getattr(args, "command", None) else "foveal"
+    for key in ("checkpoint", "data", "resume", "config"):
+        value = getattr(args, key, None)
+        if value:
+            return f"{command} on {value}"
+    inputs = getattr(args, "inputs", None)
+    return f"{command} on {', '.join(inputs[:3])}" if inputs else command
+
+
+def _resume_hint(args: argparse.Namespace, started: float) -> str:
+    """After Ctrl-C in training: how to continue, when this run wrote a checkpoint."""
+    run_dir = getattr(args, "run_dir", None)
+    if getattr(args, "command", None) != "train" or run_dir is None:
+        return ""
+    from foveal.engine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None or latest.stat().st_mtime < started:
+        return "; no checkpoint of this run was written yet, so start it again (an earlier run there is unchanged)"
+    return f"; continue from its latest checkpoint ({latest.name}) with: foveal train {args.task} --resume {run_dir}"
 
 
 if __name__ == "__main__":

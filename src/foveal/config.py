@@ -54,7 +54,7 @@ class Range:
             return f"{'>' if self.low_open else '≥'} {self.low:g}"
         if self.high is not None:
             return f"{'<' if self.high_open else '≤'} {self.high:g}"
-        return "any finite value"
+        return "(any finite value)"
 
 
 def at_least(low: float) -> Range:

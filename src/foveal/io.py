@@ -78,32 +78,47 @@ def missing_reason(path: PathLike) -> str:
         try:
             os.stat(p)
         except OSError as exc:
-            if exc.errno == 40:  # ELOOP: a link further up the path loops
+            if exc.errno == errno.ELOOP:  # a link further up the path loops
                 return "is inside a symbolic link that loops"
         return "not found"
     try:
         os.stat(p)
     except OSError as exc:
-        if exc.errno == 40:
-            return "is a symbolic link that loops (it points back to itself)"
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops"
         return f"is a broken symbolic link (to {os.readlink(p)}, which does not exist)"
     return "not found"
 
 
-def make_dirs(folder: PathLike, what: str = "output folder") -> Path:
-    """Create ``folder`` (and its parents) or raise FovealError saying why it cannot be, e.g. a file or a link loop."""
+def not_found(what: str, path: PathLike) -> str:
+    """``"<what> not found: <path>"``, or what is wrong instead (a symbolic link that loops, a broken link)."""
+    reason = missing_reason(path)
+    return f"{what} not found: {path}" if reason == "not found" else f"{what} {path} {reason}"
+
+
+def writable_dir(folder: PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if missing and make sure this process can write there, else raise FovealError saying why.
+
+    A file in the way, a symbolic link that loops or a broken one, a read-only or special file system and missing
+    permissions are each named. An existing folder's contents are not touched.
+    """
     p = Path(folder)
+    if os.path.islink(p) and not p.exists():
+        raise FovealError(f"{what} {p} {missing_reason(p)}: pass another folder")
     if p.exists() and not p.is_dir():
         raise FovealError(f"{what} {p} is a file: pass a folder (it is created if missing)")
     try:
         p.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise FovealError(f"{what} {p} {missing_reason(p)}: pass another folder") from None
+        with tempfile.TemporaryFile(dir=p, prefix=".write-test.", suffix=".tmp"):
+            pass
     except OSError as exc:
-        reason = "is a symbolic link that loops" if exc.errno == 40 else f"cannot be created ({exc.strerror or exc})"
+        if exc.errno == errno.ELOOP:
+            reason = "is inside a symbolic link that loops"
+        elif isinstance(exc, FileExistsError) or exc.errno == errno.ENOTDIR:
+            reason = "cannot be created: a file is in the way of its path"
+        else:
+            reason = f"is not writable ({exc.strerror or exc})"
         raise FovealError(f"{what} {p} {reason}: pass a folder you can write to") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise FovealError(f"{what} {p} is not writable (permission denied): pass a folder you can write to")
     return p
 
 

@@ -15,6 +15,7 @@ trainer's (index, sample_seed), so resumed and distributed runs see the same aug
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from foveal.models.retinanet import batch_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MAX_EDGE = 65536  # the largest image edge a resize may produce
 
 
 def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,9 +52,13 @@ def resize(image: Tensor, boxes: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     Returns:
         (resized image, scaled boxes).
     """
-    if scale <= 0:
-        raise FovealError(f"resize scale must be positive, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise FovealError(f"resize scale must be a positive finite number, got {scale}")
     h, w = image.shape[-2:]
+    if min(h, w) < 1:
+        raise FovealError(f"cannot resize an empty image of {h}×{w} pixels")
+    if h * scale > _MAX_EDGE or w * scale > _MAX_EDGE:
+        raise FovealError(f"resize by {scale:g} would make a {h}×{w} image larger than {_MAX_EDGE} px a side")
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     x = image.float() if not image.is_floating_point() else image
     out = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
@@ -65,6 +71,8 @@ def shorter_side_scale(height: int, width: int, min_size: int, max_size: int) ->
     """The factor that brings the shorter side to ``min_size`` unless the longer one would exceed ``max_size``."""
     if min_size < 1 or max_size < min_size:
         raise FovealError(f"need 1 ≤ min_size ≤ max_size, got min_size={min_size}, max_size={max_size}")
+    if min(height, width) < 1:
+        raise FovealError(f"cannot resize an empty image of {height}×{width} pixels")
     return min(min_size / min(height, width), max_size / max(height, width))
 
 
@@ -94,10 +102,10 @@ def scale_jitter(
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip (M, 4) xyxy boxes to an image of ``size`` = (H, W)."""
+    """Clip (M, 4) xyxy boxes to an image of ``size`` = (H, W); a NaN coordinate becomes 0 (an empty box)."""
     h, w = size
     limit = boxes.new_tensor([w, h, w, h])
-    return torch.minimum(boxes.clamp(min=0), limit)
+    return torch.minimum(torch.nan_to_num(boxes, nan=0.0).clamp(min=0), limit)
 
 
 def drop_empty(boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,6 +116,8 @@ def drop_empty(boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 (or float in 0..255) (C, H, W) → float ``(x / 255 − mean) / std``; a 1-channel image uses ``mean[0]``."""
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise FovealError(f"normalize needs finite means and positive finite stds, got mean={mean}, std={std}")
     c = image.shape[-3]
     m = torch.tensor(list(mean) if len(mean) == c else list(mean[:1]) * c, dtype=torch.float32).view(-1, 1, 1)
     s = torch.tensor(list(std) if len(std) == c else list(std[:1]) * c, dtype=torch.float32).view(-1, 1, 1)

@@ -57,6 +57,8 @@ from foveal.report.tables import atomic_output
 
 _SHOW = 5  # missing files / bad entries named in one message
 _PEEK_LIMIT = 100  # image headers read to choose the channel count
+_ID_MAX = 2**63 - 1  # ids are stored as int64 (COCO results, evaluation)
+_SIZE_MAX = 2**31 - 1  # an image edge in pixels
 
 
 @dataclass(frozen=True)
@@ -333,8 +335,8 @@ def _bad_entry(path: Path, kind: str, index: int, entry: Any, need: str) -> Fove
     return FovealError(f"{path}: {kind} entry {index} is malformed ({text}): it needs {need}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_int(value: Any, low: int = -_ID_MAX, high: int = _ID_MAX) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _categories(document: dict[str, Any], path: Path) -> list[dict[str, Any]]:
@@ -358,8 +360,10 @@ def _image_entries(document: dict[str, Any], path: Path) -> list[tuple[int, str,
     seen: set[int] = set()
     for index, e in enumerate(document["images"]):
         ok = isinstance(e, dict) and _is_int(e.get("id")) and isinstance(e.get("file_name"), str) and e["file_name"]
-        if not ok or not all(_is_int(e.get(k)) and e[k] > 0 for k in ("width", "height")):
-            raise _bad_entry(path, "image", index, e, "an integer 'id', a 'file_name' and positive 'width', 'height'")
+        if not ok or not all(_is_int(e.get(k), 1, _SIZE_MAX) for k in ("width", "height")):
+            raise _bad_entry(
+                path, "image", index, e, f"an integer 'id', a 'file_name' and 'width', 'height' from 1 to {_SIZE_MAX}"
+            )
         if e["id"] in seen:
             raise FovealError(f"{path}: image id {e['id']} is listed twice: give every image its own id")
         seen.add(e["id"])
@@ -429,11 +433,11 @@ def _targets(
             xywh[j] = a["bbox"]
         except KeyError as exc:
             raise _annotation_error(path, j, a, exc, image_index, label_of) from None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise _bad_entry(path, "annotation", j, a, "'image_id', 'category_id' and a 'bbox' of 4 numbers") from None
         value = a.get("area")
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            area[j] = value
+            area[j] = float(value) if value < 1e300 else np.inf  # an absurd area is recomputed from the box below
         crowd[j] = bool(a.get("iscrowd", 0))
     bad = ~np.isfinite(xywh).all(axis=1)
     if bad.any():
@@ -453,7 +457,7 @@ def _targets(
             stacklevel=3,
         )
     keep = ~empty & ~outside
-    area = np.where(np.isnan(area), (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]), area)
+    area = np.where(np.isfinite(area), area, (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]))
     return _split_by_image(len(images), owner[keep], clipped[keep], label[keep], area[keep], crowd[keep]), repairs
 
 

@@ -14,11 +14,18 @@ Channel rules of :func:`load_image`:
   repeated into three channels.
 
 EXIF orientation tags are not applied: pixels are returned as stored.
+
+Size limit: an image's size is read from its header before any pixel is decoded and compared with the pixel limit
+(:data:`DEFAULT_MAX_PIXELS`, 2³⁰ ≈ 1.07 billion pixels, all pages of a stack together; ``pixel_limit`` or the
+CLI's ``--max-pixels`` changes it). A larger image is refused as too large, naming its size and the option that
+raises the limit; Pillow's own decompression-bomb limit is replaced by this one while foveal opens an image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +35,11 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from foveal.errors import FovealError
+from foveal.io import not_found
+
+#: The largest image read by default, in pixels (pages × height × width).
+DEFAULT_MAX_PIXELS = 2**30
+_max_pixels = DEFAULT_MAX_PIXELS
 
 #: File extensions (lower case) treated as images when listing folders and globs.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -38,6 +50,58 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 # Pillow's exceptions for a damaged file: OSError ("image file is truncated", decoder errors), SyntaxError (broken
 # PNG chunks), ValueError / struct.error-like failures in some plugins, DecompressionBombError for absurd sizes.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: float | None) -> Iterator[int]:
+    """Read images of up to ``limit`` pixels inside the block (None: the default); yields the limit in force."""
+    global _max_pixels
+    if limit is None:
+        limit = DEFAULT_MAX_PIXELS
+    if not (math.isfinite(limit) and limit >= 1):
+        raise FovealError(f"--max-pixels {limit:g}: use a positive number of pixels, e.g. --max-pixels {2**30}")
+    before, _max_pixels = _max_pixels, int(limit)
+    try:
+        yield _max_pixels
+    finally:
+        _max_pixels = before
+
+
+def max_pixels() -> int:
+    """The pixel limit in force (see :func:`pixel_limit`)."""
+    return _max_pixels
+
+
+def check_pixels(path: str | Path, shape: Sequence[int], role: str = "image") -> None:
+    """Refuse an image whose header claims more pixels than the limit, before anything is decoded.
+
+    Args:
+        path: the file (named in the message).
+        shape: (height, width) or (pages, …, height, width) as the header gives it, without channel axes.
+        role: "image" or "mask", for the message.
+    """
+    pixels = math.prod(int(v) for v in shape)
+    if pixels <= _max_pixels:
+        return
+    dims = [int(v) for v in shape]
+    while len(dims) > 2 and dims[0] == 1:
+        dims = dims[1:]
+    size = " × ".join(map(str, dims))
+    raise FovealError(
+        f"{role} {path} is too large: its header gives {size} = {pixels:,} pixels, more than the limit of "
+        f"{_max_pixels:,}; if the file is genuine and fits in memory, raise the limit with --max-pixels {pixels}"
+    )
+
+
+@contextlib.contextmanager
+def pillow_unbounded() -> Iterator[None]:
+    """Pillow's decompression-bomb limit off inside the block: foveal's own limit (checked from the header) rules."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 def is_image_file(path: Path) -> bool:
@@ -57,7 +121,7 @@ def mode_channels(mode: str) -> int:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise FovealError(f"image not found: {path} (check the path)")
+        raise FovealError(f"{not_found('image', path)} (check the path)")
     if path.is_dir():
         raise FovealError(
             f"expected an image file but {path} is a folder: pass a file, or the folder where a folder is accepted"
@@ -65,9 +129,11 @@ def _check_file(path: Path) -> None:
 
 
 def _open(path: Path) -> Image.Image:
+    """The image lazily opened (header only), after its size was checked against the pixel limit."""
     _check_file(path)
     try:
-        return Image.open(path)
+        with pillow_unbounded():
+            img = Image.open(path)
     except UnidentifiedImageError:
         raise FovealError(
             f"{path} is not an image Pillow can read (corrupt, or not an image): fix or remove it"
@@ -76,6 +142,12 @@ def _open(path: Path) -> Image.Image:
         raise FovealError(f"cannot read image {path}: permission denied (check its permissions)") from None
     except _DECODE_ERRORS as exc:
         raise FovealError(f"cannot read image {path}: {exc} (the file is corrupt; fix or remove it)") from None
+    try:
+        check_pixels(path, (img.height, img.width))
+    except FovealError:
+        img.close()
+        raise
+    return img
 
 
 def peek_channels(path: str | Path) -> int:
@@ -146,7 +218,7 @@ def load_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
             "set it back to False"
         )
     p = Path(path)
-    with _open(p) as img:
+    with _open(p) as img, pillow_unbounded():
         try:
             img.load()
             arr = _pixels(img, channels)
@@ -221,7 +293,7 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise FovealError(f"pattern '{text}' matches no image files (extensions {exts}): check the pattern")
         else:
-            raise FovealError(f"input not found: {path} (pass an existing image file, folder or glob pattern)")
+            raise FovealError(f"{not_found('input', path)} (pass an existing image file, folder or glob pattern)")
         for p in found:
             if p not in seen:
                 seen.add(p)

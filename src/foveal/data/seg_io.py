@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 
+from foveal.data.images import check_pixels, pillow_unbounded
 from foveal.errors import FovealError
 
 NORMALIZATIONS = ("percentile", "dtype", "minmax")
@@ -44,6 +45,7 @@ def _read_tiff(path: Path, role: str) -> list[np.ndarray]:
             if not tif.series:
                 raise FovealError(f"{role} {path} holds no image data: fix or remove it")
             series = tif.series[0]
+            check_pixels(path, [n for n, a in zip(series.shape, series.axes, strict=False) if a not in "SC"], role)
             pixels = series.asarray()
             axes = series.axes
             extras = tuple(getattr(series.keyframe, "extrasamples", ()) or ())
@@ -95,7 +97,8 @@ def _read_pillow(path: Path, role: str, all_frames: bool = False) -> list[np.nda
             "set it back to False"
         )
     try:
-        with Image.open(path) as img:
+        with pillow_unbounded(), Image.open(path) as img:
+            check_pixels(path, (getattr(img, "n_frames", 1) if all_frames else 1, img.height, img.width), role)
             frames = []
             for i in range(getattr(img, "n_frames", 1) if all_frames else 1):
                 img.seek(i)

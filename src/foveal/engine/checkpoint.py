@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
-from foveal.io import atomic_dir, missing_reason, remove_stale_temporaries
+from foveal.io import atomic_dir, not_found, remove_stale_temporaries
 
 FORMAT = "foveal-checkpoint"
 VERSION = 1
@@ -168,7 +168,7 @@ def find_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise FovealError(
-            f"checkpoint {p} {missing_reason(p)}: pass a checkpoint directory or the run directory of a training"
+            f"{not_found('checkpoint', p)} (pass a checkpoint directory or the run directory of a training)"
         )
     if (p / _META).is_file():
         return p

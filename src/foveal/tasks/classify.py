@@ -139,6 +139,7 @@ def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet
     path = Path(cfg.weights)
     if path.is_dir():
         ckpt = ckpt_io.load_checkpoint(path)
+        ckpt_io.require_task(ckpt, (TASK,), f"model.weights={path}")
         weights, source_args = ckpt.weights, dict(ckpt.meta.get("model", {}).get("args", {}))
     else:
         from foveal.models.convert import import_efficientnet

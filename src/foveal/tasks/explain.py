@@ -23,6 +23,7 @@ Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,8 @@ from foveal.models.efficientnet import EfficientNet, dilated_copy
 
 METHODS = ("cam", "gradcam")
 RESULTS_FILE = "explanations.json"
+#: The largest image scale of ``map_scales`` (a 224-px image becomes 3584 px a side).
+MAX_MAP_SCALE = 16.0
 
 MapFn = Callable[[Tensor, Tensor], Tensor]
 """Maps of chosen classes: (images (N, C, H, W) preprocessed, classes (N, k) int64) → maps (N, k, h, w), any h, w
@@ -214,8 +217,10 @@ def _check_options(
     if map_stride is not None and (not isinstance(map_stride, int) or map_stride < 1):
         raise FovealError(f"map_stride={map_stride!r}: use a stride finer than the network's, e.g. 2")
     scales = None if map_scales is None else tuple(float(v) for v in map_scales)
-    if scales is not None and (not scales or min(scales) <= 0):
-        raise FovealError(f"map_scales={map_scales!r}: give one or more positive image scales, e.g. 1 2.5")
+    if scales is not None and (not scales or not all(math.isfinite(v) and 0 < v <= MAX_MAP_SCALE for v in scales)):
+        raise FovealError(
+            f"map_scales={map_scales!r}: give one or more image scales > 0 and ≤ {MAX_MAP_SCALE:g}, e.g. 1 2.5"
+        )
     if not isinstance(flip, bool):
         raise FovealError(f"flip={flip!r}: use True (average with the mirrored image) or False (the paper)")
     return _Options(top_k, method, float(threshold), relative_to, score_thresh, map_stride, scales, flip)
