@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +32,59 @@ def measure(settings: dict[str, Callable[[], Any]], warmup: int, reps: int, inne
 def spread(times: list[float]) -> dict[str, float]:
     """Min, median and max of ``times``."""
     return {"min": min(times), "median": statistics.median(times), "max": max(times)}
+
+
+# The CPU features that decide which kernels oneDNN picks (and so the speed of fp32 / bf16 work).
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+_PACKAGES = ("numpy", "torch", "torchvision", "timm", "monai", "segmentation-models-pytorch", "grad-cam", "scipy")
+
+
+def _cpu() -> dict[str, Any]:
+    """CPU model, core count and the ISA flags of ``_ISA_FLAGS`` it has (from ``/proc/cpuinfo``, as ``lscpu``)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "isa_flags": [f for f in _ISA_FLAGS if f in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """What makes figures from different machines incomparable: CPU, GPU, library versions, load note."""
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return {
+        "cpu": _cpu(),
+        "gpu": gpus or None,
+        "versions": versions,
+        "note": "taken on a shared machine; other jobs may have been running",
+    }
+
+
+def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:
+    """Write ``result`` as JSON to ``path`` with the machine's :func:`environment` under ``"environment"``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "environment": environment()}, indent=indent) + "\n")

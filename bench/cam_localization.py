@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from _common import write_result
 from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
 from foveal.data.classification import DEBIAN_FASHION_MNIST
@@ -336,7 +337,7 @@ def main() -> int:
     # a quick run only checks the path: its JSON stays in the run folder
     path = out / "cam_localization_quick.json" if args.quick else RESULTS / "cam_localization.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(path, result, indent=1)
     print()
     print(f"{'model / maps':<40} result")
     for model_name, rows in evaluations.items():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
-import json
 import platform
 import statistics
 import time
@@ -33,7 +32,7 @@ import torch
 import torchvision
 from torch import nn
 
-from _common import measure
+from _common import measure, write_result
 from foveal.explain.cam import CAM, ClassTarget, GradCAM, normalize_maps
 from foveal.models.efficientnet import count_flops, efficientnet_variant
 
@@ -170,7 +169,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(args.out, record, indent=2)
     print(f"wrote {args.out}")
 
 

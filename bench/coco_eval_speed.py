@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _common import write_result
 from foveal.data.coco import open_coco
 from foveal.metrics.detection import STAT_NAMES, coco_evaluate
 
@@ -226,7 +227,7 @@ def main() -> None:
         "seconds_total": elapsed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, indent=2)
     print(f"wrote {args.out}")
 
 

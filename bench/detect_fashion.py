@@ -41,6 +41,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from _common import write_result
 from foveal.config import load_config, to_dict
 from foveal.data.box_transforms import DetectionSamples, collate_detection
 from foveal.data.detection_set import build_detection_set
@@ -222,7 +223,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result, indent=2)
     print(f"wrote {args.json}")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from _common import measure
+from _common import measure, write_result
 from foveal.engine.allocator import keep_freed_memory
 from foveal.models.efficientnet import count_flops, efficientnet_variant
 from foveal.models.layers import fuse_conv_bn
@@ -223,7 +222,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result, indent=2)
     print(f"wrote {out}")
 
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import write_result
 from foveal.data.augment import AugmentConfig, augment_batch, elastic_displacement, warp
 
 SIZE = 512
@@ -292,7 +293,7 @@ def main() -> None:
         "note": "shared 2-core machine; other work was running while measured",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"\nwrote {args.out}")
 
 

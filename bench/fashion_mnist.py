@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from _common import write_result
 from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
 from foveal.tasks import classify
@@ -60,7 +61,7 @@ def main() -> int:
         "overrides": args.overrides,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fashion_mnist.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_result(RESULTS / "fashion_mnist.json", out, indent=1)
     shutil.copyfile(run / "curves.png", RESULTS / "fashion_mnist_curves.png")
     print(json.dumps(out, indent=1))
     return 0

@@ -18,7 +18,6 @@ Writes ``bench/results/focal_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -30,7 +29,7 @@ import torch
 import torchvision
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
-from _common import measure
+from _common import measure, write_result
 from foveal.losses.focal import sigmoid_focal_loss
 
 ANCHORS = 120_000
@@ -145,7 +144,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"loss relative difference {rel_diff:.1e}; wrote {args.out}")
 
 

@@ -17,7 +17,6 @@ on the CPU as a smoke test). Writes ``$OUT/gpu_check.json`` when ``OUT`` is set,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from _common import write_result
 from foveal.engine.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -273,7 +273,7 @@ def main() -> int:
         Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else RESULTS / "gpu_check.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result, indent=2)
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from _common import write_result
 from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
 from foveal.engine.checkpoint import latest_checkpoint
@@ -94,7 +95,7 @@ def main() -> None:
         "runs": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_result(path, record, indent=1)
     head = f"{'w0':>4} {'tta':>8} {'minutes':>8} {'steps':>6} {'F1@0.5':>7} {'AP@0.5':>7} {'fg IoU':>7} {'Rand err':>8}"
     print(head, "merged")
     for r in rows:

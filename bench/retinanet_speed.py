@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import platform
 import statistics
@@ -68,7 +67,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import measure
+from _common import measure, write_result
 from foveal.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
@@ -325,7 +324,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

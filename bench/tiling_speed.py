@@ -26,7 +26,6 @@ GFLOP/s the network achieved (FLOPs counted on the meta device: 2 per multiply-a
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from _common import write_result
 from foveal.inference.tiling import TileGeometry, predict_tiled, reflect_pad, whole_image_reference
 from foveal.models.unet import UNet
 
@@ -189,7 +189,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

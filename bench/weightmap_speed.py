@@ -16,7 +16,6 @@ Every setting is warmed up, then measured in interleaved rounds (one call of eac
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -29,6 +28,7 @@ import numpy as np
 import scipy
 from scipy import ndimage
 
+from _common import write_result
 from foveal.data.weightmap import class_mask, class_weights_of, default_cutoff, separation_borders, weight_map
 
 SIZE = 512
@@ -164,7 +164,7 @@ def main() -> None:
         "seconds": elapsed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -21,7 +21,6 @@ warmed up, then measured in interleaved rounds; medians with min and max.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import measure, spread
+from _common import measure, spread, write_result
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
 from foveal.inference.winograd import WinogradConv2d
@@ -142,7 +141,7 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -17,7 +17,7 @@ from foveal.errors import FovealError
 from foveal.explain.boxes import map_to_box
 from foveal.explain.cam import CAM
 from foveal.explain.upsample import grid_of, upsample_maps
-from foveal.tasks import classify, explain, explain_segment, segment
+from foveal.tasks import classify, explain, explain_segment, segment, segment_eval
 from foveal.tasks.classify import _normalize, eval_transform
 
 TINY_CLASSIFY = ["data.limit=null", "data.batch_size=16", "train.progress=false", "train.max_steps=2"]
@@ -173,7 +173,13 @@ def test_segmenter_single_tile_covers_the_image_and_tiles_agree_on_shape(segment
     whole, predicted = explain_segment.segment_gradcam(seg.model, image)
     tiled, predicted_tiled = explain_segment.segment_gradcam(seg.model, image, tile=28)  # 2 × 2 tiles
     assert whole.shape == tiled.shape == (40, 44) and bool((whole >= 0).all() and (tiled >= 0).all())
-    assert torch.equal(predicted, predicted_tiled)  # overlap-tile inference: the same prediction for any tile
+    # overlap-tile inference: the same logits for any tile (to float rounding: other tiles, other kernels), so the
+    # same prediction wherever the two best classes are not within rounding of each other
+    logits = segment_eval.predict_logits(seg.model, image, explain_segment._single_tile(seg.model, 40, 44))
+    torch.testing.assert_close(segment_eval.predict_logits(seg.model, image, 28), logits, rtol=1e-4, atol=1e-4)
+    top2 = logits.topk(2, dim=0).values
+    clear = top2[0] - top2[1] > 1e-3
+    assert clear.float().mean() > 0.9 and torch.equal(predicted[clear], predicted_tiled[clear])
     assert explain_segment.bottom_layer(seg.model) == "down.2"
 
 
@@ -307,12 +313,17 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
     data = build_localization_set("fashion-mnist-sample", "test", 16, seed=2)
     result = explain.localization_eval(run, data, batch_size=8, flip=True, map_scales=(1, 2))
     norm = _normalize(eval_transform(clf.resolution)(data.images), clf.mean, clf.std)
-    predicted = explain.class_scores(clf.model, norm, flip=True).argmax(1)
-    assert result.top1_cls_error == pytest.approx(float((predicted != data.labels).float().mean()))
+    scores = explain.class_scores(clf.model, norm, flip=True)
+    wrong = scores.argmax(1) != data.labels
+    # a barely trained model: where the two best scores are within rounding (batches of 8 against 16: other
+    # kernels), either class may come out first
+    top2 = scores.topk(2, dim=1).values
+    unsure = int((top2[:, 0] - top2[:, 1] < 1e-4).sum())
+    assert abs(result.top1_cls_error - float(wrong.float().mean())) <= unsure / len(wrong) + 1e-6
     (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, flip=True)
     image = explain.load_with_channels(images / "canvas0.png", clf.channels)
     shown = _normalize(eval_transform(clf.resolution)(image), clf.mean, clf.std)[None]
     top = explain.class_scores(clf.model, shown, flip=True)
-    assert record.scores == pytest.approx(top[0].topk(2).values.tolist())
+    assert record.scores == pytest.approx(top[0].topk(2).values.tolist(), abs=1e-5)
     with pytest.raises(FovealError, match="flip='yes': use True"):
         explain.localization_eval(run, data, flip="yes")  # type: ignore[arg-type]
