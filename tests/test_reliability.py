@@ -277,9 +277,15 @@ def test_bomb_refused_from_header_through_predict(ckpt_run: Path, tmp_path: Path
     craft = _png_header if kind == "png" else _tiff_header
     bomb = craft(tmp_path / f"bomb.{kind}", 100_000, 100_000)
     assert bomb.stat().st_size < 200
-    line = _one_error_line(_foveal("predict", str(ckpt_run), str(bomb)))
+    line = _one_error_line(_foveal("predict", str(ckpt_run), str(bomb), "--strict"))
     assert "too large" in line and "100000 × 100000" in line and "--max-pixels 10000000000" in line
     assert "corrupt" not in line and "truncated" not in line
+    # without --strict the stream goes on: the bomb is skipped and listed as too large, not as corrupt
+    out = tmp_path / "out"
+    result = _foveal("predict", str(ckpt_run), str(bomb), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    (error,) = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert "too large" in error["error"] and "corrupt" not in error["error"]
 
 
 @pytest.mark.parametrize("kind", ["png", "tif"])
@@ -305,7 +311,12 @@ def test_max_pixels_is_our_limit_not_pillows(capsys, monkeypatch, ckpt_run: Path
     captured = capsys.readouterr()
     assert "big.png" in captured.out and captured.err == ""
     assert Image.MAX_IMAGE_PIXELS == 1000  # put back as it was
-    fail(capsys, ["predict", str(ckpt_run), str(image), "--max-pixels", "4095"], "64 × 64 = 4,096", "too large")
+    fail(
+        capsys,
+        ["predict", str(ckpt_run), str(image), "--max-pixels", "4095", "--strict"],
+        "64 × 64 = 4,096",
+        "too large",
+    )
 
 
 # ------------------------------------------------------------------------ kind 1: train --overwrite keeps the old run

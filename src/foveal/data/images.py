@@ -347,7 +347,9 @@ def _expand_one(text: str) -> Iterator[Path]:
         if not found_any:
             raise FovealError(f"pattern '{text}' matches no image files (extensions {exts}): check the pattern")
     else:
-        raise FovealError(f"input not found: {path} (pass an existing image file, folder, glob pattern or list file)")
+        raise FovealError(
+            f"{not_found('input', path)} (pass an existing image file, folder, glob pattern or list file)"
+        )
 
 
 def iter_inputs(items: Sequence[str | Path]) -> Iterator[Path]:

@@ -231,7 +231,7 @@ def append_records(handle: Any, records: list[dict[str, Any]], strict: bool) -> 
             f"{errors[0]['error']} (--strict stops at the first unreadable image; without it such images are "
             "skipped and listed in errors.jsonl)"
         )
-    handle.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+    handle.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
     handle.flush()
     os.fsync(handle.fileno())
 
@@ -324,13 +324,13 @@ def finish(writer: Writer, records_path: Path, out: StagedOutput) -> None:
 
     with atomic_output(out.staged(PREDICTIONS)) as handle:
         for r in good():
-            handle.write(json.dumps({k: v for k, v in r.items() if k != "index"}, ensure_ascii=False) + "\n")
+            handle.write(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n")
     errors = [r for r in iter_records(records_path) if "error" in r][:1]
     if errors:
         with atomic_output(out.staged(ERRORS)) as handle:
             for r in iter_records(records_path):
                 if "error" in r:
-                    handle.write(json.dumps({"file": r["file"], "error": r["error"]}, ensure_ascii=False) + "\n")
+                    handle.write(json.dumps({"file": r["file"], "error": r["error"]}) + "\n")
     writer.finish(good, out)
 
 
@@ -339,5 +339,5 @@ def write_json_array(path: str | os.PathLike[str], records: Iterator[Any]) -> No
     with atomic_output(path) as handle:
         handle.write("[")
         for i, r in enumerate(records):
-            handle.write(("\n " if i == 0 else ",\n ") + json.dumps(r, ensure_ascii=False, allow_nan=False))
+            handle.write(("\n " if i == 0 else ",\n ") + json.dumps(r, allow_nan=False))
         handle.write("\n]\n")

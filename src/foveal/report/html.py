@@ -199,9 +199,11 @@ def report_kind(folder: Path) -> str:
         return "explain"
     if (folder / "metrics.json").is_file():
         return "eval"
+    if (folder / "localization.json").is_file():
+        return "localization"
     raise FovealError(
-        f"{folder} holds no foveal results (no checkpoints/, metrics.json, explanations.json or a demo's "
-        "run_info.json): pass a folder written by foveal train, eval --out, explain --out or demo"
+        f"{folder} holds no foveal results (no checkpoints/, metrics.json, localization.json, explanations.json or a "
+        "demo's run_info.json): pass a folder written by foveal train, eval --out, explain --out or demo"
     )
 
 
@@ -216,6 +218,7 @@ def build_report(folder: str | os.PathLike[str]) -> str:
     builders = {
         "train": sections.training_page,
         "eval": task_sections.evaluation_page,
+        "localization": task_sections.localization_page,
         "explain": task_sections.explanation_page,
         "demo": task_sections.demo_page,
     }

@@ -44,6 +44,16 @@ def evaluation_page(folder: Path) -> Page:
     return page
 
 
+def localization_page(folder: Path) -> Page:
+    """The report of ``foveal eval --boxes --out``: the localization errors and MaxBoxAccV2, then the panels of the
+    worst and a sample of the images (map, predicted and true boxes)."""
+    metrics = read_json(folder / "localization.json", "the localization metrics")
+    page = Page(f"Localization: {folder.name}", f"weakly supervised localization in {folder.resolve()}")
+    _generic(page, folder, metrics)
+    provenance_section(page, folder)
+    return page
+
+
 def _task_of(metrics: Any) -> str | None:
     if not isinstance(metrics, dict):
         return None
