@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from foveal.engine.allocator import keep_freed_memory
+from foveal.engine.runinfo import set_command
 from foveal.errors import FovealError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -517,6 +518,7 @@ def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> in
             )
         if args.command == "train":
             args.overrides = list(args.overrides) + extra
+        set_command(["foveal", *(sys.argv[1:] if argv is None else argv)])
         keep_freed_memory()  # the command owns the process: reuse freed tensor memory (FOVEAL_MALLOC=default: off)
         from foveal.data.images import pixel_limit
 

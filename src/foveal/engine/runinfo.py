@@ -21,8 +21,19 @@ from foveal.engine.logging import write_json
 RUN_INFO = "run_info.json"
 
 
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str]) -> None:
+    """Record ``argv`` as the command that made the results (the CLI passes ``foveal <its arguments>``)."""
+    global _command
+    _command = list(argv)
+
+
 def command_line() -> str:
     """The command line of this process as a shell would take it (``foveal …`` for the CLI)."""
+    if _command is not None:
+        return " ".join(shlex.quote(a) for a in _command)
     argv = list(sys.argv) or ["python"]
     program = Path(argv[0]).name
     if program == "__main__.py":
