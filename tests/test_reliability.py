@@ -5,6 +5,7 @@ by a failed ``train --overwrite``, Ctrl-C hints, warnings held back, atomic writ
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
@@ -374,6 +375,7 @@ def test_warnings_held_back_on_error_shown_once_on_success(capsys, monkeypatch) 
         def command(args: object) -> int:
             for _ in range(3):
                 warnings.warn("a raw library warning", UserWarning, stacklevel=1)
+            logging.getLogger("tifffile").warning("a library log line")
             if fails:
                 raise FovealError("the one line")
             return 0
@@ -387,7 +389,10 @@ def test_warnings_held_back_on_error_shown_once_on_success(capsys, monkeypatch) 
     assert capsys.readouterr().err.strip().splitlines() == ["foveal: error: the one line"]
     monkeypatch.setattr(cli, "cmd_models", warns_then(False))
     assert main(["models"]) == 0
-    assert capsys.readouterr().err.strip().splitlines() == ["foveal: warning: a raw library warning"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "foveal: warning: a raw library warning",
+        "foveal: warning: a library log line",
+    ]
 
 
 def _with_func(parser, name: str, func):  # noqa: ANN001, ANN202

@@ -9,6 +9,7 @@ shows its traceback. Ctrl-C exits with 130. Python warnings raised while a comma
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -496,13 +497,31 @@ def main(argv: list[str] | None = None) -> int:
             reconfigure(errors="backslashreplace")
     args = argparse.Namespace(command=None)
     started = time.time()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        code = _run(argv, args, started)
+    library_log = logging.getLogger("tifffile")  # logs damage it works around: held back like a warning
+    handler = _AsWarning()
+    library_log.addHandler(handler)
+    propagate, library_log.propagate = library_log.propagate, False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            code = _run(argv, args, started)
+    finally:
+        library_log.removeHandler(handler)
+        library_log.propagate = propagate
     if code == 0 or os.environ.get("FOVEAL_DEBUG") == "1":
         for text in dict.fromkeys(str(w.message).splitlines()[0] for w in caught if str(w.message).strip()):
             print(f"foveal: warning: {text}", file=sys.stderr)
     return code
+
+
+class _AsWarning(logging.Handler):
+    """A library's log records of level WARNING and above, turned into Python warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warnings.warn(record.getMessage(), UserWarning, stacklevel=2)
 
 
 def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> int:
