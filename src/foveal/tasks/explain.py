@@ -160,7 +160,7 @@ def explain(
         truth = {str(k): [[float(v) for v in b] for b in boxes] for k, boxes in true_boxes.items()}
         options = replace(options, true_boxes=truth)
     where = resolve_device(device)
-    options = replace(options, device=where, precision=resolve_precision(precision, where).name)
+    options = replace(options, device=str(where), precision=resolve_precision(precision, where).name)
     task = checkpoint_task(checkpoint)
     if (map_stride is not None or map_scales is not None or flip) and task != "classify":
         raise FovealError(
