@@ -11,7 +11,13 @@ on the CPU as a smoke test). Writes ``$OUT/gpu_check.json`` when ``OUT`` is set,
    train step (batch 64, fp32 and bf16 autocast), RetinaNet R50-FPN inference of one 800² image, the paper's U-Net on
    a 572² tile.
 3. Training loops on the device, each a few steps on bundled or synthetic data through the task APIs (which pick
-   CUDA when it is there): classify (bundled Fashion-MNIST sample), segment (synthetic cells), detect (canvases).
+   CUDA when it is there): classify (bundled Fashion-MNIST sample), segment (synthetic cells), detect (canvases);
+   classify again with AMP (``train.precision=bf16`` and ``fp16`` with its gradient scaler).
+4. Peers on the same device (``--skip-peers`` leaves them out): EfficientNet-B0 eval and train step against timm
+   (fp32, bf16 autocast; foveal's eval as ``--precision bf16`` runs it), RetinaNet R50-FPN inference against
+   torchvision (same weights, one 800² image, fp32 and bf16) and overlap-tile U-Net inference of a 2048² image
+   against MONAI ``sliding_window_inference``; ratios are peer time / foveal time.
+5. The tests marked ``cuda`` (``pytest -m cuda``; ``--skip-tests`` leaves them out), summary in the JSON.
 """
 
 from __future__ import annotations
@@ -178,6 +184,117 @@ def _speed(device: torch.device, quick: bool) -> dict[str, Any]:
     return {"batch": batch, "side": side, "seconds": seconds, "efficientnet_images_per_s": images_per_s}
 
 
+def _peers(device: torch.device, quick: bool) -> dict[str, Any]:
+    """foveal against timm / torchvision / MONAI on ``device``: seconds per call and peer / foveal ratios."""
+    import copy
+
+    import timm
+    import torchvision
+    from monai.inferers import sliding_window_inference
+
+    from foveal.inference.fast import inference_model
+    from foveal.inference.tiling import predict_tiled
+    from foveal.models.efficientnet import efficientnet_variant
+    from foveal.models.retinanet import import_torchvision_retinanet
+    from foveal.models.unet import UNet
+
+    reps, (batch, side) = (3, (8, 128)) if quick else (10, (64, 224))
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, side, side, device=device).contiguous(memory_format=torch.channels_last)
+    ours = efficientnet_variant("b0").eval().to(device)
+    theirs = timm.create_model("efficientnet_b0").eval().to(device, memory_format=torch.channels_last)
+    fast32, fast16 = inference_model(ours), inference_model(ours, dtype=half)
+
+    def run(model: Any, inp: torch.Tensor, amp: torch.dtype | None = None) -> Callable[[], Any]:
+        def call() -> Any:
+            with torch.inference_mode(), torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
+                return model(inp)
+
+        return call
+
+    b0 = _timed(
+        {
+            "foveal fp32": run(fast32, x),
+            f"foveal {half}": run(fast16, x.to(half)),
+            "timm fp32": run(theirs, x),
+            f"timm autocast {half}": run(theirs, x, half),
+        },
+        device,
+        reps,
+    )
+    tv = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    size = 256 if quick else 800
+    tv.transform.min_size, tv.transform.max_size = (size,), size
+    det32 = inference_model(import_torchvision_retinanet(tv.state_dict()), device=device)
+    det16 = inference_model(import_torchvision_retinanet(tv.state_dict()), dtype=half, device=device)
+    tv = tv.to(device)
+    image = torch.rand(3, size, size, device=device)
+    norm = ((image - image.new_tensor([0.485, 0.456, 0.406])[:, None, None]) / 0.226)[None]
+    r50 = _timed(
+        {
+            "foveal fp32": run(det32, norm.contiguous(memory_format=torch.channels_last)),
+            f"foveal {half}": run(det16, norm.to(half).contiguous(memory_format=torch.channels_last)),
+            "torchvision fp32": run(tv, [image]),  # type: ignore[arg-type]
+            f"torchvision autocast {half}": run(tv, [image], half),  # type: ignore[arg-type]
+        },
+        device,
+        reps,
+    )
+    unet = UNet(1, 2, depth=4, base_width=8 if quick else 64).eval().to(device)
+    unet16 = inference_model(unet, dtype=half)
+    big = torch.rand(1, 1, *((512, 512) if quick else (2048, 2048)), device=device)
+    tile = 516
+
+    class Window(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:  # mirror-pad 512 → 700, the U-Net returns 516
+            y = self.net(torch.nn.functional.pad(t, (94, 94, 94, 94), mode="reflect"))
+            return y[..., 2:-2, 2:-2]
+
+    window = Window(copy.deepcopy(unet))
+    seg = _timed(
+        {
+            "foveal fp32": lambda: predict_tiled(unet, big, tile, border=unet.border, stride=unet.stride, batch=4),
+            f"foveal {half}": lambda: predict_tiled(unet16, big, tile, border=unet.border, stride=unet.stride, batch=4),
+            "monai fp32": run(lambda t: sliding_window_inference(t, (512, 512), 4, window, overlap=0.25), big),
+            f"monai autocast {half}": run(
+                lambda t: sliding_window_inference(t, (512, 512), 4, window, overlap=0.25), big, half
+            ),
+        },
+        device,
+        max(2, reps // 3),
+    )
+
+    def ratios(times: dict[str, float], peer: str) -> dict[str, float]:
+        return {f"{p} / {o}": times[p] / times[o] for p in times if p.startswith(peer) for o in times if "foveal" in o}
+
+    return {
+        "efficientnet_b0_eval": {"batch": batch, "side": side, "seconds": b0, "ratios": ratios(b0, "timm")},
+        "retinanet_r50_fpn_one_image": {"size": size, "seconds": r50, "ratios": ratios(r50, "torchvision")},
+        "unet_overlap_tile": {"image": list(big.shape[-2:]), "seconds": seg, "ratios": ratios(seg, "monai")},
+    }
+
+
+def _cuda_tests() -> dict[str, Any]:
+    """``pytest -m cuda`` in a subprocess: its return code and summary line."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider", "-rfEs", "tests"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return {"returncode": proc.returncode, "summary": lines[-1] if lines else "", "tail": lines[-30:]}
+
+
 def _training(quick: bool) -> dict[str, Any]:
     """A few steps of each task's training loop (the device is the task API's choice)."""
     from foveal.cli import CONFIG_DIR
@@ -198,6 +315,15 @@ def _training(quick: bool) -> dict[str, Any]:
         start = time.perf_counter()
         metrics = classify.train(cfg, run_dir=root / "classify")
         out["classify"] = {"seconds": time.perf_counter() - start, "val_top1": metrics.get("top1")}
+        for precision in ("bf16", "fp16") if torch.cuda.is_available() else ("bf16",):
+            amp = load_config(
+                classify.ClassifyConfig,
+                CONFIG_DIR / "classify_demo.yaml",
+                [f"train.max_steps={steps}", "train.progress=false", "data.limit=512", f"train.precision={precision}"],
+            )
+            start = time.perf_counter()
+            metrics = classify.train(amp, run_dir=root / f"classify-{precision}")
+            out[f"classify_{precision}"] = {"seconds": time.perf_counter() - start, "val_top1": metrics.get("top1")}
 
         write_cells_folder(root / "cells", 4, (96, 96), n_cells=10)
         cfg_s = load_config(
@@ -236,6 +362,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke test of the script)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
     parser.add_argument("--skip-training", action="store_true", help="leave out the training loops")
+    parser.add_argument("--skip-peers", action="store_true", help="leave out timm / torchvision / MONAI")
+    parser.add_argument("--skip-tests", action="store_true", help="leave out pytest -m cuda")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -268,6 +396,13 @@ def main() -> int:
         result["training"] = _training(args.quick)
         for name, value in result["training"].items():
             print(f"training  {name:<28} {value['seconds']:9.1f} s")
+    if not args.skip_peers:
+        result["peers"] = _peers(device, args.quick)
+        for name, block in result["peers"].items():
+            print(f"peers     {name:<28} {block['ratios']}")
+    if not args.skip_tests:
+        result["cuda_tests"] = _cuda_tests()
+        print(f"pytest -m cuda: {result['cuda_tests']['summary']}")
     result["seconds"] = time.perf_counter() - started
     out = args.out or (
         Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else RESULTS / "gpu_check.json"

@@ -1,4 +1,5 @@
-"""Fixtures shared by the CLI tests: one tiny trained classifier run, and a copy of it a test may damage."""
+"""Fixtures shared by the CLI tests (one tiny trained classifier run, and a copy of it a test may damage); tests
+marked ``cuda`` skip on machines without a CUDA device."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from foveal.cli import main
 
@@ -37,3 +39,12 @@ def ckpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_copy(ckpt_run: Path, tmp_path: Path) -> Path:
     """A copy of the trained run that a test may point a failing command at."""
     return Path(shutil.copytree(ckpt_run, tmp_path / "run"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.overrides or args.config:
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
         args.run_dir = Path(args.resume)
-        result = module.train(config_cls(), resume=args.resume)
+        result = module.train(config_cls(), resume=args.resume, device=args.device)
     else:
         cfg = load_config(config_cls, _config_path(args.config, args.task), args.overrides)
         out = Path(args.out or cfg.out)
@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"run directory {out} already holds checkpoints: continue it with --resume {out}, choose another "
                 "--out, or pass --overwrite to train over it"
             )
-        result = module.train(cfg, run_dir=out)
+        result = module.train(cfg, run_dir=out, device=args.device)
     _print_metrics(result)
     print(f"run directory: {result['run_dir']}")
     _write_report(result["run_dir"])
@@ -99,6 +99,28 @@ def _write_report(folder: str | Path) -> None:
     from foveal.report.html import write_report
 
     print(f"report: {write_report(folder)}")
+
+
+def _placement(args: argparse.Namespace) -> dict[str, Any]:
+    """``device`` and ``precision`` keywords of the inference verbs (``--device``, ``--precision``)."""
+    return {"device": args.device or "auto", "precision": args.precision}
+
+
+def _add_device(p: argparse.ArgumentParser, precision: bool = False, default: str | None = "auto") -> None:
+    p.add_argument(
+        "--device",
+        default=default,
+        help="auto (CUDA when there is one), cpu, cuda or cuda:N"
+        + (" (default: the config's train.device, auto)" if default is None else " (default: auto)"),
+    )
+    if precision:
+        p.add_argument(
+            "--precision",
+            choices=["fp32", "bf16", "fp16"],
+            default="fp32",
+            help="number format of the network: fp32 (default), bf16 (fast on CPUs with AVX512-BF16 / AMX and on "
+            "GPUs), fp16 (CUDA only); inputs, boxes and metrics stay fp32",
+        )
 
 
 def _print_metrics(metrics: dict[str, object]) -> None:
@@ -120,12 +142,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if task == "segment":
         from foveal.tasks import segment_eval
 
-        seg = segment_eval.evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta)
+        seg = segment_eval.evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta, **_placement(args))
         print(seg.format())
     elif task == "detect":
         from foveal.tasks import detect_eval
 
-        det = detect_eval.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
+        det = detect_eval.evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, **_placement(args))
         print(det.format())
     elif args.boxes is not None:
         _localization_eval(args)
@@ -133,7 +155,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from foveal.report.tables import format_metrics
         from foveal.tasks import classify
 
-        result = classify.evaluate_checkpoint(args.checkpoint, args.data, args.split or "test", args.out)
+        result = classify.evaluate_checkpoint(
+            args.checkpoint, args.data, args.split or "test", args.out, **_placement(args)
+        )
         print(format_metrics(result))
     if args.out:
         print(f"metrics written to {args.out}")
@@ -188,6 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         json=args.json,
         csv=args.csv,
         ray=args.ray,
+        **_placement(args),
     )
     done = run_predict(request)
     if done.table:
@@ -203,6 +228,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from foveal.engine.checkpoint import checkpoint_task
+    from foveal.engine.device import resolve_device
     from foveal.inference.export import DETECTOR_OUTPUTS, DetectorGraph, check_onnx, export_onnx
 
     low, high = _onnx_opsets()
@@ -213,6 +239,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--size {' '.join(map(str, args.size))}: give the input's H (and W) in pixels, e.g. --size 512"
         )
     task = checkpoint_task(args.checkpoint)
+    device = resolve_device(args.device)  # the graph is traced from an fp32 CPU copy; the check runs on the device
     model: torch.nn.Module
     names: tuple[str, ...] = ("logits",)
     unbatched: tuple[str, ...] = ()
@@ -220,12 +247,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if task == "classify":
         from foveal.tasks import classify
 
-        clf = classify.load_classifier(args.checkpoint)
+        clf = classify.load_classifier(args.checkpoint, device=device)
         model, channels, default = clf.model, clf.channels, (clf.resolution, clf.resolution)
     elif task == "segment":
         from foveal.tasks.segment import load_segmenter, tile_input
 
-        seg = load_segmenter(args.checkpoint)
+        seg = load_segmenter(args.checkpoint, device=device)
         model, channels = seg.model, seg.channels
         edge = tile_input(seg.model, seg.config.data.eval_tile)
         default = (edge, edge)
@@ -233,7 +260,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif task == "detect":
         from foveal.tasks.detect_eval import load_detector
 
-        det = load_detector(args.checkpoint, fast=False)
+        det = load_detector(args.checkpoint, fast=False, device=device)
         model, channels = DetectorGraph(det.model), det.channels
         edge = -(-det.min_size // 32) * 32
         default = (edge, edge)
@@ -253,7 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         h, w = size[0] - 2 * border, size[1] - 2 * border
         note = f"; a {size[0]}×{size[1]} input gives a {h}×{w} output tile (overlap-tile larger images)"
     path = export_onnx(model, args.out, channels, size, opset=args.opset, output_names=names, unbatched=unbatched)
-    x = torch.randn(2, channels, *size)
+    x = torch.randn(2, channels, *size, device=device)
     diff = check_onnx(model, path, x)
     shape = f"N×{channels}×{size[0]}×{size[1]}"
     print(
@@ -302,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from foveal.io import writable_dir
 
     writable_dir(args.out, "demo folder")
-    out = run_demo(Path(args.out), quick=args.quick)
+    out = run_demo(Path(args.out), quick=args.quick, device=args.device)
     print(f"demo finished: everything is in {out}; open {out / 'report.html'}")
     return 0
 
@@ -326,6 +353,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         map_stride=args.map_stride,
         map_scales=args.map_scales,
         flip=args.flip,
+        **_placement(args),
     )
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
@@ -364,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="train into a run directory that already has checkpoints")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
+    _add_device(p, default=None)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
@@ -385,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-stride", type=int, help="with --boxes: maps on this finer stride (as in foveal explain)")
     p.add_argument("--map-scales", type=float, nargs="+", help="with --boxes: average the maps of these image scales")
     p.add_argument("--flip", action="store_true", help="with --boxes: average with the mirrored image's maps")
+    _add_device(p, precision=True)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify (top-k), segment (labels + overlays) or detect (boxes) in images")
@@ -410,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on Ray Data: alone, a local instance; or a cluster address (auto, ray://host:10001)",
     )
+    _add_device(p, precision=True)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a classifier, U-Net or detector to ONNX (checked against onnxruntime)")
@@ -423,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input H [W] (default: a classifier's resolution, a U-Net's evaluation tile, a detector's min_size)",
     )
+    _add_device(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list EfficientNet variants with parameters, FLOPs and resolution")
@@ -460,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="classifiers: average class scores and maps with those of the mirrored image (default: the image only)",
     )
+    _add_device(p, precision=True)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("weightmap", help="the U-Net border weight map of instance masks, drawn like the paper's Fig. 3")
@@ -477,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample; write everything to one folder")
     p.add_argument("--out", default="foveal-demo", help="output folder (default: foveal-demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    _add_device(p)
     p.set_defaults(func=cmd_demo)
     for name in ("train", "eval", "predict", "explain", "weightmap", "demo"):
         sub.choices[name].add_argument(

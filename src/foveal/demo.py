@@ -58,12 +58,17 @@ def _slug(name: str) -> str:
 
 
 def run_demo(
-    out: Path, quick: bool = False, stages: tuple[str, ...] = ("classify", "explain", "segment", "detect")
+    out: Path,
+    quick: bool = False,
+    stages: tuple[str, ...] = ("classify", "explain", "segment", "detect"),
+    device: str = "auto",
 ) -> Path:
     """Run the demo's ``stages`` into ``out``, write ``out/report.html`` linking every stage, and return ``out``."""
+    from foveal.engine.device import resolve_device
     from foveal.engine.runinfo import write_run_info
     from foveal.report.html import write_report
 
+    resolve_device(device)  # a device the machine lacks is an error before anything is written
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FovealError(f"demo output {out} exists and is not a folder: choose another --out")

@@ -399,3 +399,32 @@ def test_export_cli_writes_the_detector_network(trained, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "input N×1×64×96, outputs cls_logits, box_deltas, anchors" in text
     assert (tmp_path / "det.onnx").stat().st_size > 0
+
+
+def test_bf16_predict_and_eval_from_the_command_line_decode_in_fp32(trained, canvases, tmp_path):
+    run, _ = trained
+    val = str(canvases / "val" / "000000.png")
+    fp32 = detect_eval.predict(run, [val], tmp_path / "a", score_thresh=0.0, device="cpu")
+    bf16 = detect_eval.predict(run, [val], tmp_path / "b", score_thresh=0.0, device="cpu", precision="bf16")
+    a, b = fp32[0]["detections"], bf16[0]["detections"]
+    assert len(b) == len(a) > 0
+    # the best fp32 detection is found by the bf16 network too: same class, a box within a pixel, a close score
+    best = a[0]
+    near = [d for d in b if d["label"] == best["label"] and np.abs(np.subtract(d["box"], best["box"])).max() < 1.0]
+    assert near and abs(near[0]["score"] - best["score"]) < 0.02
+    boxes = torch.tensor([d["box"] for d in b])
+    assert (boxes != boxes.bfloat16().float()).any()  # decoded from fp32 anchors, not rounded to bf16
+    e32 = detect_eval.evaluate_checkpoint(run, device="cpu")
+    e16 = detect_eval.evaluate_checkpoint(run, device="cpu", precision="bf16")
+    assert abs(e32.ap - e16.ap) < 0.05
+    with pytest.raises(FovealError, match="fp16 runs on CUDA only"):
+        detect_eval.load_detector(run, device="cpu", precision="fp16")
+
+
+def test_detector_gradcam_in_bf16_explains_the_same_best_detection(trained, canvases, tmp_path):
+    run, _ = trained
+    val = str(canvases / "val" / "000000.png")
+    (a,) = explain.explain(run, [val], tmp_path / "a", top_k=1, score_thresh=0.0, device="cpu")
+    (b,) = explain.explain(run, [val], tmp_path / "b", top_k=1, score_thresh=0.0, device="cpu", precision="bf16")
+    assert len(b.boxes) == 1 and b.classes == a.classes
+    assert np.abs(np.subtract(b.detections[0], a.detections[0])).max() < 1.0

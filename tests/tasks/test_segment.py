@@ -198,3 +198,21 @@ def test_export_cli_writes_the_unet_at_its_evaluation_tile_or_a_valid_size(train
     assert main(["export", str(run), "--out", str(tmp_path / "bad.onnx"), "--size", str(edge + 1)]) == 2
     err = capsys.readouterr().err
     assert f"--size {edge + 1}: this U-Net cannot take" in err and not (tmp_path / "bad.onnx").exists()
+
+
+def test_bf16_overlap_tile_labels_agree_with_fp32(trained, tmp_path):
+    data, run = trained
+    fp32 = segment.load_segmenter(run, fast=True, device="cpu")
+    bf16 = segment.load_segmenter(run, device="cpu", precision="bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    image = torch.rand(1, 72, 80)
+    a = segment_eval.predict_logits(fp32.model, image, 28)
+    b = segment_eval.predict_logits(bf16.model, image, 28)
+    assert b.dtype == torch.float32 and b.device.type == "cpu" and b.shape == a.shape
+    torch.testing.assert_close(b, a, rtol=0.0, atol=0.05 * float(a.abs().max()))
+    top2 = a.topk(2, dim=0).values
+    clear = top2[0] - top2[1] > 0.1 * float(a.abs().max())
+    assert torch.equal(a.argmax(0)[clear], b.argmax(0)[clear])
+    images = sorted((data / "images").glob("*"))[:1]
+    assert main(["predict", str(run), str(images[0]), "--out", str(tmp_path / "p"), "--precision", "bf16"]) == 0
+    assert main(["eval", str(run), "--precision", "bf16", "--device", "cpu"]) == 0

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from foveal.config import POSITIVE, at_least, between, check_ranges
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import resolve_precision
 from foveal.engine.distributed import DistInfo, barrier
 from foveal.engine.logging import MetricLog
 from foveal.engine.optim import ModelEMA, OptimConfig, build_optimizer, build_schedule
@@ -45,7 +46,9 @@ class TrainConfig:
 
     ``max_steps`` stops the run early without changing the schedule (which is planned for ``epochs``);
     ``max_minutes`` stops it after that much wall-clock training time. ``checkpoint_every`` (steps) adds resume points
-    between evaluations.
+    between evaluations. ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``;
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast with a gradient scaler, CUDA only);
+    ``bf16: true`` is the older spelling of ``precision: bf16``.
     """
 
     epochs: Annotated[float, POSITIVE] = 350.0
@@ -63,6 +66,13 @@ class TrainConfig:
     progress: bool = True
     workers: Annotated[int, between(0, 256)] = 0
     threads: Annotated[int | None, between(1, 1024)] = None
+    device: str = "auto"
+    precision: str = "fp32"
+
+    @property
+    def precision_name(self) -> str:
+        """``precision``, with the older ``bf16: true`` read as ``bf16``."""
+        return "bf16" if self.bf16 and self.precision == "fp32" else self.precision
 
 
 class EpochBatches:
@@ -141,11 +151,14 @@ class Trainer:
         dist_info: DistInfo | None = None,
         device: torch.device | None = None,
         plot_curves: Callable[[list[dict[str, Any]], Path], object] | None = None,
+        fixed_shapes: bool = True,
     ) -> None:
         check_ranges(train, "train.")
         check_ranges(optim, "optim.")
         self.dist = dist_info or DistInfo()
         self.device = device or torch.device("cpu")
+        self.precision = resolve_precision(train.precision_name, self.device)
+        self.fixed_shapes = fixed_shapes  # every batch the same shape: let cuDNN pick its fastest kernels once
         self.model, self.train_set, self.collate = model, train_set, collate
         self.loss_fn, self.evaluate = loss_fn, evaluate
         self.ocfg, self.cfg = optim, train
@@ -255,6 +268,7 @@ class Trainer:
             batch_sampler=batches,
             collate_fn=self.collate,
             num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
         )
 
@@ -263,7 +277,7 @@ class Trainer:
         if self.cfg.max_minutes is not None and not stop:
             over = (time.perf_counter() - started) / 60 >= self.cfg.max_minutes
             if self.dist.enabled:
-                flag = torch.tensor([float(over)])
+                flag = torch.tensor([float(over)], device=self.device)  # nccl reduces on the GPU
                 dist.broadcast(flag, 0)
                 over = bool(flag.item())
             stop = over
@@ -301,6 +315,8 @@ class Trainer:
             self._prepare_run_dir()
         log = MetricLog(self.run_dir, resume_step=self.step) if self.dist.is_main else None
         self._log = log
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.device.type == "cuda" and self.fixed_shapes
         try:
             return self._fit(log)
         except BaseException:
@@ -308,13 +324,15 @@ class Trainer:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
                 self.run_dir, self.final_dir = self.final_dir, None
             raise
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
 
     def _fit(self, log: MetricLog | None) -> dict[str, Any]:
         from tqdm import tqdm
 
         cfg = self.cfg
         self.model.train()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        scaler = self.precision.grad_scaler()
         started, wall_started, first_step = time.perf_counter(), time.time(), self.step
         metrics: dict[str, Any] = {}
         last_eval_step = self.step if self.step > 0 else -1
@@ -333,16 +351,18 @@ class Trainer:
                 lr = self.schedule(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                with autocast:
+                with self.precision.autocast():
                     loss = self.loss_fn(self.ddp, batch)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     self._stop_non_finite(f"the training loss ({value})")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if self.ocfg.grad_clip:
+                    scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.model.parameters(), self.ocfg.grad_clip)
-                self.optimizer.step()
+                scaler.step(self.optimizer)
+                scaler.update()
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1

@@ -36,19 +36,34 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def inference_model(model: nn.Module, bf16: bool = False, winograd: bool = True) -> nn.Module:
-    """A copy of ``model`` for fast CPU inference: eval mode, BatchNorm folded into the convolutions, channels-last.
+def inference_model(
+    model: nn.Module,
+    bf16: bool = False,
+    winograd: bool = True,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """A copy of ``model`` for fast inference: eval mode, BatchNorm folded into the convolutions, channels-last.
 
-    With ``winograd`` (fp32 only) the 3×3 stride-1 convolutions of 128 or more channels (RetinaNet's subnets and FPN
-    outputs, most of ResNet's 3×3s, U-Net's levels from 128 channels on) use Winograd F(4×4, 3×3)
+    With ``winograd`` (fp32 on the CPU only) the 3×3 stride-1 convolutions of 128 or more channels (RetinaNet's
+    subnets and FPN outputs, most of ResNet's 3×3s, U-Net's levels from 128 channels on) use Winograd F(4×4, 3×3)
     (:mod:`foveal.inference.winograd`): outputs differ from direct convolution by ≈ 1e-5 of their range. With
-    ``bf16`` the weights are bfloat16 (about twice the speed where the CPU has bf16 instructions; logits then differ
-    from fp32 by about 1 %); :func:`foveal.tasks.detect_eval.detect_batch` casts the input to the model's dtype and
-    post-processes in fp32 with fp32 anchors, so boxes keep their precision.
+    ``bf16`` (or ``dtype=torch.bfloat16`` / ``torch.float16``) the weights are in that format (about twice the speed
+    where the CPU has bf16 instructions; logits then differ from fp32 by about 1 %); callers cast the input to the
+    model's dtype and post-process in fp32 (:func:`foveal.tasks.detect_eval.detect_batch` decodes boxes with fp32
+    anchors, so boxes keep their precision).
+
+    Args:
+        device: where the copy lives (default: where ``model`` is).
     """
+    dtype = dtype or (torch.bfloat16 if bf16 else torch.float32)
+    param = next(model.parameters(), None)
+    device = torch.device(device) if device is not None else (param.device if param is not None else None)
     fast = fold_batchnorm(copy.deepcopy(model).eval())
-    if bf16:
-        fast = fast.to(torch.bfloat16)
-    elif winograd:
+    if dtype != torch.float32:
+        fast = fast.to(dtype)
+    elif winograd and (device is None or device.type == "cpu"):
         use_winograd(fast)
+    if device is not None:
+        fast = fast.to(device)
     return fast.to(memory_format=torch.channels_last)

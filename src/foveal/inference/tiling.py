@@ -173,11 +173,21 @@ def _check_tile(net: Callable[[Tensor], Tensor], geom: TileGeometry) -> None:
 
 
 def _net_device(net: Callable[[Tensor], Tensor], default: torch.device) -> torch.device:
+    """Device of ``net``'s first parameter, else ``default``."""
     if isinstance(net, nn.Module):
         param = next(net.parameters(), None)
         if param is not None:
             return param.device
     return default
+
+
+def _net_placement(net: Callable[[Tensor], Tensor], image: Tensor) -> tuple[torch.device, torch.dtype]:
+    """Device and input dtype of ``net``: those of its first floating-point parameter, else the image's."""
+    if isinstance(net, nn.Module):
+        param = next((p for p in net.parameters() if p.is_floating_point()), None)
+        if param is not None:
+            return param.device, param.dtype
+    return image.device, image.dtype
 
 
 def predict_tiled(
@@ -200,7 +210,8 @@ def predict_tiled(
     to a multiple of ``stride``) are written into the result; tile origins are multiples of ``step``. Memory beyond the
     image and the result is one batch of tiles. Runs without autograd; the caller puts ``net`` in eval mode (dropout in
     train mode makes tiles disagree). Tiles go to the device of ``net``'s parameters (or the image's), the result stays
-    on the image's device.
+    on the image's device in at least fp32 (a bf16 / fp16 network's logits are widened). The image is padded on the
+    network's device, so tiles are cut there and never cross the bus.
 
     Args:
         net: maps (B, C, I, I) to logits (B, K, tile + 2·context, tile + 2·context), I = tile + 2·(border + context).
@@ -225,11 +236,11 @@ def predict_tiled(
     n_images, channels, height, width = x.shape
     geom = TileGeometry(height, width, tile, border, stride, context)
     _check_tile(net, geom)
-    padded = reflect_pad(x, geom.pads)
-    device = _net_device(net, x.device)
+    device, dtype = _net_placement(net, x)
+    padded = reflect_pad(x.to(device, non_blocking=device.type == "cuda"), geom.pads)
     size, step, ctx = geom.input_size, geom.step, context
     jobs = [(n, y, xo) for n in range(n_images) for y, xo in geom.origins()]
-    buffer = torch.empty(min(batch, len(jobs)), channels, size, size, dtype=x.dtype, device=device)
+    buffer = torch.empty(min(batch, len(jobs)), channels, size, size, dtype=dtype, device=device)
     bar = tqdm(total=len(jobs), unit="tile", disable=not progress, desc="tiles")
     with torch.no_grad():
         for start in range(0, len(jobs), batch):
@@ -258,7 +269,7 @@ def _check_output(pred: Tensor, out: Tensor | None, geom: TileGeometry, n_images
         )
     shape = (n_images, pred.shape[1], geom.height, geom.width)
     if out is None:
-        return torch.empty(shape, dtype=pred.dtype, device=device)
+        return torch.empty(shape, dtype=torch.promote_types(pred.dtype, torch.float32), device=device)
     if tuple(out.shape) != shape:
         raise FovealError(f"out has shape {tuple(out.shape)}, the result needs {shape}")
     return out

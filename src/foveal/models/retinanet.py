@@ -379,7 +379,9 @@ def _candidates(logits: Tensor, k: int, logit_thresh: float | None, score_thresh
         if bound is not None and float(bound) > logit_thresh:
             return (logits >= bound).nonzero().squeeze(1)
         return (logits > logit_thresh).nonzero().squeeze(1)
-    idx = (logits >= bound).nonzero().squeeze(1) if bound is not None else torch.arange(len(logits))
+    idx = (
+        (logits >= bound).nonzero().squeeze(1) if bound is not None else torch.arange(len(logits), device=logits.device)
+    )
     return idx[logits[idx].sigmoid() > score_thresh]
 
 

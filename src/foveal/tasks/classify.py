@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between, from_dict, to_dict
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import resolve_device, resolve_precision, to_device, training_device
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
 from foveal.engine.optim import OptimConfig
@@ -293,12 +294,18 @@ def evaluate(
 
     meter = ClassificationMeter(len(classes), classes)
     # A generator of its own keeps evaluation from drawing on the global RNG (exact resume depends on it).
-    loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate, generator=torch.Generator())
+    weight = next(model.parameters())
+    loader = DataLoader(
+        samples,
+        batch_size=batch_size,
+        collate_fn=collate,
+        generator=torch.Generator(),
+        pin_memory=weight.device.type == "cuda",  # non-blocking copies to the GPU
+    )
     channels_last = _uses_channels_last(model)
     for images, targets in loader:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images).float()
+        # on the model's device and in its dtype (bf16 / fp16 weights); logits and metrics in fp32 on the CPU
+        logits = model(to_device(images, weight.device, weight.dtype, channels_last)).float().cpu()
         meter.update(logits, targets, loss=F.cross_entropy(logits, targets, reduction="sum") / len(targets))
         if outcomes is not None:
             conf, pred = logits.softmax(1).max(1)
@@ -312,7 +319,12 @@ def _uses_channels_last(model: nn.Module) -> bool:
 
 
 # -- training --------------------------------------------------------------------------------------------------------
-def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+def train(
+    cfg: ClassifyConfig,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
     """Train a classifier as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
 
     Returns the final validation metrics (a dict with top1, top5, ... and the run directory under "run_dir").
@@ -324,7 +336,8 @@ def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, resume: str | 
         cfg = from_dict(ClassifyConfig, resume_ckpt.meta["config"])
         run_dir = Path(resume)
     run = Path(run_dir or cfg.out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # ``device`` (e.g. from --device) wins over the config's train.device; a resumed run may change it
+    device = training_device(cfg.train.device if device is None else device)
     dist_info = init_distributed(device)
     try:
         return _train(cfg, run, resume_ckpt, dist_info, device)
@@ -435,8 +448,17 @@ def _check_task(ckpt: ckpt_io.Checkpoint) -> None:
         )
 
 
-def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
-    """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fuse``)."""
+def load_classifier(
+    path: str | Path, fuse: bool = False, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> LoadedClassifier:
+    """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fuse``).
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format; bf16 / fp16 imply ``fuse``.
+    """
+    where = resolve_device(device)
+    prec = resolve_precision(precision, where)
     ckpt = ckpt_io.load_checkpoint(path)
     _check_task(ckpt)
     with ckpt_io.reading_record(ckpt):
@@ -448,11 +470,12 @@ def load_classifier(path: str | Path, fuse: bool = False) -> LoadedClassifier:
         raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
     ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
-    if fuse:
+    if fuse or prec.reduced:
         from foveal.inference.fast import inference_model
 
-        model = cast(eff.EfficientNet, inference_model(model))  # the same class, BN folded, channels-last
-    return LoadedClassifier(model, classes, resolution, channels, mean, std, ckpt.meta)
+        # the same class, BN folded, channels-last
+        model = cast(eff.EfficientNet, inference_model(model, dtype=prec.dtype, device=where))
+    return LoadedClassifier(model.to(where), classes, resolution, channels, mean, std, ckpt.meta)
 
 
 class _PrepareClassify:
@@ -472,10 +495,12 @@ class ClassifyPredictor:
     """Batched top-k classification (a :class:`foveal.inference.batch_predict.Predictor`): each result is the
     image's ``top_k`` ``(class index, name, probability)``, best first."""
 
-    def __init__(self, checkpoint: str | Path, top_k: int = 5) -> None:
+    def __init__(
+        self, checkpoint: str | Path, top_k: int = 5, device: str | torch.device = "auto", precision: str = "fp32"
+    ) -> None:
         if top_k < 1:
             raise FovealError(f"--top-k {top_k}: use a positive number of classes, e.g. --top-k 5")
-        self.clf = load_classifier(checkpoint, fuse=True)
+        self.clf = load_classifier(checkpoint, fuse=True, device=device, precision=precision)
         self.k = min(top_k, len(self.clf.classes))
         self.prepare = _PrepareClassify(self.clf)
 
@@ -483,7 +508,9 @@ class ClassifyPredictor:
     def predict_batch(self, prepared: Sequence[Tensor]) -> list[tuple[Any, ...]]:
         from foveal.report.tables import predictions_from_logits
 
-        logits = self.clf.model(torch.stack(list(prepared)).contiguous(memory_format=torch.channels_last))
+        weight = next(self.clf.model.parameters())
+        batch = to_device(torch.stack(list(prepared)), weight.device, weight.dtype, channels_last=True)
+        logits = self.clf.model(batch).float().cpu()  # probabilities in fp32
         return [p.topk for p in predictions_from_logits([""] * len(prepared), logits, self.clf.classes, k=self.k)]
 
 
@@ -514,7 +541,14 @@ def write_predictions_csv(records: Iterator[dict[str, Any]], path: str | Path) -
                 writer.writerow([r["file"], rank, s["index"], s["class"], repr(s["probability"])])
 
 
-def predict(path: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 32) -> list[Any]:
+def predict(
+    path: str | Path,
+    inputs: list[str],
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+) -> list[Any]:
     """Top-k classes with probabilities for each image of ``inputs`` (files, folders, globs), in memory.
 
     For streams of any length with outputs on disk, use ``foveal predict`` (:mod:`foveal.inference.batch_predict`
@@ -522,7 +556,7 @@ def predict(path: str | Path, inputs: list[str], top_k: int = 5, batch_size: int
     from foveal.data.images import expand_inputs
     from foveal.report.tables import Prediction
 
-    predictor = ClassifyPredictor(path, top_k)
+    predictor = ClassifyPredictor(path, top_k, device, precision)
     files = expand_inputs(list(inputs))
     preds: list[Prediction] = []
     for i in range(0, len(files), batch_size):
@@ -532,15 +566,24 @@ def predict(path: str | Path, inputs: list[str], top_k: int = 5, batch_size: int
     return preds
 
 
-def evaluate_checkpoint(path: str | Path, data: str | None, split: str, out: str | Path | None) -> Any:
-    """Evaluate a checkpoint on a dataset (default: its own validation data); write metrics and confusion PNG."""
+def evaluate_checkpoint(
+    path: str | Path,
+    data: str | None,
+    split: str,
+    out: str | Path | None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+) -> Any:
+    """Evaluate a checkpoint on a dataset (default: its own validation data); write metrics and confusion PNG.
+
+    The network runs on ``device`` in ``precision`` (see :func:`load_classifier`); metrics are computed in fp32."""
     from foveal.data.classification import open_dataset
     from foveal.report.plots import plot_confusion
     from foveal.report.tables import write_metrics_json
 
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise FovealError(f"output folder {out} is a file: pass a folder for metrics.json and confusion.png")
-    clf = load_classifier(path, fuse=True)
+    clf = load_classifier(path, fuse=True, device=device, precision=precision)
     cfg_data = clf.meta.get("config", {}).get("data", {})
     spec = data or cfg_data.get("val") or cfg_data.get("train")
     if spec is None:

@@ -31,6 +31,7 @@ from foveal.data.box_transforms import (
     collate_detection,
 )
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import training_device
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
 from foveal.engine.optim import OptimConfig
@@ -341,7 +342,12 @@ def detection_loss(output: RetinaOutput, targets: list[dict[str, Tensor]], cfg: 
 
 
 # -- training --------------------------------------------------------------------------------------------------------
-def train(cfg: DetectConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+def train(
+    cfg: DetectConfig,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
     """Train a RetinaNet as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
 
     Returns the final validation metrics (AP, AP50, AP75, APs, APm, APl, AR100 where defined), "run_dir", "step".
@@ -353,7 +359,8 @@ def train(cfg: DetectConfig, run_dir: str | Path | None = None, resume: str | Pa
         cfg = from_dict(DetectConfig, resume_ckpt.meta["config"])
         run_dir = Path(resume)
     run = Path(run_dir or cfg.out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # ``device`` (e.g. from --device) wins over the config's train.device; a resumed run may change it
+    device = training_device(cfg.train.device if device is None else device)
     dist_info = init_distributed(device)
     try:
         return _train(cfg, run, resume_ckpt, dist_info, device)
@@ -444,6 +451,7 @@ def _train(cfg: DetectConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, 
         dist_info=dist_info,
         device=device,
         plot_curves=lambda records, path: plot_curves(records, path),
+        fixed_shapes=False,  # batches are padded to their largest image
     )
     if resume_ckpt is not None:
         trainer.resume(resume_ckpt)

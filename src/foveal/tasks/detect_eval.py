@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from foveal.config import from_dict
 from foveal.data.box_transforms import DetectionTransform, collate_detection
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import resolve_device, resolve_precision, to_device
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.inference.fast import inference_model
 from foveal.metrics.detection import DetectionResult
 from foveal.models.anchors import AnchorGenerator
-from foveal.models.retinanet import boxes_to_original, postprocess
+from foveal.models.retinanet import RetinaOutput, boxes_to_original, postprocess
 from foveal.tasks.detect import DetectConfig, DetectInferenceConfig, check_task, eval_transform
 
 _SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -63,15 +64,26 @@ class LoadedDetector:
         return eval_transform(self.min_size, self.max_size, self.mean, self.std)
 
 
-def load_detector(path: str | Path, fast: bool = True, bf16: bool = False) -> LoadedDetector:
+def load_detector(
+    path: str | Path,
+    fast: bool = True,
+    bf16: bool = False,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> LoadedDetector:
     """Load a detection checkpoint (a checkpoint folder or a run directory) for inference.
 
     Args:
         path: the checkpoint.
         fast: fold BatchNorm into the convolutions and use channels-last (:func:`inference_model`).
-        bf16: bfloat16 weights (with ``fast``; see :func:`inference_model`).
+        bf16: bfloat16 weights, the same as ``precision="bf16"`` (with ``fast``; see :func:`inference_model`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) weights; anchors, box decoding and NMS stay fp32.
     """
     from foveal.models.registry import rebuild
+
+    where = resolve_device(device)
+    prec = resolve_precision("bf16" if bf16 and precision == "fp32" else precision, where)
 
     ckpt = ckpt_io.load_checkpoint(path)
     check_task(ckpt)
@@ -84,14 +96,24 @@ def load_detector(path: str | Path, fast: bool = True, bf16: bool = False) -> Lo
         mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
     ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
-    if fast:
-        model = inference_model(model, bf16)
-    return LoadedDetector(model, classes, categories, *geometry, mean, std, config, ckpt.meta)
+    if fast or prec.reduced:
+        model = inference_model(model, dtype=prec.dtype, device=where)
+    return LoadedDetector(model.to(where), classes, categories, *geometry, mean, std, config, ckpt.meta)
 
 
 def _uses_channels_last(model: nn.Module) -> bool:
     w = next((p for p in model.parameters() if p.ndim == 4), None)
     return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+def fp32_output(model: nn.Module, output: RetinaOutput) -> RetinaOutput:
+    """``output`` of a bf16 / fp16 RetinaNet with fp32 logits, deltas and anchors (anchors made anew in fp32: in
+    bf16 they and the deltas would put boxes off by pixels); an fp32 output as it is."""
+    if output.cls_logits.dtype == torch.float32:
+        return output
+    generator = cast(AnchorGenerator, model.anchor_generator)
+    anchors = torch.cat(generator(output.level_sizes, output.cls_logits.device, torch.float32))
+    return output._replace(cls_logits=output.cls_logits.float(), box_deltas=output.box_deltas.float(), anchors=anchors)
 
 
 @torch.no_grad()
@@ -117,17 +139,7 @@ def detect_batch(
         Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,) int64}`` on the CPU, by decreasing score.
     """
     weight = next(model.parameters())
-    x = images.to(weight.device, weight.dtype)
-    if _uses_channels_last(model):
-        x = x.contiguous(memory_format=torch.channels_last)
-    output = model(x)
-    if output.cls_logits.dtype != torch.float32:
-        # post-process in fp32: bf16 anchors and deltas would put boxes off by pixels
-        generator = cast(AnchorGenerator, model.anchor_generator)
-        anchors = torch.cat(generator(output.level_sizes, weight.device, torch.float32))
-        output = output._replace(
-            cls_logits=output.cls_logits.float(), box_deltas=output.box_deltas.float(), anchors=anchors
-        )
+    output = fp32_output(model, model(to_device(images, weight.device, weight.dtype, _uses_channels_last(model))))
     dets = postprocess(
         output, image_sizes, inference.score_thresh, inference.topk, inference.nms, inference.max_detections
     )
@@ -197,9 +209,15 @@ def _check_out(out: str | Path | None) -> None:
 
 
 def evaluate_checkpoint(
-    path: str | Path, data: str | None = None, split: str | None = None, out: str | Path | None = None
+    path: str | Path,
+    data: str | None = None,
+    split: str | None = None,
+    out: str | Path | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> DetectionResult:
-    """Evaluate a detection checkpoint with COCO's protocol.
+    """Evaluate a detection checkpoint with COCO's protocol, the network on ``device`` in ``precision`` (see
+    :func:`load_detector`).
 
     Args:
         path: checkpoint folder or run directory.
@@ -215,7 +233,7 @@ def evaluate_checkpoint(
     from foveal.metrics.detection import plot_pr_curve
 
     _check_out(out)
-    det = load_detector(path)
+    det = load_detector(path, device=device, precision=precision)
     cfg = det.config.data
     spec = data or cfg.val or cfg.train
     dataset = open_coco(spec, split=split or cfg.val_split)
@@ -264,14 +282,22 @@ class DetectPredictor:
         checkpoint: checkpoint folder or run directory.
         score_thresh: overrides the checkpoint's inference score threshold.
         bf16: run the network in bfloat16 (see :func:`inference_model`).
+        device, precision: where and in which format the network runs (see :func:`load_detector`).
     """
 
-    def __init__(self, checkpoint: str | Path, score_thresh: float | None = None, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        score_thresh: float | None = None,
+        bf16: bool = False,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+    ) -> None:
         from dataclasses import replace
 
         if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
             raise FovealError(f"score_thresh={score_thresh}: use a detection score in [0, 1), e.g. 0.05")
-        self.det = load_detector(checkpoint, bf16=bf16)
+        self.det = load_detector(checkpoint, bf16=bf16, device=device, precision=precision)
         inference = self.det.config.inference
         self.inference = inference if score_thresh is None else replace(inference, score_thresh=score_thresh)
         self.prepare = _PrepareDetect(self.det)
@@ -377,6 +403,8 @@ def predict(
     show_thresh: float = 0.3,
     batch_size: int = 4,
     bf16: bool = False,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Detect objects in each image of ``inputs`` (files, folders, glob patterns, list files) and write
     :class:`DetectWriter`'s files to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is
@@ -389,7 +417,7 @@ def predict(
     from foveal.io import staged_output
 
     _check_out(out)
-    predictor = DetectPredictor(path, score_thresh, bf16)
+    predictor = DetectPredictor(path, score_thresh, bf16, device, precision)
     writer = DetectWriter(predictor.det.classes, predictor.det.categories, show_thresh)
     settings = {"checkpoint": str(path), "score_thresh": score_thresh, "show_thresh": show_thresh}
     with staged_output(out) as staged:
@@ -418,7 +446,7 @@ def format_predictions(records: Sequence[dict[str, Any]], show_thresh: float = 0
     return "\n".join(lines)
 
 
-def demo_stage(out: Path, quick: bool = False) -> None:
+def demo_stage(out: Path, quick: bool = False, device: str = "auto") -> None:
     """The demo's detection stage: train ``detect_demo.yaml`` on the bundled Fashion-MNIST canvases, evaluate on
     their validation split and predict four validation images, all into ``out/detect``."""
     from foveal.config import load_config
@@ -431,10 +459,10 @@ def demo_stage(out: Path, quick: bool = False) -> None:
     cfg = load_config(detect.DetectConfig, CONFIG_DIR / "detect_demo.yaml", overrides)
     run_dir = stage / "run"
     print(f"[detect] training a RetinaNet ({cfg.model.backbone}-FPN) on the bundled Fashion-MNIST canvases")
-    detect.train(cfg, run_dir=run_dir)
+    detect.train(cfg, run_dir=run_dir, device=device)
 
     print("[detect] evaluating on the validation canvases (COCO AP)")
-    result = evaluate_checkpoint(run_dir, None, None, stage / "eval")
+    result = evaluate_checkpoint(run_dir, None, None, stage / "eval", device=device)
     (stage / "eval" / "metrics.txt").write_text(result.format() + "\n")
     print(result.format())
 
@@ -442,6 +470,6 @@ def demo_stage(out: Path, quick: bool = False) -> None:
     val = open_coco(cfg.data.val or cfg.data.train, split=cfg.data.val_split)
     files = [str(r.path) for r in val.images[:4]]
     # a detector trained for a minute is rarely confident: draw from a score of 0.2
-    records = predict(run_dir, files, stage / "predictions", show_thresh=0.2)
+    records = predict(run_dir, files, stage / "predictions", show_thresh=0.2, device=device)
     write_json(stage / "predictions.json", records)
     print(format_predictions(records, show_thresh=0.2))

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.data.localization_set import LocalizationData
+from foveal.engine.device import resolve_device, resolve_precision, to_device
 from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.cam import CAM, ClassTarget, GradCAM
@@ -100,6 +101,8 @@ class _Options:
     map_scales: tuple[float, ...] | None = None
     flip: bool = False
     true_boxes: dict[str, list[list[float]]] | None = None
+    device: str | torch.device = "auto"
+    precision: str = "fp32"
 
 
 def explain(
@@ -116,6 +119,8 @@ def explain(
     map_scales: Sequence[float] | None = None,
     flip: bool = False,
     true_boxes: Mapping[str, Sequence[Sequence[float]]] | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> list[ExplainRecord]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
@@ -138,6 +143,9 @@ def explain(
             (test-time mirroring, a deviation from the paper; the paper's path is ``False``).
         true_boxes: classifiers only: image file name → its objects' boxes (x1, y1, x2, y2), drawn in green on the
             figures of that image (the paper's Fig. 6).
+        device: where the network runs: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ``cuda:N``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) for the network (its BatchNorm-folded copy); maps, boxes and
+            scores are computed in fp32.
 
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
@@ -151,6 +159,8 @@ def explain(
     if true_boxes is not None:
         truth = {str(k): [[float(v) for v in b] for b in boxes] for k, boxes in true_boxes.items()}
         options = replace(options, true_boxes=truth)
+    where = resolve_device(device)
+    options = replace(options, device=str(where), precision=resolve_precision(precision, where).name)
     task = checkpoint_task(checkpoint)
     if (map_stride is not None or map_scales is not None or flip) and task != "classify":
         raise FovealError(
@@ -332,6 +342,14 @@ def class_scores(model: nn.Module, x: Tensor, flip: bool = False) -> Tensor:
     return probs
 
 
+def on_model(x: Tensor, model: nn.Module) -> Tensor:
+    """``x`` (N, C, H, W) on ``model``'s device, in its dtype and memory layout (fp32 inputs for bf16 weights are
+    cast here)."""
+    weight = next(p for p in model.parameters() if p.ndim == 4)
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return to_device(x, weight.device, weight.dtype, channels_last)
+
+
 @torch.inference_mode()
 def _weighted_features(model: EfficientNet, x: Tensor, classes: Tensor) -> Tensor:
     features = model.forward_head_features(x)
@@ -370,7 +388,7 @@ def load_with_channels(path: Path, channels: int, what: str = "model") -> Tensor
 def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
     from foveal.tasks.classify import _normalize, eval_transform, load_classifier
 
-    clf = load_classifier(checkpoint)
+    clf = load_classifier(checkpoint, device=opt.device, precision=opt.precision)
     k = min(opt.top_k, len(clf.classes))
     transform = eval_transform(clf.resolution)
     grid = grid_of(clf.model)
@@ -381,10 +399,11 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
         for f in files:
             image = load_with_channels(f, clf.channels)
             height, width = image.shape[-2:]
-            x = _normalize(transform(image), clf.mean, clf.std)[None]
+            x = on_model(_normalize(transform(image), clf.mean, clf.std)[None], clf.model)
             try:
                 scores, classes = class_scores(clf.model, x, opt.flip).topk(k, dim=1)
-                maps = maps_of(x, classes)[0].float()  # (k, h, w)
+                maps = maps_of(x, classes)[0].float().cpu()  # (k, h, w)
+                scores, classes = scores.cpu(), classes.cpu()
             except FovealError as exc:
                 raise FovealError(f"cannot explain {f}: {exc}") from None
             x1, y1, x2, y2 = _crop_region(height, width, clf.resolution)
@@ -466,6 +485,8 @@ def localization_eval(
     map_stride: int | None = None,
     map_scales: Sequence[float] | None = None,
     flip: bool = False,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> LocalizationResult:
     """The paper's localization protocol on canvases with ground-truth boxes.
 
@@ -485,6 +506,8 @@ def localization_eval(
         map_scales: average the maps of the canvases resized by these scales (:func:`multiscale`); classes still
             come from the unscaled canvas.
         flip: average class scores and maps with those of the mirrored canvas (test-time mirroring).
+        device, precision: where and in which format the network runs (see :func:`explain`); boxes and the
+            protocol in fp32 on the CPU.
 
     Returns:
         Top-1 / top-5 localization error, ground-truth-known localization error and classification errors.
@@ -495,7 +518,7 @@ def localization_eval(
         _check_options(1, method, threshold, relative_to, map_stride=map_stride, map_scales=map_scales, flip=flip)
     if batch_size < 1:
         raise FovealError(f"batch_size={batch_size}: use a positive number of canvases per batch")
-    clf = load_classifier(checkpoint)
+    clf = load_classifier(checkpoint, device=device, precision=precision)
     if len(data.classes) != len(clf.classes):
         raise FovealError(
             f"the canvases have {len(data.classes)} classes but the classifier {checkpoint} has {len(clf.classes)}: "
@@ -512,11 +535,11 @@ def localization_eval(
         maps_of = _views(own_maps, grid, map_scales, flip)
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
-            x = _normalize(transform(data.images[start:stop]), clf.mean, clf.std)
+            x = on_model(_normalize(transform(data.images[start:stop]), clf.mean, clf.std), clf.model)
             labels = data.labels[start:stop]
-            top = class_scores(clf.model, x, flip).topk(k, dim=1).indices
-            maps = maps_of(x, torch.cat([top, labels[:, None]], 1)).float()
-            maps = upsample_maps(maps, size, grid, x.shape[-2:])
+            top = class_scores(clf.model, x, flip).topk(k, dim=1).indices.cpu()
+            maps = maps_of(x, torch.cat([top, labels[:, None]], 1).to(x.device)).float()
+            maps = upsample_maps(maps, size, grid, x.shape[-2:]).cpu()
             boxes = maps_to_boxes(maps, threshold, relative_to)
             meter.update(top, boxes[:, :k], labels, data.boxes[start:stop], boxes[:, k])
     return meter.compute()
@@ -534,7 +557,7 @@ def _map_source(model: nn.Module, method: str | MapFn, map_stride: int | None = 
 
 
 # -- demo ------------------------------------------------------------------------------------------------------------
-def demo_stage(out: Path, classify_run: Path) -> None:
+def demo_stage(out: Path, classify_run: Path, device: str = "auto") -> None:
     """Explain four bundled Fashion-MNIST test images (the first of four different classes) with the demo's
     classifier: CAM figures and ``explanations.json`` in ``out/explain``."""
     from PIL import Image
@@ -558,6 +581,6 @@ def demo_stage(out: Path, classify_run: Path) -> None:
         if len(paths) == 4:
             break
     print("[explain] class activation maps of four test images (top-5 classes, boxes at 20 % of each map's max)")
-    records = explain(classify_run, [str(p) for p in paths], stage, top_k=5)
+    records = explain(classify_run, [str(p) for p in paths], stage, top_k=5, device=device)
     print(format_records(records))
     print(f"[explain] figures and {RESULTS_FILE} in {stage}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from foveal.engine.device import to_device
 from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import DetectionTarget, GradCAM
@@ -60,9 +61,10 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _O
     detections (above ``opt.score_thresh``, default the checkpoint's) gets a record with empty lists and no
     figure."""
     from foveal.data.box_transforms import collate_detection
-    from foveal.tasks.detect_eval import _uses_channels_last, load_detector
+    from foveal.tasks.detect_eval import _uses_channels_last, fp32_output, load_detector
 
-    det = load_detector(checkpoint)
+    # Grad-CAM needs gradients: direct convolutions (no Winograd), BatchNorm folded only in bf16 / fp16
+    det = load_detector(checkpoint, fast=False, device=opt.device, precision=opt.precision)
     model = cast(RetinaNet, det.model)
     transform, inference = det.transform(), det.config.inference
     score_thresh = inference.score_thresh if opt.score_thresh is None else opt.score_thresh
@@ -72,18 +74,18 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _O
         image = load_with_channels(f, det.channels, "detector")
         height, width = image.shape[-2:]
         batch = collate_detection([transform(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))])
-        x = batch.images
-        if _uses_channels_last(model):
-            x = x.contiguous(memory_format=torch.channels_last)
+        weight = next(model.parameters())
+        x = to_device(batch.images, weight.device, weight.dtype, _uses_channels_last(model))
         with torch.no_grad():
-            output = model(x)
+            output = fp32_output(model, model(x))
             (found,) = postprocess(output, batch.image_sizes, score_thresh, inference.topk, inference.nms, opt.top_k)
+            found = {k: v.cpu() for k, v in found.items()}
         stem = _unique_stem(f, used)
         if len(found["scores"]) == 0:
             records.append(ExplainRecord(str(f), "detect", "gradcam", (int(height), int(width)), [], [], [], []))
             continue
         try:
-            maps = detection_gradcam(model, x, output, found["anchors"], found["labels"])
+            maps = detection_gradcam(model, x, output, found["anchors"], found["labels"]).cpu()
         except FovealError as exc:
             raise FovealError(f"cannot explain {f}: {exc}") from None
         h, w = batch.image_sizes[0]

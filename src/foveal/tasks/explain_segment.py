@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foveal.engine.device import to_device
 from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import GradCAM, MaskTarget
@@ -64,7 +65,8 @@ def segment_gradcam(model: nn.Module, image: Tensor, tile: int | None = None) ->
     tile = _single_tile(model, height, width) if tile is None else tile
     predicted = predict_logits(model, image, tile).argmax(0)
     geom = TileGeometry(height, width, tile, border, stride)
-    padded = reflect_pad(image[None], geom.pads)
+    weight = next(model.parameters())
+    padded = reflect_pad(to_device(image[None], weight.device, weight.dtype), geom.pads)
     heat = torch.zeros(height, width)
     classes = int(model.args["num_classes"])  # type: ignore[index]
     with GradCAM(model, bottom_layer(model)) as gradcam:
@@ -72,12 +74,13 @@ def segment_gradcam(model: nn.Module, image: Tensor, tile: int | None = None) ->
             h, w = min(geom.step, height - y), min(geom.step, width - x)
             mask = torch.zeros(tile, tile, dtype=torch.long)
             mask[:h, :w] = predicted[y : y + h, x : x + w]
+            mask = mask.to(weight.device)
 
             def target(output: Any, mask: Tensor = mask) -> Tensor:
                 return torch.stack([MaskTarget(c, mask == c)(output) for c in range(1, classes)]).sum(0)
 
             crop = padded[:, :, y : y + geom.input_size, x : x + geom.input_size]
-            cam = gradcam(crop, target, upsample=False)[0]
+            cam = gradcam(crop, target, upsample=False)[0].float().cpu()
             heat[y : y + h, x : x + w] = _bottom_to_output(cam, geom.input_size, stride, border)[:h, :w]
     return heat, predicted
 
@@ -102,7 +105,7 @@ def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: _
     from foveal.report.tables import atomic_output
     from foveal.tasks.segment import load_segmenter, tile_input
 
-    seg = load_segmenter(checkpoint)
+    seg = load_segmenter(checkpoint, device=opt.device, precision=opt.precision)
     records: list[ExplainRecord] = []
     used: set[str] = set()
     for f in files:

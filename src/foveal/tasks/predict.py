@@ -47,6 +47,7 @@ class PredictRequest:
         resume: continue the interrupted run in ``out``. strict: stop at the first unreadable image.
         json, csv: also write the records as a JSON array / (classify) a CSV file here, atomically.
         ray: run on Ray Data: "local" (a local instance) or a cluster address; None: this process.
+        device, precision: where and in which number format the network runs (:mod:`foveal.engine.device`).
     """
 
     checkpoint: str
@@ -64,6 +65,8 @@ class PredictRequest:
     csv: str | None = None
     ray: str | None = None
     progress: bool | None = None
+    device: str = "auto"
+    precision: str = "fp32"
 
 
 def build(task: str, req: PredictRequest) -> tuple[Predictor, Writer]:
@@ -71,16 +74,16 @@ def build(task: str, req: PredictRequest) -> tuple[Predictor, Writer]:
     if task == "detect":
         from foveal.tasks.detect_eval import DetectPredictor, DetectWriter
 
-        det = DetectPredictor(req.checkpoint)
+        det = DetectPredictor(req.checkpoint, device=req.device, precision=req.precision)
         return det, DetectWriter(det.det.classes, det.det.categories)
     if task == "segment":
         from foveal.tasks.segment_eval import SegmentPredictor, SegmentWriter
 
-        seg = SegmentPredictor(req.checkpoint, req.tile, req.tta)
+        seg = SegmentPredictor(req.checkpoint, req.tile, req.tta, req.device, req.precision)
         return seg, SegmentWriter(seg.seg.masks == "instances", req.fmt)
     from foveal.tasks.classify import ClassifyPredictor, ClassifyWriter
 
-    return ClassifyPredictor(req.checkpoint, req.top_k), ClassifyWriter()
+    return ClassifyPredictor(req.checkpoint, req.top_k, req.device, req.precision), ClassifyWriter()
 
 
 @dataclass(frozen=True)

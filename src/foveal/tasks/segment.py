@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from foveal.config import POSITIVE, at_least, between, from_dict, to_dict
 from foveal.data.augment import AugmentConfig, augment_batch
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import resolve_device, resolve_precision, training_device
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.logging import write_json
 from foveal.engine.optim import OptimConfig
@@ -323,7 +324,12 @@ def attach_context(samples: list[Prepared], cfg: SegDataConfig) -> list[Prepared
 
 
 # -- training --------------------------------------------------------------------------------------------------------
-def train(cfg: SegmentConfig, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+def train(
+    cfg: SegmentConfig,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
     """Train a U-Net as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
 
     Returns the final validation metrics (fg_iou, f1_50, ... and "run_dir").
@@ -335,7 +341,8 @@ def train(cfg: SegmentConfig, run_dir: str | Path | None = None, resume: str | P
         cfg = from_dict(SegmentConfig, resume_ckpt.meta["config"])
         run_dir = Path(resume)
     run = Path(run_dir or cfg.out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # ``device`` (e.g. from --device) wins over the config's train.device; a resumed run may change it
+    device = training_device(cfg.train.device if device is None else device)
     dist_info = init_distributed(device)
     try:
         return _train(cfg, run, resume_ckpt, dist_info, device)
@@ -450,14 +457,21 @@ def check_task(ckpt: ckpt_io.Checkpoint) -> None:
         )
 
 
-def load_segmenter(path: str | Path, fast: bool = False) -> LoadedSegmenter:
-    """Load a segmentation checkpoint for inference (eval mode).
+def load_segmenter(
+    path: str | Path, fast: bool = False, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> LoadedSegmenter:
+    """Load a segmentation checkpoint for inference (eval mode) on ``device`` (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``).
 
     With ``fast`` the model is :func:`foveal.inference.fast.inference_model`'s copy (BatchNorm folded, channels-last,
-    Winograd F(4×4, 3×3) for the 3×3 convolutions of 128 or more channels; outputs within ≈ 1e-5 of the direct
-    ones). Not for Grad-CAM of a layer that folding removes.
+    on the CPU in fp32 Winograd F(4×4, 3×3) for the 3×3 convolutions of 128 or more channels; outputs within ≈ 1e-5
+    of the direct ones). Not for Grad-CAM of a layer that folding removes. ``precision`` ``bf16`` / ``fp16`` (CUDA)
+    stores the folded copy's weights in that format (implies ``fast``).
     """
     from foveal.models.registry import rebuild
+
+    where = resolve_device(device)
+    prec = resolve_precision(precision, where)
 
     ckpt = ckpt_io.load_checkpoint(path)
     check_task(ckpt)
@@ -468,8 +482,8 @@ def load_segmenter(path: str | Path, fast: bool = False) -> LoadedSegmenter:
         geometry = (int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]))
     ckpt_io.load_checkpoint_weights(model, ckpt)
     model.eval()
-    if fast:
+    if fast or prec.reduced:
         from foveal.inference.fast import inference_model
 
-        model = inference_model(model)
-    return LoadedSegmenter(model, classes, *geometry, config, ckpt.meta)
+        model = inference_model(model, dtype=prec.dtype, device=where)
+    return LoadedSegmenter(model.to(where), classes, *geometry, config, ckpt.meta)

@@ -66,7 +66,8 @@ TTA_MODES = ("none", "dihedral")
 def predict_logits(
     model: nn.Module, image: Tensor, tile: int, batch: int = 2, progress: bool = False, tta: str = "none"
 ) -> Tensor:
-    """Logits (K, H, W) of one image (C, H, W) by overlap-tile inference with output tiles of ``tile``.
+    """Logits (K, H, W), fp32 on the CPU, of one image (C, H, W) by overlap-tile inference with output tiles of
+    ``tile``, computed on the model's device in its dtype.
 
     ``tta="dihedral"``: the image is predicted in each of its 8 rotations / flips, each result mapped back, and the
     soft-max probabilities averaged; their logarithm is returned (a valid logit map: its arg-max and soft-max are
@@ -82,8 +83,10 @@ def predict_logits(
         with torch.no_grad():
             return predict_tiled(model, x, tile, border=border, stride=stride, batch=batch, progress=progress)[0]
 
+    param = next(model.parameters())
+    image = image.to(param.device)
     if tta == "none":
-        return once(image)
+        return once(image).float().cpu()
     total = torch.zeros(0)
     for flip in (False, True):
         for turns in range(4):
@@ -92,7 +95,7 @@ def predict_logits(
             probs = torch.rot90(probs, -turns, (-2, -1))
             probs = probs.flip(-1) if flip else probs
             total = probs if total.numel() == 0 else total + probs
-    return (total / 8).clamp_min(1e-12).log()
+    return (total / 8).clamp_min(1e-12).log().cpu()
 
 
 def to_instances(classes: np.ndarray, post: PostConfig) -> np.ndarray:
@@ -162,10 +165,16 @@ def _out_dir(out: str | Path) -> Path:
 
 
 def evaluate_checkpoint(
-    path: str | Path, data: str | None, out: str | Path | None, tta: str | None = None
+    path: str | Path,
+    data: str | None,
+    out: str | Path | None,
+    tta: str | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> SegEvaluation:
     """Evaluate a segmentation checkpoint on ``data`` (default: the validation part of its own training data) and
-    write metrics.json to ``out``. ``tta`` overrides the checkpoint's ``post.tta`` ("none" or "dihedral")."""
+    write metrics.json to ``out``. ``tta`` overrides the checkpoint's ``post.tta`` ("none" or "dihedral"); the
+    network runs on ``device`` in ``precision`` (see :func:`foveal.tasks.segment.load_segmenter`)."""
     from dataclasses import replace
 
     from foveal.data.segmentation import open_segmentation
@@ -173,7 +182,7 @@ def evaluate_checkpoint(
     from foveal.tasks.segment import open_data
 
     out_dir = _out_dir(out) if out is not None else None
-    seg = load_segmenter(path, fast=True)
+    seg = load_segmenter(path, fast=True, device=device, precision=precision)
     cfg = seg.config
     if data is None:
         _, dataset = open_data(cfg.data)
@@ -279,10 +288,17 @@ class SegmentPredictor:
         tta: overrides the checkpoint's ``post.tta`` ("none" or "dihedral").
     """
 
-    def __init__(self, checkpoint: str | Path, tile: int | None = None, tta: str | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        tile: int | None = None,
+        tta: str | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+    ) -> None:
         from foveal.tasks.segment import tile_input
 
-        self.seg = load_segmenter(checkpoint, fast=True)
+        self.seg = load_segmenter(checkpoint, fast=True, device=device, precision=precision)
         self.tta = self.seg.config.post.tta if tta is None else tta
         if self.tta not in TTA_MODES:
             raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
@@ -337,14 +353,17 @@ def predict(
     tile: int | None = None,
     fmt: str = "tif",
     tta: str | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> list[SegPrediction]:
     """Segment each image of ``inputs`` (files, folders, globs, list files) and write :class:`SegmentWriter`'s files
     to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is skipped and listed in
-    ``errors.jsonl``. ``tta`` overrides the checkpoint's ``post.tta``."""
+    ``errors.jsonl``. ``tta`` overrides the checkpoint's ``post.tta``; the network runs on ``device`` in
+    ``precision`` (see :func:`foveal.tasks.segment.load_segmenter`)."""
     from foveal.inference.batch_predict import PREDICTIONS, iter_records, predict_stream
     from foveal.io import staged_output
 
-    predictor = SegmentPredictor(path, tile, tta)
+    predictor = SegmentPredictor(path, tile, tta, device, precision)
     writer = SegmentWriter(predictor.seg.masks == "instances", fmt)
     settings = {"checkpoint": str(path), "tile": predictor.tile, "format": fmt, "tta": predictor.tta}
     with staged_output(out) as staged:

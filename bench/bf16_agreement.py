@@ -1,0 +1,165 @@
+"""What bf16 inference costs in accuracy, on the project's own models and data: fp32 against bf16 (``--precision``).
+
+Trains three small models with the bundled recipes (skipped when ``runs/bench-bf16/`` already holds them; each
+training is capped at a few minutes): a classifier (``classify_cpu``, on the full Fashion-MNIST when the Debian
+package is installed, else on the bundled sample), a U-Net (``segment_cpu`` on the nuclei sample, split at column
+384) and a RetinaNet (``detect_demo`` on the bundled canvas sample). Then, for the same weights run once in fp32 and
+once in bf16 (the BatchNorm-folded channels-last copy, as ``foveal eval --precision bf16`` runs it):
+
+- classification: top-1 agreement with fp32 (goal ≥ 99.5 %) and the accuracy of each;
+- CAM: the top-1 class's CAM box (20 % of the max) from both, agreement at IoU ≥ 0.5 and the mean IoU;
+- segmentation: pixel label agreement, foreground IoU and instance F1 @ 0.5 of each;
+- detection: COCO AP of each (goal: |ΔAP| ≤ 0.3 points).
+
+``python bench/bf16_agreement.py`` (≈ 10 min on 2 cores) writes ``bench/results/bf16_agreement.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.ops import box_iou
+
+from _common import write_result
+from foveal.cli import CONFIG_DIR
+from foveal.config import load_config
+from foveal.engine.allocator import keep_freed_memory
+from foveal.explain.boxes import maps_to_boxes
+from foveal.explain.upsample import grid_of, upsample_maps
+from foveal.tasks import classify, detect, detect_eval, explain, segment, segment_eval
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path("runs/bench-bf16")
+FULL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _train(module: Any, config_cls: Any, recipe: str, run: Path, overrides: list[str]) -> float:
+    """Train ``recipe`` into ``run`` unless it holds a best checkpoint; minutes spent."""
+    if (run / "checkpoints" / "best").is_dir():
+        return 0.0
+    cfg = load_config(config_cls, CONFIG_DIR / f"{recipe}.yaml", [*overrides, "train.progress=false"])
+    start = time.perf_counter()
+    module.train(cfg, run_dir=run, device="cpu")
+    return (time.perf_counter() - start) / 60
+
+
+@torch.no_grad()
+def _classification(run: Path, data_spec: str, cam_images: int) -> dict[str, Any]:
+    from foveal.data.classification import open_dataset
+
+    models = {p: classify.load_classifier(run, fuse=True, device="cpu", precision=p) for p in ("fp32", "bf16")}
+    ref = models["fp32"]
+    data = open_dataset(data_spec, "test", channels=ref.channels)
+    samples = classify.ClassifySamples(data, classify.eval_transform(ref.resolution), ref.mean, ref.std)
+    x_all = torch.stack([samples[i][0] for i in range(len(samples))])
+    labels = torch.tensor([samples[i][1] for i in range(len(samples))])
+    preds, seconds = {}, {}
+    for name, clf in models.items():
+        start = time.perf_counter()
+        out = [clf.model(explain.on_model(x_all[i : i + 256], clf.model)).float() for i in range(0, len(x_all), 256)]
+        seconds[name] = time.perf_counter() - start
+        preds[name] = torch.cat(out).argmax(1)
+    agree = float((preds["fp32"] == preds["bf16"]).float().mean())
+    accuracy = {name: float((p == labels).float().mean()) for name, p in preds.items()}
+    # CAM boxes of fp32's top-1 class from both models, on the input's pixels
+    x = x_all[:cam_images]
+    classes = preds["fp32"][:cam_images, None]
+    boxes = {}
+    for name, clf in models.items():
+        grid = grid_of(clf.model)
+        with explain.class_maps(clf.model, "cam") as maps_of:
+            maps = torch.cat(
+                [
+                    maps_of(explain.on_model(x[i : i + 256], clf.model), classes[i : i + 256]).float()
+                    for i in range(0, len(x), 256)
+                ]
+            )
+        boxes[name] = maps_to_boxes(upsample_maps(maps, tuple(x.shape[-2:]), grid), 0.2)[:, 0]
+    iou = box_iou(boxes["fp32"], boxes["bf16"]).diagonal()
+    return {
+        "images": len(labels),
+        "top1_agreement": agree,
+        "top1_fp32": accuracy["fp32"],
+        "top1_bf16": accuracy["bf16"],
+        "top1_delta_points": 100 * (accuracy["bf16"] - accuracy["fp32"]),
+        "seconds": seconds,
+        "cam_images": len(x),
+        "cam_box_agreement_iou50": float((iou >= 0.5).float().mean()),
+        "cam_box_mean_iou": float(iou.mean()),
+    }
+
+
+def _segmentation(run: Path) -> dict[str, Any]:
+    from foveal.data.segmentation import open_segmentation
+
+    out: dict[str, Any] = {}
+    for name in ("fp32", "bf16"):
+        s = segment_eval.evaluate_checkpoint(run, None, None, device="cpu", precision=name).summary()
+        out[name] = {k: s[k] for k in ("fg_iou", "f1_50", "ap") if k in s}
+    image = open_segmentation("nuclei-sample").images[0]  # the whole 256 × 512 image, both halves
+    labels = {}
+    for name in ("fp32", "bf16"):
+        seg = segment.load_segmenter(run, fast=True, device="cpu", precision=name)
+        labels[name] = segment_eval.predict_logits(seg.model, image, seg.config.data.eval_tile).argmax(0)
+    out["pixel_label_agreement"] = float((labels["fp32"] == labels["bf16"]).float().mean())
+    out["f1_50_delta"] = out["bf16"].get("f1_50", 0.0) - out["fp32"].get("f1_50", 0.0)
+    return out
+
+
+def _detection(run: Path) -> dict[str, Any]:
+    result = {name: detect_eval.evaluate_checkpoint(run, device="cpu", precision=name) for name in ("fp32", "bf16")}
+    ap = {name: r.ap for name, r in result.items()}
+    return {
+        "AP_fp32": ap["fp32"],
+        "AP_bf16": ap["bf16"],
+        "AP_delta_points": 100 * (ap["bf16"] - ap["fp32"]),
+        "AP50_fp32": result["fp32"].ap50,
+        "AP50_bf16": result["bf16"].ap50,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=3.0, help="training cap per model (default 3)")
+    parser.add_argument("--cam-images", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bf16_agreement.json")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(2)
+    cap = f"train.max_minutes={args.minutes}"
+    fashion = "fashion-mnist" if FULL_FASHION.is_dir() else "fashion-mnist-sample"
+    minutes = {
+        "classify": _train(
+            classify,
+            classify.ClassifyConfig,
+            "classify_cpu",
+            RUNS / "classify",
+            [f"data.train={fashion}", cap, "train.epochs=1"],
+        ),
+        "segment": _train(segment, segment.SegmentConfig, "segment_cpu", RUNS / "segment", [cap]),
+        "detect": _train(detect, detect.DetectConfig, "detect_demo", RUNS / "detect", [cap]),
+    }
+    result = {
+        "what": "fp32 against bf16 inference (foveal's BatchNorm-folded channels-last copy) with the same weights",
+        "training_minutes": minutes,
+        "classification": {
+            "data": f"{fashion} test split",
+            **_classification(RUNS / "classify", fashion, args.cam_images),
+        },
+        "segmentation": {
+            "data": "nuclei-sample, columns 384-511 (metrics), whole image (labels)",
+            **_segmentation(RUNS / "segment"),
+        },
+        "detection": {"data": "fashion-canvas-sample val", **_detection(RUNS / "detect")},
+    }
+    write_result(args.out, result)
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""--device and --precision on every verb: a device or precision this machine lacks is one error line, bf16 runs
+the classifier's folded copy in bfloat16 with the fp32 answers wherever they are clear."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foveal.cli import main
+from foveal.tasks import classify
+
+TINY = ["train.max_steps=2", "data.limit=64", "data.val_limit=32", "data.batch_size=16", "train.progress=false"]
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dev") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "classify", "--config", "classify_demo", "--out", str(out), "--device", "cpu", *TINY])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("foveal: error: ")
+    return err
+
+
+@no_cuda
+def test_every_verb_names_a_missing_cuda_device(run, images, tmp_path, capsys):
+    verbs = [
+        ["eval", str(run)],
+        ["predict", str(run), str(images / "img0.png")],
+        ["explain", str(run), str(images / "img0.png"), "--out", str(tmp_path / "x")],
+        ["export", str(run), "--out", str(tmp_path / "m.onnx")],
+        ["demo", "--out", str(tmp_path / "demo"), "--quick"],
+        ["train", "classify", "--config", "classify_demo", "--out", str(tmp_path / "t"), *TINY],
+    ]
+    for argv in verbs:
+        assert "device 'cuda': torch sees no CUDA device here; use --device cpu" in _error(
+            capsys, [*argv, "--device", "cuda"]
+        )
+    assert "unknown device 'tpu'" in _error(capsys, ["eval", str(run), "--device", "tpu"])
+    assert not (tmp_path / "m.onnx").exists()
+    # the config key says the same
+    err = _error(
+        capsys,
+        ["train", "classify", "--config", "classify_demo", "--out", str(tmp_path / "t"), "train.device=cuda:1", *TINY],
+    )
+    assert "device 'cuda:1'" in err
+
+
+def test_fp16_is_for_cuda_only(run, images, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on CUDA")
+    err = _error(capsys, ["predict", str(run), str(images / "img0.png"), "--precision", "fp16"])
+    assert "fp16 runs on CUDA only: use --precision bf16 on the CPU" in err
+
+
+def test_bf16_predict_and_eval_agree_with_fp32_where_fp32_is_clear(run, images, tmp_path, capsys):
+    files = [str(p) for p in sorted(images.glob("*.png"))]
+    fp32 = classify.predict(run, files, top_k=2, device="cpu")
+    bf16 = classify.predict(run, files, top_k=2, device="cpu", precision="bf16")
+    clf = classify.load_classifier(run, device="cpu", precision="bf16")
+    assert next(clf.model.parameters()).dtype == torch.bfloat16
+    for a, b in zip(fp32, bf16, strict=True):
+        assert abs(a.topk[0].probability - b.topk[0].probability) < 0.05
+        if a.topk[0].probability - a.topk[1].probability > 0.05:
+            assert a.topk[0].class_index == b.topk[0].class_index
+    assert main(["eval", str(run), "--precision", "bf16", "--device", "cpu", "--out", str(tmp_path / "e")]) == 0
+    bf16_top1 = json.loads((tmp_path / "e" / "metrics.json").read_text())["top1"]
+    assert main(["eval", str(run), "--device", "cpu", "--out", str(tmp_path / "f")]) == 0
+    fp32_top1 = json.loads((tmp_path / "f" / "metrics.json").read_text())["top1"]
+    assert abs(bf16_top1 - fp32_top1) <= 2 / 32  # 32 validation images: at most two near-ties flip
+    capsys.readouterr()
+
+
+def test_explain_in_bf16_and_export_keeps_fp32(run, images, tmp_path, capsys):
+    argv = ["explain", str(run), str(images / "img0.png"), "--top-k", "2"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b"), "--device", "cpu", "--precision", "bf16"]) == 0
+    (a,) = json.loads((tmp_path / "a" / "explanations.json").read_text())
+    (b,) = json.loads((tmp_path / "b" / "explanations.json").read_text())
+    assert np.allclose(a["scores"], b["scores"], atol=0.05) and len(b["boxes"]) == 2
+    assert main(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--device", "cpu"]) == 0
+    assert "max |difference|" in capsys.readouterr().out
+
+
+def test_training_precision_key(tmp_path, capsys):
+    base = ["train", "classify", "--config", "classify_demo", "--device", "cpu", *TINY, "train.max_steps=1"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*base, "--out", str(tmp_path / "bf16"), "train.precision=bf16"]) == 0
+    assert (tmp_path / "bf16" / "checkpoints" / "best").is_dir()
+    if not torch.cuda.is_available():
+        err = _error(capsys, [*base, "--out", str(tmp_path / "fp16"), "train.precision=fp16"])
+        assert "fp16 runs on CUDA only" in err
