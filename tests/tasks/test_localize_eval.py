@@ -156,6 +156,9 @@ def test_cli_eval_with_boxes(setup, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "MaxBoxAccV2" in result.stdout and "top-1 loc error" in result.stdout
     assert (tmp_path / "o" / "localization.json").is_file()
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert 0.0 <= metrics["max_box_acc_v2"] <= 1.0 and metrics["count"] == N
+    assert (tmp_path / "o" / "report.html").is_file()
 
 
 @pytest.mark.parametrize(

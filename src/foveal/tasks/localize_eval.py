@@ -15,7 +15,8 @@ matches any of them (ImageNet's rule); boxes of another class of the classifier 
 
 :func:`localization_eval_folder` writes ``localization.json`` (the metrics), ``localization/images.csv`` (one row per
 image) and PNG panels of the worst images and of an evenly spaced sample (``localization/worst_NN_<stem>.png``,
-``localization/sample_NN_<stem>.png``): the top-1 class's map, its box (red) and the ground truth (green).
+``localization/sample_NN_<stem>.png``): the top-1 class's map, its box (red) and the ground truth (green); and the
+headline figures in ``metrics.json``, as every ``eval --out`` folder has them.
 """
 
 from __future__ import annotations
@@ -396,6 +397,14 @@ def _write(report: LocalizationReport, folder: Path) -> None:
     from foveal.report.tables import atomic_output
 
     write_json(folder / RESULTS_FILE, report.to_dict())
+    mba = report.max_box_acc
+    summary = {  # the headline figures, as every eval --out folder has them (the HTML report reads this file)
+        **report.localization.to_dict(),
+        "max_box_acc_v2": mba.max_box_acc_v2,
+        **{f"max_box_acc_iou{k}": v for k, v in mba.max_box_acc.items()},
+        **{f"best_threshold_iou{k}": v for k, v in mba.best_threshold.items()},
+    }
+    write_json(folder / "metrics.json", summary)
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["file", "label", "top1", "score", "x1", "y1", "x2", "y2", "iou", "true_class_iou", "localized"])
