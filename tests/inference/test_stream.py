@@ -284,3 +284,10 @@ def test_predict_takes_zarr_inputs_and_refuses_png_or_tta_for_streamed_images(tm
     assert "--format tif or zarr" in capsys.readouterr().err
     assert main(["predict", str(checkpoint), str(src), "--tta", "dihedral", "--out", str(tmp_path / "p")]) == 2
     assert "--tta none" in capsys.readouterr().err
+
+
+def test_class_map_is_argmax_with_its_ties_and_nans():
+    logits = torch.randint(0, 3, (4, 9, 11)).float()  # many ties
+    logits[2, 0, :3] = float("nan")
+    logits[0, 1, :2] = float("nan")
+    assert np.array_equal(stream.class_map(logits), logits.argmax(0).numpy())

@@ -426,6 +426,17 @@ def logit_bands(
         bar.close()
 
 
+def class_map(logits: Tensor) -> np.ndarray:
+    """``logits.argmax(0)`` of (K, h, W) logits as an (h, W) int64 array, computed class by class (the reduction over
+    a short first axis is slow): the first largest class wins ties, and a NaN counts as largest, as in ``argmax``."""
+    best, index = logits[0], torch.zeros(logits.shape[1:], dtype=torch.int64)
+    for k in range(1, logits.shape[0]):
+        better = (logits[k] > best) | (logits[k].isnan() & ~best.isnan())
+        best = torch.where(better, logits[k], best)
+        index[better] = k
+    return index.numpy()
+
+
 def _check_logits(pred: Tensor, geom: TileGeometry) -> None:
     expected = geom.tile + 2 * geom.context
     if pred.ndim != 4 or tuple(pred.shape[-2:]) != (expected, expected):
@@ -848,7 +859,7 @@ def _write_instances(
     try:
         fg = 0
         for _, logits in bands:
-            mask = logits.argmax(0).numpy() > 0
+            mask = class_map(logits) > 0
             fg += int(mask.sum())
             labeler.add(mask, min_size)
             probs.write(logits)
@@ -868,7 +879,7 @@ def _write_classes(
     def class_bands() -> Iterator[np.ndarray]:
         nonlocal fg
         for _, logits in bands:
-            cls = logits.argmax(0).numpy()
+            cls = class_map(logits)
             fg += int((cls > 0).sum())
             present.update(int(c) for c in np.unique(cls) if c > 0)
             probs.write(logits)
