@@ -92,10 +92,10 @@ def _run_foveal(image: Path, out: Path, base_width: int) -> dict[str, Any]:
 
 def _run_monai(image: Path, out: Path, base_width: int) -> dict[str, Any]:
     from monai.inferers import sliding_window_inference
-    from tiling_speed import _MonaiWindow
 
     from foveal.data.instances import instances_from_classes
     from foveal.data.seg_io import write_label_image
+    from tiling_speed import _MonaiWindow
 
     net = _network(base_width)
     wrapper = _MonaiWindow(net, WINDOW)  # type: ignore[arg-type]
