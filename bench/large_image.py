@@ -73,7 +73,8 @@ def _network(base_width: int) -> torch.nn.Module:
     x = torch.linspace(0, 1, 700)[None, None, :, None].expand(1, 1, 700, 700) + 0.1 * torch.rand(1, 1, 700, 700)
     with torch.no_grad():
         logits = net(x)
-        net.head.bias[1] -= float((logits[0, 1] - logits[0, 0]).median())
+        bias: torch.Tensor = net.head.bias  # type: ignore[assignment]
+        bias[1] -= float((logits[0, 1] - logits[0, 0]).median())
     return net
 
 
@@ -149,7 +150,7 @@ def main() -> None:
         _generate(image, args.size)
         generated = time.perf_counter() - start
         print(f"generated {args.size}² in {generated:.0f} s ({image.stat().st_size / 1e9:.2f} GB)", flush=True)
-        runs = {"foveal": _spawn("foveal", image, Path(tmp) / "labels.tif", args.base_width)}
+        runs: dict[str, Any] = {"foveal": _spawn("foveal", image, Path(tmp) / "labels.tif", args.base_width)}
         print("foveal", runs["foveal"], flush=True)
         if args.monai:
             runs["monai"] = _spawn("monai", image, Path(tmp) / "monai_labels.tif", args.base_width)
