@@ -3,7 +3,7 @@
 
 Run: ``python bench/large_image.py --size 40000`` (streaming only) and
 ``python bench/large_image.py --size 12000 --monai`` (both, side by side). Writes ``bench/results/large_image.json``
-(one entry per size; earlier entries of other sizes are kept).
+(one entry per size, ``<size>_monai`` with MONAI; other entries are kept).
 
 The image is generated, never stored in the repository: a smooth random field with fine noise, uint8, written as an
 uncompressed tiled BigTIFF (512² tiles) in a temporary folder that is removed afterwards. The network is the paper's
@@ -172,7 +172,7 @@ def main() -> None:
         "note": args.note,
     }
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[str(args.size)] = entry
+    results[f"{args.size}{'_monai' if args.monai else ''}"] = entry
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(entry, indent=2))
