@@ -203,7 +203,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out=args.out,
         top_k=args.top_k,
         tile=args.tile,
-        fmt=args.format,
+        fmt="tif" if args.format == "tiff" else args.format,
+        probabilities=args.probabilities,
         tta=args.tta,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -425,7 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the predictions as CSV here (classification)")
     p.add_argument("--out", help="output folder (default: predictions; classify: none, only --json / --csv)")
     p.add_argument("--tile", type=int, help="segmentation: output tile edge (default: the checkpoint's eval tile)")
-    p.add_argument("--format", choices=["tif", "png"], default="tif", help="segmentation: label image format")
+    p.add_argument(
+        "--format",
+        choices=["tif", "tiff", "png", "zarr"],
+        default="tif",
+        help="segmentation: label image format (large TIFF / zarr inputs stream to a tiled BigTIFF, or to zarr)",
+    )
+    p.add_argument(
+        "--probabilities", action="store_true", help="segmentation: also write the soft-max probabilities (H, W, K)"
+    )
     p.add_argument(
         "--tta", choices=["none", "dihedral"], help="segmentation: average over the 8 rotations / flips (dihedral)"
     )

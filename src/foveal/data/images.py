@@ -318,12 +318,19 @@ def _list_file(path: Path) -> Iterator[Path]:
         raise FovealError(f"cannot read the list file {path}: {exc} (one image path per line, UTF-8)") from None
 
 
+def _is_zarr(path: Path) -> bool:
+    """A zarr store (a folder holding one image array) is one input, streamed by segmentation predict."""
+    from foveal.inference.stream import is_zarr_path
+
+    return is_zarr_path(path)
+
+
 def _expand_one(text: str) -> Iterator[Path]:
     exts = ", ".join(sorted(IMAGE_EXTENSIONS))
     path = Path(text)
     if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         yield from _list_file(path)
-    elif path.is_file():
+    elif path.is_file() or _is_zarr(path):
         yield path
     elif path.is_dir():
         names = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))

@@ -426,6 +426,17 @@ def logit_bands(
         bar.close()
 
 
+def class_map(logits: Tensor) -> np.ndarray:
+    """``logits.argmax(0)`` of (K, h, W) logits as an (h, W) int64 array, computed class by class (the reduction over
+    a short first axis is slow): the first largest class wins ties, and a NaN counts as largest, as in ``argmax``."""
+    best, index = logits[0], torch.zeros(logits.shape[1:], dtype=torch.int64)
+    for k in range(1, logits.shape[0]):
+        better = (logits[k] > best) | (logits[k].isnan() & ~best.isnan())
+        best = torch.where(better, logits[k], best)
+        index[better] = k
+    return index.numpy()
+
+
 def _check_logits(pred: Tensor, geom: TileGeometry) -> None:
     expected = geom.tile + 2 * geom.context
     if pred.ndim != 4 or tuple(pred.shape[-2:]) != (expected, expected):
@@ -444,68 +455,93 @@ class SeamLabeler:
     """Connected components (4-connected) of a foreground mask that arrives in row bands, numbered as
     ``scipy.ndimage.label`` numbers them on the whole mask (raster order of each object's first pixel).
 
-    :meth:`add` takes the bands in order (pass 1); :meth:`table` merges the pieces across seams; :meth:`labels`
-    gives the final labels of the stored bands again (pass 2). The bands are kept one bit per pixel in a temporary
-    file under ``tmp_dir``.
+    :meth:`add` takes the bands in order (pass 1); :meth:`finish` merges the pieces across seams and drops objects
+    under ``min_size``; :meth:`labels` gives the final labels of the stored bands again (pass 2). Pieces are numbered
+    band by band in the order ``ndi.label`` finds them, which is the raster order of their first pixels, so an object's
+    first pixel is that of its lowest-numbered piece (its root). Memory: the bands are kept one bit per pixel in a
+    temporary file under ``tmp_dir``; a piece inside its band (touching neither its first nor its last row) is a whole
+    object, decided at once and kept as one bit; only pieces on band rims are remembered (number, size, seam contacts).
     """
 
     def __init__(self, width: int, tmp_dir: str | Path | None = None) -> None:
         self.width = width
         self._file = tempfile.TemporaryFile(dir=tmp_dir)  # noqa: SIM115 (closed by close())
-        self._bands: list[tuple[int, int, int]] = []  # (height, file offset, first piece number − 1)
-        self._sizes: list[np.ndarray] = [np.zeros(1, np.int64)]
+        self._bands: list[tuple[int, int, int, int]] = []  # (height, file offset, pieces before, pieces in band)
+        self._kept: list[np.ndarray] = []  # per band: packed bits, set for a kept whole piece inside the band
+        self._rim: list[np.ndarray] = []  # numbers of the pieces on band rims (ascending)
+        self._rim_size: list[np.ndarray] = []
         self._pairs: list[np.ndarray] = []
         self._last: np.ndarray | None = None
+        self._min_size = 0
         self.pieces = 0
 
-    def add(self, mask: np.ndarray) -> None:
-        """Label the next band (h, W) of the mask and record its pieces and seam contacts."""
+    def add(self, mask: np.ndarray, min_size: int = 0) -> None:
+        """Label the next band (h, W) of the mask; record its rim pieces and seam contacts (``min_size`` decides
+        the pieces inside the band, and must be the same for every band and :meth:`finish`)."""
+        self._min_size = min_size
         packed = np.packbits(mask, axis=1)
-        self._bands.append((mask.shape[0], self._file.tell(), self.pieces))
-        self._file.write(packed.tobytes())
         lab, n = ndi.label(mask, structure=_FOUR)
-        self._sizes.append(np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int64))
-        lab = np.where(lab > 0, lab + self.pieces, 0)
+        self._bands.append((mask.shape[0], self._file.tell(), self.pieces, n))
+        self._file.write(packed.tobytes())
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        rim = np.union1d(lab[0], lab[-1])
+        rim = rim[rim > 0]
+        inside = sizes >= min_size
+        inside[0] = False
+        inside[rim] = False
+        self._kept.append(np.packbits(inside[1:]))
+        self._rim.append(rim.astype(np.int64) + self.pieces)
+        self._rim_size.append(sizes[rim].astype(np.int64))
+        top = np.where(lab[0] > 0, lab[0].astype(np.int64) + self.pieces, 0)
         if self._last is not None:
-            both = (self._last > 0) & (lab[0] > 0)
+            both = (self._last > 0) & (top > 0)
             if both.any():
-                self._pairs.append(np.unique(np.stack([self._last[both], lab[0][both]], 1), axis=0))
-        self._last = lab[-1].copy()
+                self._pairs.append(np.unique(np.stack([self._last[both], top[both]], 1), axis=0))
+        self._last = np.where(lab[-1] > 0, lab[-1].astype(np.int64) + self.pieces, 0)
         self.pieces += n
 
-    def table(self, min_size: int = 0) -> tuple[np.ndarray, int]:
-        """(lookup from piece number to final label, number of objects): objects of at least ``min_size`` pixels,
-        numbered 1..n by their first pixel in raster order."""
+    def finish(self) -> int:
+        """Merge the rim pieces over the seam contacts; the number of objects kept."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        n = self.pieces + 1
-        sizes = np.concatenate(self._sizes)
+        rim = np.concatenate(self._rim) if self._rim else np.zeros(0, np.int64)
+        sizes = np.concatenate(self._rim_size) if self._rim else np.zeros(0, np.int64)
+        m = len(rim)
         if self._pairs:
-            pairs = np.concatenate(self._pairs)
-            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+            pairs = np.searchsorted(rim, np.concatenate(self._pairs))
+            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
             _, comp = connected_components(graph, directed=False)
         else:
-            comp = np.arange(n)
+            comp = np.arange(m)
         _, first, comp = np.unique(comp, return_index=True, return_inverse=True)
-        comp_size = np.bincount(comp, weights=sizes)
-        keep = comp_size >= min_size
-        keep[comp[0]] = False
-        order = np.argsort(first, kind="stable")
-        number = np.zeros(len(first), np.int64)
-        kept = order[keep[order]]
-        number[kept] = np.arange(1, len(kept) + 1)
-        return number[comp], len(kept)
+        self._root = rim[first][comp]  # each rim piece's root: the lowest piece of its object
+        keep = np.bincount(comp, weights=sizes, minlength=len(first)) >= self._min_size
+        self._kept_roots = rim[first][keep]  # ascending: rim is sorted and first picks each object's lowest piece
+        self._rim_all = rim
+        inside = sum(int(np.unpackbits(k).sum()) for k in self._kept)
+        return inside + len(self._kept_roots)
 
-    def labels(self, lookup: np.ndarray) -> Iterator[np.ndarray]:
-        """The final labels (h, W) int32 of every band, in order, by ``lookup`` from :meth:`table`."""
-        for h, offset, base in self._bands:
+    def labels(self) -> Iterator[np.ndarray]:
+        """The final labels (h, W) int32 of every band, in order (after :meth:`finish`)."""
+        kept_before = 0
+        root_number: dict[int, int] = {}
+        for (h, offset, base, n), kept_bits in zip(self._bands, self._kept, strict=True):
             self._file.seek(offset)
-            nbytes = h * ((self.width + 7) // 8)
-            packed = np.frombuffer(self._file.read(nbytes), np.uint8).reshape(h, -1)
-            mask = np.unpackbits(packed, axis=1, count=self.width).astype(bool)
-            lab, _ = ndi.label(mask, structure=_FOUR)
-            yield np.where(lab > 0, lookup[lab + base], 0).astype(np.int32)
+            packed = np.frombuffer(self._file.read(h * ((self.width + 7) // 8)), np.uint8).reshape(h, -1)
+            lab, _ = ndi.label(np.unpackbits(packed, axis=1, count=self.width).astype(bool), structure=_FOUR)
+            kept = np.unpackbits(kept_bits, count=n).astype(bool)
+            lo, hi = np.searchsorted(self._kept_roots, [base + 1, base + n + 1])
+            kept[self._kept_roots[lo:hi] - base - 1] = True
+            number = np.where(kept, kept_before + np.cumsum(kept), 0)
+            kept_before += int(kept.sum())
+            lo, hi = np.searchsorted(self._rim_all, [base + 1, base + n + 1])
+            for piece, root in zip(self._rim_all[lo:hi].tolist(), self._root[lo:hi].tolist(), strict=True):
+                if root > base:
+                    root_number[root] = int(number[root - base - 1])
+                number[piece - base - 1] = root_number[root]
+            lookup = np.concatenate([[0], number]).astype(np.int64)
+            yield lookup[lab].astype(np.int32)
 
     def close(self) -> None:
         self._file.close()
@@ -578,6 +614,7 @@ class BandWriter:
         self._rows: list[np.ndarray] = []
         self._written = 0
         self._error: BaseException | None = None
+        self._ended = False  # the encoder has taken the end marker
         try:
             self.dst.parent.mkdir(parents=True, exist_ok=True)
             if self.format == "zarr":
@@ -592,7 +629,11 @@ class BandWriter:
 
     def _tiles(self) -> Iterator[np.ndarray]:
         t = self.tile
-        while (strip := self._queue.get()) is not None:
+        while True:
+            strip = self._queue.get()
+            if strip is None:
+                self._ended = True
+                return
             for x in range(0, self.shape[1], t):
                 block = strip[:, x : x + t]
                 if block.shape[:2] != (t, t):
@@ -615,8 +656,8 @@ class BandWriter:
                 )
         except BaseException as exc:  # reported by close()
             self._error = exc
-            while self._queue.get() is not None:  # let the producer finish
-                pass
+            while not self._ended:  # take strips until the end marker so the producer never blocks
+                self._ended = self._queue.get() is None
 
     def write(self, band: np.ndarray) -> None:
         """Append rows (h, W[, K]) below those written so far."""
@@ -818,12 +859,12 @@ def _write_instances(
     try:
         fg = 0
         for _, logits in bands:
-            mask = logits.argmax(0).numpy() > 0
+            mask = class_map(logits) > 0
             fg += int(mask.sum())
-            labeler.add(mask)
+            labeler.add(mask, min_size)
             probs.write(logits)
-        lookup, objects = labeler.table(min_size)
-        path = write_labels_streaming(dst, expand_bands(labeler.labels(lookup), expand), shape, objects, out_tile)
+        objects = labeler.finish()
+        path = write_labels_streaming(dst, expand_bands(labeler.labels(), expand), shape, objects, out_tile)
     finally:
         labeler.close()
     return objects, fg, path
@@ -838,7 +879,7 @@ def _write_classes(
     def class_bands() -> Iterator[np.ndarray]:
         nonlocal fg
         for _, logits in bands:
-            cls = logits.argmax(0).numpy()
+            cls = class_map(logits)
             fg += int((cls > 0).sum())
             present.update(int(c) for c in np.unique(cls) if c > 0)
             probs.write(logits)

@@ -56,6 +56,7 @@ class PredictRequest:
     top_k: int = 5
     tile: int | None = None
     fmt: str = "tif"
+    probabilities: bool = False
     tta: str | None = None
     batch_size: int | None = None
     workers: int | None = None
@@ -79,8 +80,8 @@ def build(task: str, req: PredictRequest) -> tuple[Predictor, Writer]:
     if task == "segment":
         from foveal.tasks.segment_eval import SegmentPredictor, SegmentWriter
 
-        seg = SegmentPredictor(req.checkpoint, req.tile, req.tta, req.device, req.precision)
-        return seg, SegmentWriter(seg.seg.masks == "instances", req.fmt)
+        seg = SegmentPredictor(req.checkpoint, req.tile, req.tta, req.fmt, req.probabilities, req.device, req.precision)
+        return seg, SegmentWriter(seg.seg.masks == "instances", req.fmt, req.probabilities, seg)
     from foveal.tasks.classify import ClassifyPredictor, ClassifyWriter
 
     return ClassifyPredictor(req.checkpoint, req.top_k, req.device, req.precision), ClassifyWriter()
@@ -110,7 +111,7 @@ def _check(task: str, req: PredictRequest) -> None:
 
 def _settings(task: str, req: PredictRequest) -> dict[str, Any]:
     """What makes the outputs what they are (a resume must repeat it)."""
-    keep = {"classify": ("top_k",), "segment": ("tile", "fmt", "tta"), "detect": ()}[task]
+    keep = {"classify": ("top_k",), "segment": ("tile", "fmt", "tta", "probabilities"), "detect": ()}[task]
     return {
         "task": task,
         "checkpoint": str(Path(req.checkpoint).resolve()),

@@ -266,26 +266,56 @@ class SegPrediction:
     overlay: str
 
 
+#: TIFF / BigTIFF images above this many pixels, and zarr arrays, are segmented by streaming: read, predicted and
+#: written tile by tile (:mod:`foveal.inference.stream`), with the same labels and no overlay.
+STREAM_PIXELS = 4096 * 4096
+LABEL_FORMATS = ("tif", "png", "zarr")
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """An image segmented by streaming (:data:`STREAM_PIXELS`): only its path travels through the batches."""
+
+    path: Path
+
+
+def streams(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is segmented by streaming: a zarr store, or a TIFF that is large or goes to zarr labels."""
+    from foveal.inference.stream import image_size, is_zarr_path
+
+    if is_zarr_path(path):
+        return True
+    size = image_size(path)
+    return size is not None and (fmt == "zarr" or size[0] * size[1] > STREAM_PIXELS)
+
+
 class _PrepareSegment:
-    """Path → (C, H, W) float image normalised as the model was trained (runs in DataLoader workers)."""
+    """Path → (C, H, W) float image normalised as the model was trained (runs in DataLoader workers), or
+    :class:`Streamed` for an image that is streamed."""
 
-    def __init__(self, channels: int, normalize: str) -> None:
-        self.channels, self.normalize = channels, normalize
+    def __init__(self, channels: int, normalize: str, fmt: str = "tif") -> None:
+        self.channels, self.normalize, self.fmt = channels, normalize, fmt
 
-    def __call__(self, path: Path) -> Tensor:
+    def __call__(self, path: Path) -> Tensor | Streamed:
         from foveal.data.seg_io import load_seg_image
 
+        if streams(path, self.fmt):
+            return Streamed(path)
         return load_seg_image(path, channels=self.channels, normalize=self.normalize)
 
 
 class SegmentPredictor:
     """Overlap-tile segmentation (a :class:`foveal.inference.batch_predict.Predictor`): each result is the (H, W)
-    int32 label image (instances for instance models, classes otherwise) and the class map's foreground fraction.
+    int32 label image (instances for instance models, classes otherwise), the class map's foreground fraction and,
+    with ``probabilities``, the soft-max probabilities (H, W, K). A streamed image's result is its :class:`Streamed`
+    marker: :class:`SegmentWriter` segments it straight into its files.
 
     Args:
         checkpoint: checkpoint folder or run directory.
         tile: output tile edge (default: the checkpoint's evaluation tile).
         tta: overrides the checkpoint's ``post.tta`` ("none" or "dihedral").
+        fmt: the label format ("tif", "png", "zarr"): zarr labels stream every TIFF.
+        probabilities: also return the soft-max probabilities.
     """
 
     def __init__(
@@ -293,6 +323,8 @@ class SegmentPredictor:
         checkpoint: str | Path,
         tile: int | None = None,
         tta: str | None = None,
+        fmt: str = "tif",
+        probabilities: bool = False,
         device: str | torch.device = "auto",
         precision: str = "fp32",
     ) -> None:
@@ -304,42 +336,104 @@ class SegmentPredictor:
             raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
         self.tile = tile or self.seg.config.data.eval_tile
         tile_input(self.seg.model, self.tile)
-        self.prepare = _PrepareSegment(self.seg.channels, self.seg.normalize)
+        self.prepare = _PrepareSegment(self.seg.channels, self.seg.normalize, fmt)
+        self.probabilities = probabilities
 
     @torch.no_grad()
-    def predict_batch(self, prepared: Sequence[Tensor]) -> list[tuple[np.ndarray, float]]:
-        results = []
+    def predict_batch(self, prepared: Sequence[Tensor | Streamed]) -> list[Any]:
+        results: list[Any] = []
         for image in prepared:  # images differ in size: each is one overlap-tile batch of its own
+            if isinstance(image, Streamed):
+                results.append(image)
+                continue
             big = image.shape[-1] * image.shape[-2] > 2048**2
-            cls = predict_logits(self.seg.model, image, self.tile, progress=big, tta=self.tta).argmax(0).numpy()
+            logits = predict_logits(self.seg.model, image, self.tile, progress=big, tta=self.tta)
+            cls = logits.argmax(0).numpy()
             instances = self.seg.masks == "instances"
             labels = to_instances(cls, self.seg.config.post) if instances else cls.astype(np.int32)
-            results.append((labels, float((cls > 0).mean())))
+            probs = logits.float().softmax(0).permute(1, 2, 0).numpy() if self.probabilities else None
+            results.append((labels, float((cls > 0).mean()), probs))
         return results
+
+    def stream(self, path: Path, labels: Path, probabilities: Path | None) -> Any:
+        """Segment a :class:`Streamed` image into ``labels`` (and ``probabilities``); a
+        :class:`foveal.inference.stream.StreamResult`."""
+        from foveal.inference.stream import segment_large
+
+        if self.tta != "none":
+            raise FovealError(
+                f"image {path} is streamed (large TIFF or zarr), which runs without test-time augmentation: "
+                "pass --tta none"
+            )
+        post = self.seg.config.post
+        return segment_large(
+            self.seg.model,
+            path,
+            labels,
+            tile=self.tile,
+            instances=self.seg.masks == "instances",
+            normalize=self.seg.normalize,
+            channels=self.seg.channels,
+            min_size=post.min_size,
+            expand=post.expand,
+            probabilities=probabilities,
+            progress=True,
+        )
 
 
 class SegmentWriter:
-    """Per image ``<stem>_labels.<fmt>`` (TIFF or 16-bit PNG) and ``<stem>_overlay.png``, and the record of a
-    :class:`SegPrediction` (paths as published)."""
+    """Per image ``<stem>_labels.<fmt>`` (TIFF, 16-bit PNG or zarr), ``<stem>_overlay.png`` (not for streamed
+    images), with ``probabilities`` ``<stem>_probabilities.tif|zarr`` (H, W, K) float32, and the record of a
+    :class:`SegPrediction` (paths as published). ``streamer`` segments :class:`Streamed` images."""
 
-    def __init__(self, instances: bool, fmt: str = "tif") -> None:
-        if fmt not in ("tif", "png"):
-            raise FovealError(f"unknown label format '{fmt}': use tif or png")
-        self.instances, self.fmt = instances, fmt
+    def __init__(
+        self, instances: bool, fmt: str = "tif", probabilities: bool = False, streamer: SegmentPredictor | None = None
+    ) -> None:
+        if fmt not in LABEL_FORMATS:
+            raise FovealError(f"unknown label format '{fmt}': use tif, png or zarr")
+        self.instances, self.fmt, self.probabilities, self.streamer = instances, fmt, probabilities, streamer
 
-    def write(self, item: Any, prepared: Tensor, result: tuple[np.ndarray, float], out: Any) -> dict[str, Any]:
+    def _names(self, stem: str) -> tuple[str, str, str]:
+        probs = f"{stem}_probabilities.{'zarr' if self.fmt == 'zarr' else 'tif'}"
+        return f"{stem}_labels.{self.fmt}", f"{stem}_overlay.png", probs
+
+    def write(self, item: Any, prepared: Any, result: Any, out: Any) -> dict[str, Any]:
         from foveal.data.seg_io import write_label_image
+        from foveal.inference.stream import BandWriter, write_labels_streaming
         from foveal.report.segmentation_plots import plot_segmentation_overlay
 
-        labels, foreground = result
-        names = f"{item.stem}_labels.{self.fmt}", f"{item.stem}_overlay.png"
-        write_label_image(labels, out.staged(names[0]))
+        names = self._names(item.stem)
+        if isinstance(result, Streamed):
+            return self._write_streamed(item, result, out)
+        labels, foreground, probs = result
+        if self.fmt == "zarr":
+            write_labels_streaming(out.staged(names[0]), [labels], labels.shape, int(labels.max(initial=0)))
+        else:
+            write_label_image(labels, out.staged(names[0]))
+        if self.probabilities and probs is not None:
+            with BandWriter(out.staged(names[2]), probs.shape, np.float32) as writer:
+                writer.write(probs)
+                writer.close()
         image = prepared
         shown = image[0].numpy() if image.shape[0] == 1 else image[:3].permute(1, 2, 0).numpy()
         plot_segmentation_overlay(np.clip(shown, 0, 1), labels, out.staged(names[1]))
         n = int(labels.max()) if self.instances else int(len(np.unique(labels[labels > 0])))
         size = (int(labels.shape[0]), int(labels.shape[1]))
-        row = SegPrediction(str(item.path), size, n, foreground, *(str(out.published(x)) for x in names))
+        row = SegPrediction(str(item.path), size, n, foreground, *(str(out.published(x)) for x in names[:2]))
+        return {k: v for k, v in asdict(row).items() if k != "file"}
+
+    def _write_streamed(self, item: Any, result: Streamed, out: Any) -> dict[str, Any]:
+        if self.fmt == "png":
+            raise FovealError(
+                f"image {item.path} is streamed (large TIFF or zarr): write its labels with --format tif or zarr"
+            )
+        if self.streamer is None:
+            raise FovealError(f"image {item.path} is streamed, but this writer has no segmenter to stream it with")
+        names = self._names(item.stem)
+        probs = out.staged(names[2]) if self.probabilities else None
+        done = self.streamer.stream(result.path, out.staged(names[0]), probs)
+        size = (done.height, done.width)
+        row = SegPrediction(str(item.path), size, done.objects, done.foreground, str(out.published(names[0])), "")
         return {k: v for k, v in asdict(row).items() if k != "file"}
 
     def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: Any) -> None:
@@ -353,19 +447,22 @@ def predict(
     tile: int | None = None,
     fmt: str = "tif",
     tta: str | None = None,
+    probabilities: bool = False,
     device: str | torch.device = "auto",
     precision: str = "fp32",
 ) -> list[SegPrediction]:
-    """Segment each image of ``inputs`` (files, folders, globs, list files) and write :class:`SegmentWriter`'s files
-    to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is skipped and listed in
-    ``errors.jsonl``. ``tta`` overrides the checkpoint's ``post.tta``; the network runs on ``device`` in
-    ``precision`` (see :func:`foveal.tasks.segment.load_segmenter`)."""
+    """Segment each image of ``inputs`` (files, folders, globs, list files, zarr stores) and write
+    :class:`SegmentWriter`'s files to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is
+    skipped and listed in ``errors.jsonl``. ``tta`` overrides the checkpoint's ``post.tta``; the network runs on
+    ``device`` in ``precision`` (see :func:`foveal.tasks.segment.load_segmenter`). Large TIFF and zarr images
+    (:data:`STREAM_PIXELS`) are streamed to a tiled BigTIFF or zarr array."""
     from foveal.inference.batch_predict import PREDICTIONS, iter_records, predict_stream
     from foveal.io import staged_output
 
-    predictor = SegmentPredictor(path, tile, tta, device, precision)
-    writer = SegmentWriter(predictor.seg.masks == "instances", fmt)
+    predictor = SegmentPredictor(path, tile, tta, fmt, probabilities, device, precision)
+    writer = SegmentWriter(predictor.seg.masks == "instances", fmt, probabilities, predictor)
     settings = {"checkpoint": str(path), "tile": predictor.tile, "format": fmt, "tta": predictor.tta}
+    settings["probabilities"] = probabilities
     with staged_output(out) as staged:
         predict_stream(predictor, writer, [str(i) for i in inputs], staged, settings, batch_size=1, workers=0)
     return [seg_prediction(r) for r in iter_records(Path(out) / PREDICTIONS)]
