@@ -171,26 +171,31 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def recorded(path: Path) -> tuple[int, str | None]:
-    """(images recorded, file of the last one) in a records file; a line cut by a kill is removed."""
+def recorded(path: Path, batch_size: int, total: int) -> tuple[int, str | None]:
+    """(images to skip, file of the last of them) of a records file, which is cut back to what the resume keeps.
+
+    A line cut by a kill is removed, and so are the records of an incomplete batch (a kill while one batch was
+    being appended): the resume starts at a batch boundary, so every image meets the same batch as it would have in
+    an uninterrupted run, and the outputs are equal to the last bit.
+    """
     if not path.exists():
         return 0, None
-    with open(path, "rb+") as handle:
-        data_end = handle.seek(0, os.SEEK_END)
-        keep = data_end
-        while keep > 0:
-            handle.seek(max(0, keep - 65536))
-            block = handle.read(keep - max(0, keep - 65536))
-            cut = block.rfind(b"\n")
-            if cut >= 0:
-                keep = max(0, keep - len(block)) + cut + 1
+    complete, done = 0, 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
                 break
-            keep = max(0, keep - len(block))
-        if keep != data_end:
-            handle.truncate(keep)
-    last: dict[str, Any] | None = None
-    for record in iter_records(path):
-        last = record
+            complete += len(line)
+            done = int(json.loads(line)["index"]) + 1
+    keep_to = done if done == total else done - done % batch_size
+    offset, last = 0, None
+    with open(path, "rb") as handle:
+        for line in handle:
+            if offset >= complete or int(json.loads(line)["index"]) >= keep_to:
+                break
+            offset, last = offset + len(line), json.loads(line)
+    with open(path, "rb+") as handle:
+        handle.truncate(offset)
     return (0, None) if last is None else (int(last["index"]) + 1, str(last["file"]))
 
 
@@ -267,7 +272,7 @@ def predict_stream(
     check_run(out, settings)
     total = count_inputs(inputs)
     records_path = out.staging / RECORDS
-    done, last_file = recorded(records_path)
+    done, last_file = recorded(records_path, batch_size, total)
     stream = unique_stems(iter_paths(inputs))
     skip_done(stream, done, last_file, out)
     n_workers = default_workers(total - done, batch_size) if workers is None else workers

@@ -112,7 +112,7 @@ def predict_on_ray(
     check_run(out, settings)
     total = count_inputs(inputs)
     records_path = out.staging / RECORDS
-    done, last_file = recorded(records_path)
+    done, last_file = recorded(records_path, batch_size, total)
     stream = unique_stems(iter_paths(inputs))
     skip_done(stream, done, last_file, out)
     rows = [{"index": it.index, "path": str(it.path), "stem": it.stem} for it in islice(stream, None)]

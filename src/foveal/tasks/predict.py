@@ -116,6 +116,7 @@ def _settings(task: str, req: PredictRequest) -> dict[str, Any]:
         "task": task,
         "checkpoint": str(Path(req.checkpoint).resolve()),
         "inputs": list(req.inputs),
+        "batch_size": req.batch_size or DEFAULT_BATCH[task],
         **{k: getattr(req, k) for k in keep},
     }
 
