@@ -85,7 +85,7 @@ def test_own_backbone_trains_in_backbone_unet() -> None:
     model.train()
     losses = _train(model, lambda m: F.cross_entropy(m(x), target))
     assert model(x).shape == (2, 3, 64, 64)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.9 * losses[0], losses
     assert grid_of(model.encoder) == "cell"
 
 
