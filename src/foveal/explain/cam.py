@@ -29,7 +29,6 @@ from torch.utils.hooks import RemovableHandle
 
 from foveal.errors import FovealError
 from foveal.explain.upsample import check_grid, grid_of, upsample_maps
-from foveal.models.efficientnet import EfficientNet
 
 _IDENTITY_TOLERANCE = 1e-3
 """Relative tolerance of the GAP identity check (classifier(mean of the features) must give the model's logits)."""
@@ -266,8 +265,8 @@ class CAM(_ModelHooks):
         self.classifier: nn.Linear = linear
         if feature_layer is not None:
             self.feature_layer: nn.Module | None = _resolve(model, feature_layer, "feature_layer")
-        elif isinstance(model, EfficientNet):
-            self.feature_layer = model.head
+        elif hasattr(model, "forward_head_features") and getattr(model, "classifier", None) is linear:
+            self.feature_layer = model.get_submodule("head")  # foveal's EfficientNet: the 1×1 head conv feeds the GAP
         elif isinstance(getattr(model, "layer4", None), nn.Module) and getattr(model, "fc", None) is linear:
             self.feature_layer = model.get_submodule("layer4")
         else:

@@ -24,20 +24,17 @@ import torchvision
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
-from foveal.models.backbones import ResNetBackbone
-from foveal.models.efficientnet import EfficientNet
-
-GRIDS = ("stride", "cell")
+from foveal.models.backbones import GRIDS, FeatureInfo
 
 
 def grid_of(model: nn.Module) -> str:
-    """The geometry of ``model``'s feature grid: "stride" for nets known to downsample with symmetric padding (foveal
-    EfficientNet with symmetric padding, torchvision ResNet, timm / torchvision EfficientNet, and a detector with such
-    a ``backbone``, e.g. foveal's RetinaNet), "cell" for any other (the usual assumption)."""
-    if isinstance(model, EfficientNet):
-        return "stride" if model.args.get("padding", "symmetric") == "symmetric" else "cell"
-    if isinstance(model, ResNetBackbone):
-        return "stride"
+    """The geometry of ``model``'s feature grid: the ``grid`` of its deepest map for a model of the backbone contract
+    (``feature_info``: foveal's EfficientNet and ResNet, a user's backbone) or of a detector's ``backbone``; "stride"
+    for torchvision's ResNet and timm / torchvision EfficientNet (symmetric padding); "cell" for any other (the usual
+    assumption)."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, (tuple, list)) and info and isinstance(info[-1], FeatureInfo):
+        return info[-1].grid
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module) and backbone is not model:  # a detector: its backbone's grid
         return grid_of(backbone)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
-from foveal.models.backbones import FeatureInfo
+from foveal.models.features import FeatureInfo
 from foveal.models.layers import Conv2dSame, ConvBNAct, SqueezeExcite, drop_path, records_grad
 
 
@@ -212,6 +212,7 @@ class EfficientNet(nn.Module):
         cin, stride = stem, stem_stride
         self.stages = nn.ModuleList()
         infos: list[FeatureInfo] = []
+        grid = "stride" if padding == "symmetric" else "cell"  # where the cells sit (foveal.explain.upsample)
         for i, (s, n) in enumerate(zip(stages, repeats, strict=True)):
             cout = round_channels(s.channels, width)
             blocks = []
@@ -223,7 +224,7 @@ class EfficientNet(nn.Module):
             stride *= s.stride
             last_at_stride = i + 1 == len(stages) or stages[i + 1].stride > 1
             if last_at_stride:
-                infos.append(FeatureInfo(cout, stride, f"stages.{i}"))
+                infos.append(FeatureInfo(cout, stride, f"stages.{i}", grid))
         self.feature_info: tuple[FeatureInfo, ...] = tuple(infos)
         self.num_features = round_channels(B0_HEAD, width)
         self.head = ConvBNAct(cin, self.num_features, 1, **bn)

@@ -1,4 +1,8 @@
-"""Model names → builders. A checkpoint stores (name, args) so the same builder rebuilds its model."""
+"""Model names → builders, and architectures → rebuilders.
+
+A checkpoint stores ``{"arch": ..., "args": {...}}``; :func:`rebuild` looks the architecture up in one table, so the
+same builder that made a model rebuilds it. :func:`build_model` builds any registered model by name.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,17 @@ from torch import nn
 
 from foveal.errors import FovealError
 from foveal.models import efficientnet as _eff
+from foveal.models import retinanet as _retina
+from foveal.models import unet as _unet
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+# checkpoint "arch" → the function that rebuilds the model from its stored args
+ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "efficientnet": _eff.from_args,
+    "unet": _unet.from_args,
+    "retinanet": _retina.from_args,
+}
 
 
 def register(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -21,6 +34,9 @@ def register(name: str, builder: Callable[..., nn.Module]) -> None:
 for _v in _eff.VARIANTS:
     register(f"efficientnet_{_v}", lambda v=_v, **kw: _eff.efficientnet_variant(v, **kw))
 register("efficientnet", _eff.efficientnet)  # needs phi=...
+register("unet", _unet.UNet)
+register("backbone_unet", _unet.BackboneUNet)
+register("retinanet", _retina.RetinaNet)
 
 
 def model_names() -> list[str]:
@@ -42,14 +58,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 def rebuild(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a model from a checkpoint's ``{"arch": ..., "args": {...}}`` record."""
     arch = spec.get("arch")
-    if arch == "efficientnet":
-        return _eff.from_args(spec["args"])
-    if arch == "unet":
-        from foveal.models import unet
-
-        return unet.from_args(spec["args"])
-    if arch == "retinanet":
-        from foveal.models import retinanet
-
-        return retinanet.from_args(spec["args"])
-    raise FovealError(f"checkpoint holds a model of unknown architecture '{arch}'; was it written by a newer foveal?")
+    if arch not in ARCHITECTURES:
+        raise FovealError(
+            f"checkpoint holds a model of unknown architecture '{arch}'; was it written by a newer foveal?"
+        )
+    return ARCHITECTURES[arch](spec["args"])

@@ -25,8 +25,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 from foveal.errors import FovealError
 from foveal.losses.focal import sigmoid_focal_loss
 from foveal.models.anchors import AnchorGenerator, BoxCoder, Matcher
-from foveal.models.backbones import Backbone, ResNetBackbone
-from foveal.models.efficientnet import VARIANTS, efficientnet_variant
+from foveal.models.backbones import Backbone, build_backbone, describe
 from foveal.models.fpn import FPN
 
 # Detectron's RETINANET.BBOX_REG_BETA (detectron/core/config.py), the smooth-L1 transition point of the authors' code.
@@ -98,8 +97,10 @@ class RetinaNet(nn.Module):
     """RetinaNet detector (the paper's Fig. 3).
 
     Args:
-        backbone: "resnet18", "resnet34", "resnet50", "resnet101" or "efficientnet_b0" … "efficientnet_b7"; the maps
-            at strides 8, 16, 32 are C3, C4, C5.
+        backbone: a name of :func:`~foveal.models.backbones.backbone_names` ("resnet18" … "resnet101",
+            "efficientnet_b0" … "efficientnet_b7") or an ``nn.Module`` of the backbone contract (``forward_features``
+            + ``feature_info``); the maps at strides 8, 16, 32 are C3, C4, C5. A module is used as it is; the model's
+            ``args`` then record ``"module:<class>"`` and :func:`from_args` needs the module again.
         num_classes: K, object classes (no background class).
         in_channels: image channels.
         fpn_channels: channels of the pyramid and of the subnets (256).
@@ -115,7 +116,7 @@ class RetinaNet(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "resnet50",
+        backbone: str | nn.Module = "resnet50",
         num_classes: int = 80,
         in_channels: int = 3,
         fpn_channels: int = 256,
@@ -137,7 +138,7 @@ class RetinaNet(nn.Module):
         if len(anchor_sizes) != 5:
             raise FovealError(f"RetinaNet has five levels P3–P7: give five anchor sizes, got {len(anchor_sizes)}")
         self.args: dict[str, Any] = {
-            "backbone": backbone,
+            "backbone": describe(backbone),
             "num_classes": num_classes,
             "in_channels": in_channels,
             "fpn_channels": fpn_channels,
@@ -157,8 +158,8 @@ class RetinaNet(nn.Module):
         strides = [i.stride for i in info]
         if not set(_PYRAMID_STRIDES) <= set(strides):
             raise FovealError(
-                f"backbone '{backbone}' gives maps at strides {strides}; RetinaNet needs strides 8, 16 and 32 "
-                "(keep the backbone's default stem stride)"
+                f"backbone '{describe(backbone)}' gives maps at strides {strides}; RetinaNet needs strides 8, 16 "
+                "and 32 (keep the backbone's default stem stride)"
             )
         self._levels = [strides.index(s) for s in _PYRAMID_STRIDES]
         pyramid_in = [info[i].channels for i in self._levels]
@@ -194,27 +195,10 @@ class RetinaNet(nn.Module):
         return RetinaOutput(self.cls_head(pyramid), self.box_head(pyramid), anchors, sizes, a)
 
 
-def build_backbone(name: str, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """A backbone of the contract by name, with strides 8, 16 and 32 among its maps and no unused classifier."""
-    variant = name.removeprefix("efficientnet_")
-    if not name.startswith("resnet") and not (name.startswith("efficientnet_") and variant in VARIANTS):
-        names = ["resnet18", "resnet34", "resnet50", "resnet101", *(f"efficientnet_{v}" for v in VARIANTS)]
-        raise FovealError(f"unknown backbone '{name}': choose one of {', '.join(names)}")
-    try:
-        if name.startswith("resnet"):
-            return ResNetBackbone(name, in_channels, **kwargs)
-        net = efficientnet_variant(variant, in_channels=in_channels, **kwargs)
-    except TypeError as exc:
-        raise FovealError(f"bad backbone arguments {sorted(kwargs)} for '{name}': {exc}") from None
-    # the detector reads only forward_features: drop the classifier so that every parameter is trained
-    for unused in ("head", "classifier"):
-        setattr(net, unused, nn.Identity())
-    return net
-
-
-def from_args(args: dict[str, Any]) -> RetinaNet:
-    """Rebuild a :class:`RetinaNet` from the ``args`` dict stored in a checkpoint."""
-    return RetinaNet(**args)
+def from_args(args: dict[str, Any], backbone: nn.Module | None = None) -> RetinaNet:
+    """Rebuild a :class:`RetinaNet` from the ``args`` dict stored in a checkpoint; ``backbone``: the module again for a
+    model that was built around a user's backbone module."""
+    return RetinaNet(**(args if backbone is None else {**args, "backbone": backbone}))
 
 
 def retinanet_loss(

@@ -20,8 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
-from foveal.models import efficientnet as _eff
-from foveal.models.backbones import Backbone, ResNetBackbone
+from foveal.models.backbones import Backbone, backbone_names, build_backbone, describe
 
 _PADDINGS = ("valid", "same")
 _ROUNDING = ("up", "down", "nearest")
@@ -277,28 +276,7 @@ class UNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- backbone U-Net
-_EFFICIENTNETS = tuple(f"efficientnet_{v}" for v in _eff.VARIANTS)
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-ENCODERS: tuple[str, ...] = (*_EFFICIENTNETS, "efficientnet", *_RESNETS)
-
-
-def _build_encoder(name: str, in_channels: int, encoder_args: dict[str, Any]) -> nn.Module:
-    """A backbone of the feature-map contract; EfficientNet loses its classifier head (unused by the decoder)."""
-    if name not in ENCODERS:
-        raise FovealError(f"unknown U-Net encoder '{name}': choose one of {', '.join(ENCODERS)}")
-    if name == "efficientnet" and "phi" not in encoder_args:
-        raise FovealError("encoder 'efficientnet' needs its compound coefficient: encoder_args={'phi': ...}")
-    try:
-        if name in _RESNETS:
-            return ResNetBackbone(name, in_channels=in_channels, **encoder_args)
-        if name == "efficientnet":
-            net = _eff.efficientnet(in_channels=in_channels, **encoder_args)
-        else:
-            net = _eff.efficientnet_variant(name.removeprefix("efficientnet_"), in_channels=in_channels, **encoder_args)
-    except TypeError as exc:
-        raise FovealError(f"bad encoder_args for encoder '{name}': {exc}") from None
-    del net.head, net.classifier
-    return net
+ENCODERS: tuple[str, ...] = tuple(backbone_names())
 
 
 class _DecoderBlock(nn.Module):
@@ -324,7 +302,9 @@ class BackboneUNet(nn.Module):
 
     Args:
         encoder: "efficientnet_b0" … "efficientnet_b7", "efficientnet" (with ``encoder_args={"phi": φ}``),
-            "resnet18", "resnet34", "resnet50" or "resnet101".
+            "resnet18", "resnet34", "resnet50", "resnet101", or an ``nn.Module`` of the backbone contract
+            (``forward_features`` + ``feature_info`` at strides 2, 4, 8, 16, 32), used as it is; the ``args`` then
+            record ``"module:<class>"`` and :func:`from_args` needs the module again.
         in_channels: input channels (the encoder's first conv takes them).
         num_classes: output channels K.
         decoder_channels: channels of the five decoder stages, from the deepest (stride 16) to full resolution.
@@ -335,7 +315,7 @@ class BackboneUNet(nn.Module):
 
     def __init__(
         self,
-        encoder: str = "efficientnet_b0",
+        encoder: str | nn.Module = "efficientnet_b0",
         in_channels: int = 3,
         num_classes: int = 2,
         decoder_channels: tuple[int, ...] | list[int] = (256, 128, 64, 32, 16),
@@ -345,16 +325,17 @@ class BackboneUNet(nn.Module):
         encoder_args = dict(encoder_args or {})
         self.args: dict[str, Any] = {
             "kind": "backbone_unet",
-            "encoder": encoder,
+            "encoder": describe(encoder),
             "in_channels": in_channels,
             "num_classes": num_classes,
             "decoder_channels": list(decoder_channels),
             "encoder_args": encoder_args,
         }
-        self.encoder = _build_encoder(encoder, in_channels, encoder_args)
+        self.encoder = build_backbone(encoder, in_channels, **encoder_args)
         info = cast(Backbone, self.encoder).feature_info
         if [i.stride for i in info] != [2, 4, 8, 16, 32]:
-            raise FovealError(f"encoder '{encoder}' gives strides {[i.stride for i in info]}, expected 2, 4, 8, 16, 32")
+            strides = [i.stride for i in info]
+            raise FovealError(f"encoder '{describe(encoder)}' gives strides {strides}, expected 2, 4, 8, 16, 32")
         if len(decoder_channels) != len(info):
             raise FovealError(
                 f"decoder_channels needs {len(info)} entries (one per stage), got {len(decoder_channels)}"
@@ -400,12 +381,13 @@ class BackboneUNet(nn.Module):
         return self.head(y)
 
 
-def from_args(args: dict[str, Any]) -> nn.Module:
-    """Rebuild a :class:`UNet` or :class:`BackboneUNet` from its ``args`` dict (as stored in a checkpoint)."""
+def from_args(args: dict[str, Any], encoder: nn.Module | None = None) -> nn.Module:
+    """Rebuild a :class:`UNet` or :class:`BackboneUNet` from its ``args`` dict (as stored in a checkpoint);
+    ``encoder``: the module again for a model that was built around a user's backbone module."""
     args = dict(args)
     kind = args.pop("kind", "unet")
     if kind == "unet":
         return UNet(**args)
     if kind == "backbone_unet":
-        return BackboneUNet(**args)
+        return BackboneUNet(**(args if encoder is None else {**args, "encoder": encoder}))
     raise FovealError(f"unknown U-Net kind '{kind}': expected 'unet' or 'backbone_unet'")
