@@ -88,6 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--out, or pass --overwrite to train over it"
             )
         result = module.train(cfg, run_dir=out, device=args.device)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 writes logs, checkpoints and the report
     _print_metrics(result)
     print(f"run directory: {result['run_dir']}")
     _write_report(result["run_dir"])
