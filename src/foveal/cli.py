@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _write_report(folder: str | Path) -> None:
     """Write the folder's report.html and print its path (the last step of train, eval, explain and demo)."""
-    from foveal.report.html import write_report
+    from foveal.report.build import write_report
 
     print(f"report: {write_report(folder)}")
 

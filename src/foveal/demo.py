@@ -66,7 +66,7 @@ def run_demo(
     """Run the demo's ``stages`` into ``out``, write ``out/report.html`` linking every stage, and return ``out``."""
     from foveal.engine.device import resolve_device
     from foveal.engine.runinfo import write_run_info
-    from foveal.report.html import write_report
+    from foveal.report.build import write_report
 
     resolve_device(device)  # a device the machine lacks is an error before anything is written
     out = Path(out)
@@ -87,7 +87,7 @@ def run_demo(
 
 def _report(folder: Path, out: Path) -> str:
     """Write ``folder``'s report and return its path relative to ``out``."""
-    from foveal.report.html import write_report
+    from foveal.report.build import write_report
 
     return str(write_report(folder).relative_to(out))
 

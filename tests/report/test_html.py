@@ -12,8 +12,8 @@ import pytest
 
 from foveal.cli import main
 from foveal.errors import FovealError
+from foveal.report.build import build_report, report_kind, write_report
 from foveal.report.eval_figures import instance_outcomes, match_detections, pick_shown
-from foveal.report.html import build_report, report_kind, write_report
 
 
 def _external_references(text: str) -> list[str]:

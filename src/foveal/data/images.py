@@ -318,11 +318,16 @@ def _list_file(path: Path) -> Iterator[Path]:
         raise FovealError(f"cannot read the list file {path}: {exc} (one image path per line, UTF-8)") from None
 
 
-def _is_zarr(path: Path) -> bool:
-    """A zarr store (a folder holding one image array) is one input, streamed by segmentation predict."""
-    from foveal.inference.stream import is_zarr_path
+ZARR_SUFFIXES = (".zarr",)
 
-    return is_zarr_path(path)
+
+def is_zarr_path(path: str | Path) -> bool:
+    """Whether ``path`` names a zarr store (a ``.zarr`` folder, or a folder with zarr metadata): one input, streamed
+    by segmentation predict."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    return p.suffix.lower() in ZARR_SUFFIXES or any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
 def _expand_one(text: str) -> Iterator[Path]:
@@ -330,7 +335,7 @@ def _expand_one(text: str) -> Iterator[Path]:
     path = Path(text)
     if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         yield from _list_file(path)
-    elif path.is_file() or _is_zarr(path):
+    elif path.is_file() or is_zarr_path(path):
         yield path
     elif path.is_dir():
         names = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))

@@ -40,6 +40,8 @@ from scipy import ndimage as ndi
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from foveal.data.images import ZARR_SUFFIXES, is_zarr_path
+from foveal.data.seg_io import PERCENTILES, check_options
 from foveal.errors import FovealError
 from foveal.inference.tiling import TileGeometry, _check_tile, _net_device, reflect_indices
 
@@ -47,7 +49,6 @@ from foveal.inference.tiling import TileGeometry, _check_tile, _net_device, refl
 OUTPUT_TILE = 512
 #: Rows read per pass when computing the image statistics that normalisation needs.
 _STAT_ROWS = 1024
-_ZARR_SUFFIXES = (".zarr",)
 _ALPHA_SAMPLES = (1, 2)
 
 
@@ -68,14 +69,6 @@ class Source:
     dtype: np.dtype
     read: Callable[[int, int], np.ndarray]
     close: Callable[[], None]
-
-
-def is_zarr_path(path: str | Path) -> bool:
-    """Whether ``path`` names a zarr store (a ``.zarr`` folder, or a folder with zarr metadata)."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    return p.suffix.lower() in _ZARR_SUFFIXES or any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
 def _zarr() -> Any:
@@ -325,7 +318,6 @@ def _min_max(source: Source) -> tuple[np.ndarray, np.ndarray]:
 def normalizer(source: Source, normalize: str) -> Callable[[np.ndarray], np.ndarray]:
     """A function of a raw (h, W, C) band giving float32 (h, W, C), exactly as :func:`foveal.data.seg_io.to_float`
     normalises the whole image (its statistics computed over the whole source first, when it needs any)."""
-    from foveal.data.seg_io import PERCENTILES, check_options
 
     check_options(normalize, None)
     dtype = source.dtype
@@ -592,7 +584,7 @@ def output_format(path: str | Path) -> str:
     ext = Path(path).suffix.lower()
     if ext in (".tif", ".tiff"):
         return "tiff"
-    if ext in _ZARR_SUFFIXES:
+    if ext in ZARR_SUFFIXES:
         return "zarr"
     raise FovealError(f"cannot stream an image to {path}: use a .tif / .tiff (tiled BigTIFF) or .zarr path")
 

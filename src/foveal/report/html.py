@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -184,52 +183,3 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         raise FovealError(f"report: {what} {p} is missing: rerun the command that writes it") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise FovealError(f"report: cannot read {what} {p} ({exc}): rerun the command that writes it") from None
-
-
-def report_kind(folder: Path) -> str:
-    """ "demo", "train", "explain" or "eval", from what ``folder`` holds."""
-    from foveal.engine.runinfo import RUN_INFO
-
-    info = read_json(folder / RUN_INFO, "the run record") if (folder / RUN_INFO).is_file() else {}
-    if info.get("kind") == "demo":
-        return "demo"
-    if (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file():
-        return "train"
-    if (folder / "explanations.json").is_file():
-        return "explain"
-    if (folder / "metrics.json").is_file():
-        return "eval"
-    if (folder / "localization.json").is_file():
-        return "localization"
-    raise FovealError(
-        f"{folder} holds no foveal results (no checkpoints/, metrics.json, localization.json, explanations.json or a "
-        "demo's run_info.json): pass a folder written by foveal train, eval --out, explain --out or demo"
-    )
-
-
-def build_report(folder: str | os.PathLike[str]) -> str:
-    """The HTML text of the report of ``folder``."""
-    from foveal.report import sections, task_sections
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise FovealError(f"{root} is not a folder: pass a run directory or a folder written by eval, explain or demo")
-    kind = report_kind(root)
-    builders = {
-        "train": sections.training_page,
-        "eval": task_sections.evaluation_page,
-        "localization": task_sections.localization_page,
-        "explain": task_sections.explanation_page,
-        "demo": task_sections.demo_page,
-    }
-    page = builders[kind](root)
-    return page.render()
-
-
-def write_report(folder: str | os.PathLike[str]) -> Path:
-    """Write ``folder/report.html`` (atomically) and return its path."""
-    text = build_report(folder)
-    path = Path(folder) / REPORT
-    with atomic_output(path) as handle:
-        handle.write(text)
-    return path

@@ -281,7 +281,8 @@ class Streamed:
 
 def streams(path: Path, fmt: str) -> bool:
     """Whether ``path`` is segmented by streaming: a zarr store, or a TIFF that is large or goes to zarr labels."""
-    from foveal.inference.stream import image_size, is_zarr_path
+    from foveal.data.images import is_zarr_path
+    from foveal.inference.stream import image_size
 
     if is_zarr_path(path):
         return True

@@ -1,0 +1,58 @@
+"""``foveal report``: which kind of folder a path is (run, eval, localization, explain, demo) and its
+``report.html``, built from the page pieces of :mod:`foveal.report.html` by the section builders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from foveal.engine.runinfo import RUN_INFO
+from foveal.errors import FovealError
+from foveal.io import atomic_output
+from foveal.report import sections, task_sections
+from foveal.report.html import REPORT, read_json
+
+
+def report_kind(folder: Path) -> str:
+    """ "demo", "train", "explain" or "eval", from what ``folder`` holds."""
+    info = read_json(folder / RUN_INFO, "the run record") if (folder / RUN_INFO).is_file() else {}
+    if info.get("kind") == "demo":
+        return "demo"
+    if (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file():
+        return "train"
+    if (folder / "explanations.json").is_file():
+        return "explain"
+    if (folder / "metrics.json").is_file():
+        return "eval"
+    if (folder / "localization.json").is_file():
+        return "localization"
+    raise FovealError(
+        f"{folder} holds no foveal results (no checkpoints/, metrics.json, localization.json, explanations.json or a "
+        "demo's run_info.json): pass a folder written by foveal train, eval --out, explain --out or demo"
+    )
+
+
+def build_report(folder: str | os.PathLike[str]) -> str:
+    """The HTML text of the report of ``folder``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FovealError(f"{root} is not a folder: pass a run directory or a folder written by eval, explain or demo")
+    kind = report_kind(root)
+    builders = {
+        "train": sections.training_page,
+        "eval": task_sections.evaluation_page,
+        "localization": task_sections.localization_page,
+        "explain": task_sections.explanation_page,
+        "demo": task_sections.demo_page,
+    }
+    page = builders[kind](root)
+    return page.render()
+
+
+def write_report(folder: str | os.PathLike[str]) -> Path:
+    """Write ``folder/report.html`` (atomically) and return its path."""
+    text = build_report(folder)
+    path = Path(folder) / REPORT
+    with atomic_output(path) as handle:
+        handle.write(text)
+    return path
