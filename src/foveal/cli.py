@@ -88,8 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--out, or pass --overwrite to train over it"
             )
         result = module.train(cfg, run_dir=out, device=args.device)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun only rank 0 writes logs, checkpoints and the report
+    from foveal.engine.distributed import is_main_process  # deferred: it imports torch, which `foveal --help` need not
+
+    if not is_main_process():
+        return 0  # under torchrun only rank 0 prints the metrics and writes the report
     _print_metrics(result)
     print(f"run directory: {result['run_dir']}")
     _write_report(result["run_dir"])

@@ -27,6 +27,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of the ``torchrun`` job that the environment describes (True when alone); the
+    only one that writes logs, checkpoints and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
