@@ -11,18 +11,18 @@ import pytest
 import torch
 
 from foveal.errors import FovealError
+from foveal.io import atomic_output
 from foveal.metrics import ClassificationResult
 from foveal.report import (
     CSV_HEADER,
     ClassScore,
     Prediction,
-    atomic_output,
     format_metrics,
     format_table,
     predictions_from_logits,
     write_csv,
-    write_json,
     write_metrics_json,
+    write_predictions_json,
 )
 
 _PREDS = [
@@ -65,7 +65,7 @@ def test_format_table_is_aligned() -> None:
 
 
 def test_write_json_round_trip(tmp_path: Path) -> None:
-    path = write_json(_PREDS, tmp_path / "out" / "preds.json")
+    path = write_predictions_json(_PREDS, tmp_path / "out" / "preds.json")
     records = json.loads(path.read_text(encoding="utf-8"))
     assert records[0] == {
         "file": "images/cat_01.png",
@@ -98,14 +98,14 @@ def test_atomic_output_keeps_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.json"]
-    write_json(_PREDS, path)
+    write_predictions_json(_PREDS, path)
     assert json.loads(path.read_text())[1]["file"] == "b.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.json"]
 
 
 def test_atomic_output_into_a_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FovealError, match="is a directory"):
-        write_json(_PREDS, tmp_path)
+        write_predictions_json(_PREDS, tmp_path)
 
 
 def _result() -> ClassificationResult:

@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 from foveal.data.detection_set import FASHION_CANVAS_SAMPLE
 from foveal.data.images import load_image, peek_channels
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 _SHOW = 5  # missing files / bad entries named in one message
 _PEEK_LIMIT = 100  # image headers read to choose the channel count

@@ -103,6 +103,12 @@ def to_device(x: Tensor, device: torch.device, dtype: torch.dtype | None = None,
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+def uses_channels_last(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s first 4-d weight is stored channels-last (so its inputs should be too)."""
+    w = next((p for p in model.parameters() if p.ndim == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
 def training_device(spec: str | torch.device | None = "auto") -> torch.device:
     """The device one training process uses: :func:`resolve_device`, and under ``torchrun`` on CUDA the GPU of this
     process's ``LOCAL_RANK`` (one GPU per process, as DDP with nccl expects), made the current CUDA device."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from foveal import io
 from foveal.io import atomic_output
+from foveal.io import write_json as write_json  # re-exported for callers not yet moved to foveal.io
 
 
 class MetricLog:
@@ -49,8 +50,3 @@ class MetricLog:
             w.writeheader()
             for r in self.records:
                 w.writerow({k: r.get(k, "") for k in keys})
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, flushed to the disk, then renamed)."""
-    io.write_json(path, data)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from foveal.engine.logging import write_json
+from foveal.io import write_json
 
 RUN_INFO = "run_info.json"
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from foveal.data.coco import DetectionData, detections_to_coco
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of COCO's 12 summary numbers, in the order of ``COCOeval.stats``."""

@@ -123,7 +123,7 @@ def instance_iou(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     Returns:
         (n_true, n_pred) float64 IoUs; rows and columns follow the sorted non-zero labels of ``true`` and ``pred``.
     """
-    joint = _overlap(*check_label_pair(pred, true, "instance_iou"))
+    joint = overlap_counts(*check_label_pair(pred, true, "instance_iou"))
     inter = joint[1:, 1:].astype(np.float64)
     area_t = joint[1:, :].sum(axis=1)
     area_p = joint[:, 1:].sum(axis=0)
@@ -219,10 +219,10 @@ def merged_pairs(pred: np.ndarray, true: np.ndarray) -> tuple[int, int]:
         (merged touching pairs, touching pairs).
     """
     pred, true = check_label_pair(pred, true, "merged_pairs")
-    pairs = _touching_pairs(_dense_index(true)[0].reshape(true.shape))
+    pairs = touching_pairs(_dense_index(true)[0].reshape(true.shape))
     if pairs.shape[0] == 0:
         return 0, 0
-    joint = _overlap(pred, true)
+    joint = overlap_counts(pred, true)
     majority = joint.argmax(axis=1)
     a, b = majority[pairs[:, 0]], majority[pairs[:, 1]]
     return int(np.count_nonzero((a == b) & (a != 0))), int(pairs.shape[0])
@@ -246,14 +246,14 @@ def _dense_index(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return index, int(ids.size)
 
 
-def _overlap(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+def overlap_counts(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Joint histogram (n_true + 1, n_pred + 1) of two instance images; row / column 0 is background."""
     t_idx, n_t = _dense_index(true)
     p_idx, n_p = _dense_index(pred)
     return np.bincount(t_idx * (n_p + 1) + p_idx, minlength=(n_t + 1) * (n_p + 1)).reshape(n_t + 1, n_p + 1)
 
 
-def _touching_pairs(index: np.ndarray) -> np.ndarray:
+def touching_pairs(index: np.ndarray) -> np.ndarray:
     """(P, 2) unique pairs (i < j) of non-zero labels that are 8-neighbours somewhere in a (H, W) label image."""
     found = []
     for a, b in (

@@ -5,14 +5,13 @@ from foveal.report.tables import (
     CSV_HEADER,
     ClassScore,
     Prediction,
-    atomic_output,
     format_metrics,
     format_table,
     predictions_from_logits,
     predictions_to_records,
     write_csv,
-    write_json,
     write_metrics_json,
+    write_predictions_json,
 )
 
 __all__ = [
@@ -20,7 +19,6 @@ __all__ = [
     "DEFAULT_CURVE_KEYS",
     "ClassScore",
     "Prediction",
-    "atomic_output",
     "format_metrics",
     "format_table",
     "plot_confusion",
@@ -28,6 +26,6 @@ __all__ = [
     "predictions_from_logits",
     "predictions_to_records",
     "write_csv",
-    "write_json",
+    "write_predictions_json",
     "write_metrics_json",
 ]

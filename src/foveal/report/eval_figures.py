@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 TP, FP, FN = (40, 200, 60), (235, 40, 40), (255, 150, 0)
 MERGED = (230, 0, 230)
@@ -68,7 +68,7 @@ def instance_outcomes(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
         ``{"tp_pred", "fp", "tp_true", "fn", "merging"}``: lists of labels (predicted labels for tp_pred, fp and
         merging; true labels for tp_true and fn).
     """
-    from foveal.metrics.instances import _overlap, _touching_pairs, instance_iou
+    from foveal.metrics.instances import instance_iou, overlap_counts, touching_pairs
 
     p_ids, t_ids = np.unique(pred[pred > 0]), np.unique(true[true > 0])
     iou = instance_iou(pred, true) if len(p_ids) and len(t_ids) else np.zeros((len(t_ids), len(p_ids)))
@@ -78,8 +78,8 @@ def instance_outcomes(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
     merging: set[int] = set()
     if len(t_ids):
         index = np.searchsorted(t_ids, true) + 1
-        pairs = _touching_pairs(np.where(true > 0, index, 0))
-        majority = _overlap(pred, true).argmax(axis=1)
+        pairs = touching_pairs(np.where(true > 0, index, 0))
+        majority = overlap_counts(pred, true).argmax(axis=1)
         for a, b in pairs:
             if majority[a] == majority[b] != 0:
                 merging.add(int(p_ids[majority[a] - 1]))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -120,13 +120,15 @@ def predictions_to_records(preds: Sequence[Prediction]) -> list[dict[str, Any]]:
     ]
 
 
-def write_json(preds: Sequence[Prediction], path: str | os.PathLike[str]) -> Path:
+def write_predictions_json(preds: Sequence[Prediction], path: str | os.PathLike[str]) -> Path:
     """Write :func:`predictions_to_records` as indented JSON, atomically; returns the path."""
     text = json.dumps(predictions_to_records(preds), indent=2, ensure_ascii=False, allow_nan=False)
     with atomic_output(path) as handle:
         handle.write(text + "\n")
     return Path(path)
 
+
+write_json = write_predictions_json  # the former name, kept for callers not yet moved
 
 CSV_HEADER = ("file", "rank", "class_index", "class", "probability")
 
