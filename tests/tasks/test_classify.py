@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
-from foveal.tasks import classify
+from foveal.tasks import classify, classify_train
 
 TINY = ["data.limit=64", "data.val_limit=32", "data.batch_size=16", "train.progress=false", "train.max_steps=3"]
 
@@ -21,7 +21,7 @@ def _cfg(*overrides: str) -> classify.ClassifyConfig:
 
 def test_ema_bf16_and_clipping_train_and_store_ema_weights(tmp_path):
     cfg = _cfg("train.ema_decay=0.9", "train.bf16=true", "optim.grad_clip=0.5", "train.eval_every=100")
-    out = classify.train(cfg, run_dir=tmp_path)
+    out = classify_train.train(cfg, run_dir=tmp_path)
     assert out["step"] == 3 and 0.0 <= out["top1"] <= 1.0
     ckpt = tmp_path / "checkpoints" / "step-00000003"
     meta = json.loads((ckpt / "checkpoint.json").read_text())
@@ -34,7 +34,7 @@ def test_ema_bf16_and_clipping_train_and_store_ema_weights(tmp_path):
 
 def test_lr_follows_the_schedule_in_the_log(tmp_path):
     cfg = _cfg("optim.schedule=constant", "optim.lr=0.05", "optim.lr_batch=32", "optim.warmup_epochs=0")
-    classify.train(cfg, run_dir=tmp_path)
+    classify_train.train(cfg, run_dir=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs and all(lr == pytest.approx(0.05 * 16 / 32) for lr in lrs)
@@ -54,7 +54,7 @@ def _image_folder(root, classes=("cat", "dog"), per_class=12, size=20, mode="RGB
 def test_image_folder_train_predict_and_eval(tmp_path):
     data = _image_folder(tmp_path / "imgs")
     cfg = _cfg(f"data.train={data}", "data.limit=null", "data.val_limit=null", "data.batch_size=8", "data.mean=[0.5]")
-    out = classify.train(cfg, run_dir=tmp_path / "run")
+    out = classify_train.train(cfg, run_dir=tmp_path / "run")
     assert out["step"] == 3
     clf = classify.load_classifier(tmp_path / "run")
     assert clf.classes == ["cat", "dog"] and clf.channels == 3 and clf.resolution == 32
@@ -78,7 +78,7 @@ def test_held_out_split_of_a_plain_image_folder_is_disjoint(tmp_path):
 
 
 def test_fused_model_predicts_like_the_trained_one(tmp_path):
-    classify.train(_cfg(), run_dir=tmp_path)
+    classify_train.train(_cfg(), run_dir=tmp_path)
     plain = classify.load_classifier(tmp_path)
     fused = classify.load_classifier(tmp_path, fuse=True)
     x = torch.randn(4, plain.channels, plain.resolution, plain.resolution)

@@ -19,7 +19,7 @@ from foveal.engine.checkpoint import save_checkpoint
 from foveal.errors import FovealError
 from foveal.explain.upsample import upsample_maps
 from foveal.models.retinanet import RetinaNet, batch_images, boxes_to_original, postprocess
-from foveal.tasks import detect, detect_eval, explain
+from foveal.tasks import detect, detect_eval, detect_train, explain
 from foveal.tasks.explain_detect import detection_gradcam
 
 # resnet18-FPN with 16 channels and one conv per subnet; anchors for 64-px canvases
@@ -86,7 +86,7 @@ def canvases(tmp_path_factory):
 def trained(canvases, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "run"
     cfg = load_config(detect.DetectConfig, None, [f"data.train={canvases}", *TINY])
-    metrics = detect.train(cfg, run_dir=run)
+    metrics = detect_train.train(cfg, run_dir=run)
     return run, metrics
 
 
@@ -115,7 +115,7 @@ def test_resume_reaches_the_uninterrupted_weights(trained, tmp_path):
     shutil.rmtree(copy / "checkpoints" / "step-00000003")  # as if killed after step 2
     marker = copy / "checkpoints" / "step-00000001" / "marker"
     marker.touch()  # a fresh start would clear the checkpoints
-    metrics = detect.train(detect.DetectConfig(), resume=copy)
+    metrics = detect_train.train(detect.DetectConfig(), resume=copy)
     assert metrics["step"] == 3 and marker.is_file()
     want = load_file(str(run / "checkpoints" / "step-00000003" / "model.safetensors"))
     got = load_file(str(copy / "checkpoints" / "step-00000003" / "model.safetensors"))
@@ -232,7 +232,7 @@ def test_training_set_without_boxes_is_an_error_and_keeps_the_run(trained, canva
     before = (run / "checkpoints" / "best" / "model.safetensors").read_bytes()
     cfg = load_config(detect.DetectConfig, None, [f"data.train={empty}", *TINY])
     with pytest.raises(FovealError, match="holds no boxes"):
-        detect.train(cfg, run_dir=run)
+        detect_train.train(cfg, run_dir=run)
     assert (run / "checkpoints" / "best" / "model.safetensors").read_bytes() == before
 
 
@@ -250,7 +250,7 @@ def test_other_channel_count_and_other_task_are_errors(trained, canvases, tmp_pa
         detect_eval.evaluate_checkpoint(run, str(rgb), "val")
     cfg = load_config(detect.DetectConfig, None, [f"data.train={rgb}", *TINY])
     with pytest.raises(FovealError, match="data.channels"):
-        detect.train(cfg, run_dir=tmp_path / "r")
+        detect_train.train(cfg, run_dir=tmp_path / "r")
     other = save_checkpoint(
         tmp_path / "seg", model=torch.nn.Linear(1, 1), meta={"task": "segment", "model": {}}, with_rng=False
     )

@@ -11,14 +11,24 @@ from PIL import Image
 
 from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
+from foveal.data.box_transforms import normalize
 from foveal.data.localization_set import build_localization_set
 from foveal.data.synthetic import write_cells_folder
 from foveal.errors import FovealError
 from foveal.explain.boxes import map_to_box
 from foveal.explain.cam import CAM
 from foveal.explain.upsample import grid_of, upsample_maps
-from foveal.tasks import classify, explain, explain_segment, segment, segment_eval
-from foveal.tasks.classify import _normalize, eval_transform
+from foveal.tasks import (
+    classify,
+    classify_train,
+    explain,
+    explain_common,
+    explain_segment,
+    segment,
+    segment_eval,
+    segment_train,
+)
+from foveal.tasks.classify import eval_transform
 
 TINY_CLASSIFY = ["data.limit=null", "data.batch_size=16", "train.progress=false", "train.max_steps=2"]
 TINY_SEGMENT = [
@@ -46,7 +56,7 @@ def classifier(tmp_path_factory):
     cfg = load_config(
         classify.ClassifyConfig, CONFIG_DIR / "classify_demo.yaml", [*TINY_CLASSIFY, f"data.train={root / 'canvases'}"]
     )
-    classify.train(cfg, run_dir=root / "run")
+    classify_train.train(cfg, run_dir=root / "run")
     images = root / "images"
     images.mkdir()
     test = build_localization_set("fashion-mnist-sample", "test", 2, seed=5)
@@ -75,7 +85,7 @@ def test_classifier_explanations_json_figures_and_boxes_in_original_pixels(class
     # a square canvas: the boxes are the library's CAM upsampled straight to the canvas, then thresholded
     clf = classify.load_classifier(run)
     canvas = torch.from_numpy(np.array(Image.open(images / "canvas0.png")))[None]
-    x = _normalize(eval_transform(clf.resolution)(canvas), clf.mean, clf.std)[None]
+    x = normalize(eval_transform(clf.resolution)(canvas), clf.mean, clf.std)[None]
     result = CAM(clf.model)(x, top_k=3, upsample=False)
     maps = upsample_maps(result.maps, (64, 64), grid_of(clf.model))[0]
     assert records[0].classes == [clf.classes[int(c)] for c in result.classes[0]]
@@ -84,9 +94,9 @@ def test_classifier_explanations_json_figures_and_boxes_in_original_pixels(class
 
 def test_crop_region_matches_the_evaluation_transform():
     # 40 × 70 at resolution 32: resized to 32 × 56, centre crop columns 12..44 → original columns 15..55
-    assert explain._crop_region(40, 70, 32) == (15, 0, 55, 40)
-    assert explain._crop_region(70, 40, 32) == (0, 15, 40, 55)
-    assert explain._crop_region(64, 64, 32) == (0, 0, 64, 64)
+    assert explain_common.crop_region(40, 70, 32) == (15, 0, 55, 40)
+    assert explain_common.crop_region(70, 40, 32) == (0, 15, 40, 55)
+    assert explain_common.crop_region(64, 64, 32) == (0, 0, 64, 64)
     ramp = torch.arange(70, dtype=torch.uint8).mul(3).expand(1, 40, 70).contiguous()
     cropped = eval_transform(32)(ramp).float()
     # the crop's first and last columns sample the original around columns 15.1 and 54.4
@@ -148,7 +158,7 @@ def segmenter(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain-seg")
     write_cells_folder(root / "data", 2)
     cfg = load_config(segment.SegmentConfig, None, [*TINY_SEGMENT, f"data.train={root / 'data'}"])
-    segment.train(cfg, run_dir=root / "run")
+    segment_train.train(cfg, run_dir=root / "run")
     return root / "run", root / "data" / "images"
 
 
@@ -220,7 +230,7 @@ def test_map_stride_gives_finer_maps_of_the_same_predictions(classifier, tmp_pat
     run, images = classifier
     clf = classify.load_classifier(run)
     stride = clf.model.feature_info[-1].stride
-    x = _normalize(eval_transform(clf.resolution)(torch.zeros(2, 1, 64, 64)), clf.mean, clf.std)
+    x = normalize(eval_transform(clf.resolution)(torch.zeros(2, 1, 64, 64)), clf.mean, clf.std)
     classes = torch.tensor([[0, 1], [2, 3]])
     with explain.class_maps(clf.model, "cam") as own, explain.class_maps(clf.model, "cam", stride // 2) as finer:
         coarse, fine = own(x, classes), finer(x, classes)
@@ -259,7 +269,7 @@ def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp
     clf = classify.load_classifier(run)
     grid = grid_of(clf.model)
     torch.manual_seed(0)
-    x = _normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
+    x = normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
     classes = torch.tensor([[0, 1], [2, 3]])
     r = x.shape[-1]  # the classifier's resolution
     with explain.class_maps(clf.model, "cam") as own:
@@ -290,7 +300,7 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
     clf = classify.load_classifier(run)
     grid = grid_of(clf.model)
     torch.manual_seed(0)
-    x = _normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
+    x = normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
     classes = torch.tensor([[0, 1], [2, 3]])
     r = x.shape[-1]
     with torch.no_grad():
@@ -312,7 +322,7 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
 
     data = build_localization_set("fashion-mnist-sample", "test", 16, seed=2)
     result = explain.localization_eval(run, data, batch_size=8, flip=True, map_scales=(1, 2))
-    norm = _normalize(eval_transform(clf.resolution)(data.images), clf.mean, clf.std)
+    norm = normalize(eval_transform(clf.resolution)(data.images), clf.mean, clf.std)
     scores = explain.class_scores(clf.model, norm, flip=True)
     wrong = scores.argmax(1) != data.labels
     # a barely trained model: where the two best scores are within rounding (batches of 8 against 16: other
@@ -322,7 +332,7 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
     assert abs(result.top1_cls_error - float(wrong.float().mean())) <= unsure / len(wrong) + 1e-6
     (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, flip=True)
     image = explain.load_with_channels(images / "canvas0.png", clf.channels)
-    shown = _normalize(eval_transform(clf.resolution)(image), clf.mean, clf.std)[None]
+    shown = normalize(eval_transform(clf.resolution)(image), clf.mean, clf.std)[None]
     top = explain.class_scores(clf.model, shown, flip=True)
     assert record.scores == pytest.approx(top[0].topk(2).values.tolist(), abs=1e-5)
     with pytest.raises(FovealError, match="flip='yes': use True"):

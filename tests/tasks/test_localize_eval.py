@@ -17,7 +17,7 @@ from foveal.cli import CONFIG_DIR
 from foveal.config import load_config
 from foveal.data.localization_set import LocalizationData, build_localization_set
 from foveal.errors import FovealError
-from foveal.tasks import classify, explain
+from foveal.tasks import classify, classify_train, explain
 from foveal.tasks.localize_eval import evaluate_canvases, localization_eval_folder
 
 TINY = ["data.limit=null", "data.batch_size=16", "train.progress=false", "train.max_steps=2"]
@@ -37,7 +37,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Localiz
     _renamed(build_localization_set("fashion-mnist-sample", "train", 32, seed=0)).write_idx(root / "idx", "train")
     _renamed(build_localization_set("fashion-mnist-sample", "train", 16, seed=1)).write_idx(root / "idx", "test")
     cfg = load_config(classify.ClassifyConfig, CONFIG_DIR / "classify_demo.yaml", [*TINY, f"data.train={root / 'idx'}"])
-    classify.train(cfg, run_dir=root / "run")
+    classify_train.train(cfg, run_dir=root / "run")
     test = _renamed(build_localization_set("fashion-mnist-sample", "test", N, seed=3))
     for i in range(N):
         path = root / "images" / CLASSES[int(test.labels[i])] / f"c{i:02d}.png"

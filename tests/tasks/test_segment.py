@@ -14,7 +14,7 @@ from foveal.cli import main
 from foveal.config import load_config
 from foveal.data.synthetic import write_cells_folder
 from foveal.errors import FovealError
-from foveal.tasks import segment, segment_eval
+from foveal.tasks import segment, segment_eval, segment_train
 
 # A depth-2 valid U-Net of width 4: output tile 24 needs 64-px inputs (border 20).
 TINY = [
@@ -101,14 +101,14 @@ def test_bad_tile_names_valid_sizes(tmp_path):
     data = _cells_folder(tmp_path / "d", n=2)
     cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, "data.tile=26"])
     with pytest.raises(FovealError, match=r"24 or 28"):
-        segment.train(cfg, run_dir=tmp_path / "run")
+        segment_train.train(cfg, run_dir=tmp_path / "run")
 
 
 def test_image_smaller_than_tile(tmp_path):
     data = _cells_folder(tmp_path / "d", n=2, size=(40, 40))
     cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, "data.tile=44"])
     with pytest.raises(FovealError, match=r"smaller than one training tile"):
-        segment.train(cfg, run_dir=tmp_path / "run")
+        segment_train.train(cfg, run_dir=tmp_path / "run")
 
 
 def test_cli_bad_input_keeps_earlier_outputs(trained, tmp_path, capsys):
@@ -161,7 +161,7 @@ def test_demo_segment_stage(tmp_path):
 def test_other_networks_and_losses_train_and_predict(tmp_path, options):
     data = _cells_folder(tmp_path / "d", n=2, size=(64, 72))
     cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, *options])
-    metrics = segment.train(cfg, run_dir=tmp_path / "run")
+    metrics = segment_train.train(cfg, run_dir=tmp_path / "run")
     assert 0.0 <= metrics["fg_iou"] <= 1.0
     rows = segment_eval.predict(tmp_path / "run", [str(data / "images" / "cell0.png")], tmp_path / "pred")
     assert rows[0].size == (64, 72)

@@ -1,4 +1,6 @@
-"""Image classification with EfficientNet: config, data pipeline, training, evaluation and prediction."""
+"""Image classification with EfficientNet: config, data pipeline, evaluation and prediction.
+
+Training is in :mod:`foveal.tasks.classify_train`."""
 
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between, from_dict, to_dict
+from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
+from foveal.data.box_transforms import normalize
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import resolve_device, resolve_precision, to_device, training_device
-from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
-from foveal.engine.logging import write_json
+from foveal.engine.device import resolve_device, resolve_precision, to_device, uses_channels_last
 from foveal.engine.optim import OptimConfig
 from foveal.engine.runinfo import write_run_info
-from foveal.engine.trainer import TrainConfig, Trainer, seeded
+from foveal.engine.trainer import TrainConfig, seeded
 from foveal.errors import FovealError
+from foveal.io import atomic_output, write_json
 from foveal.models import efficientnet as eff
 from foveal.models.registry import rebuild
 
@@ -130,7 +132,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int, in_channels: int) -> ef
     )
 
 
-def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
+def init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
     """``model`` initialised from ``cfg.weights`` (a foveal checkpoint or a foreign state-dict file).
 
     The weights keep the BatchNorm epsilon and padding they were trained with (timm and torchvision use 1e-5 and
@@ -165,13 +167,6 @@ def _init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
-def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    c = x.shape[-3]
-    m = torch.tensor(mean if len(mean) == c else mean[:1] * c).view(-1, 1, 1)
-    s = torch.tensor(std if len(std) == c else std[:1] * c).view(-1, 1, 1)
-    return (x.float() / 255.0 - m) / s
-
-
 class _Square(v2.Transform):
     """Resize the shorter side to ``resolution`` and centre-crop a square; images already that size pass untouched."""
 
@@ -234,7 +229,7 @@ class ClassifySamples(Dataset[tuple[Tensor, int]]):
         else:
             image, label = self.data.get(key)
             image = self.transform(image)
-        return _normalize(image, self.mean, self.std), int(label)
+        return normalize(image, self.mean, self.std), int(label)
 
 
 def collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
@@ -302,7 +297,7 @@ def evaluate(
         generator=torch.Generator(),
         pin_memory=weight.device.type == "cuda",  # non-blocking copies to the GPU
     )
-    channels_last = _uses_channels_last(model)
+    channels_last = uses_channels_last(model)
     for images, targets in loader:
         # on the model's device and in its dtype (bf16 / fp16 weights); logits and metrics in fp32 on the CPU
         logits = model(to_device(images, weight.device, weight.dtype, channels_last)).float().cpu()
@@ -311,121 +306,6 @@ def evaluate(
             conf, pred = logits.softmax(1).max(1)
             outcomes.extend(zip(conf.tolist(), pred.tolist(), targets.tolist(), strict=True))
     return meter.compute()
-
-
-def _uses_channels_last(model: nn.Module) -> bool:
-    w = next((p for p in model.parameters() if p.ndim == 4), None)
-    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-
-
-# -- training --------------------------------------------------------------------------------------------------------
-def train(
-    cfg: ClassifyConfig,
-    run_dir: str | Path | None = None,
-    resume: str | Path | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Train a classifier as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
-
-    Returns the final validation metrics (a dict with top1, top5, ... and the run directory under "run_dir").
-    """
-    resume_ckpt = None
-    if resume is not None:
-        resume_ckpt = ckpt_io.load_resume_point(resume, "foveal train")
-        _check_task(resume_ckpt)
-        cfg = from_dict(ClassifyConfig, resume_ckpt.meta["config"])
-        run_dir = Path(resume)
-    run = Path(run_dir or cfg.out)
-    # ``device`` (e.g. from --device) wins over the config's train.device; a resumed run may change it
-    device = training_device(cfg.train.device if device is None else device)
-    dist_info = init_distributed(device)
-    try:
-        return _train(cfg, run, resume_ckpt, dist_info, device)
-    finally:
-        shutdown_distributed()
-
-
-def _train(
-    cfg: ClassifyConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device
-) -> dict[str, Any]:
-    tcfg = cfg.train
-    if cfg.data.batch_size < 1:
-        raise FovealError(f"data.batch_size={cfg.data.batch_size}: use a positive batch size, e.g. data.batch_size=64")
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    if tcfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.data.batch_size % dist_info.world_size:
-        raise FovealError(
-            f"data.batch_size={cfg.data.batch_size} is the global batch and must divide by the {dist_info.world_size} "
-            "processes"
-        )
-    torch.manual_seed(tcfg.seed)
-    train_data, val_data = open_data(cfg.data)
-    if len(train_data) < cfg.data.batch_size:
-        raise FovealError(
-            f"training data {cfg.data.train} has {len(train_data)} images, fewer than one batch "
-            f"(data.batch_size={cfg.data.batch_size}): lower data.batch_size, or "
-            + ("raise data.limit" if cfg.data.limit is not None else "add images")
-        )
-    res = resolution_of(cfg.model)
-    if res < 1:
-        raise FovealError(f"model.resolution={res}: use a positive input size in pixels, e.g. model.resolution=224")
-    model = build_classifier(cfg.model, len(train_data.classes), train_data.channels)
-    if cfg.model.weights and resume_ckpt is None:
-        model = _init_weights(model, cfg.model)
-    if dist_info.enabled:
-        convert_batchnorm(model, device)
-    model.to(device)
-    if tcfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    mean, std = cfg.data.mean, cfg.data.std
-    train_samples = ClassifySamples(train_data, train_transform(res, cfg.data.augment), mean, std)
-    val_samples = ClassifySamples(val_data, eval_transform(res), mean, std)
-    classes = list(train_data.classes)
-
-    def loss_fn(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        images, targets = batch
-        images = images.to(device, non_blocking=True)
-        if tcfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = net(images)
-        return F.cross_entropy(logits.float(), targets.to(device), label_smoothing=cfg.label_smoothing)
-
-    def evaluate_fn(net: nn.Module) -> dict[str, Any]:
-        result = evaluate(net, val_samples, classes)
-        return {"top1": result.top1, "top5": result.top5, "loss": result.loss, "score": result.top1}
-
-    from foveal.report.plots import plot_curves
-
-    meta = {
-        "task": TASK,
-        "model": {"arch": "efficientnet", "args": model.args},
-        "config": to_dict(cfg),
-        "classes": classes,
-        "input": {"resolution": res, "channels": train_data.channels, "mean": list(mean), "std": list(std)},
-    }
-    trainer = Trainer(
-        model=model,
-        train_set=train_samples,
-        collate=collate,
-        loss_fn=loss_fn,
-        evaluate=evaluate_fn,
-        optim=cfg.optim,
-        train=tcfg,
-        batch_size=cfg.data.batch_size,
-        run_dir=run,
-        meta=meta,
-        dist_info=dist_info,
-        device=device,
-        plot_curves=lambda records, path: plot_curves(records, path),
-    )
-    if resume_ckpt is not None:
-        trainer.resume(resume_ckpt)
-    metrics = trainer.fit()
-    if dist_info.is_main:
-        write_json(run / "config.json", to_dict(cfg))
-    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
 
 
 # -- loading for inference -------------------------------------------------------------------------------------------
@@ -440,7 +320,7 @@ class LoadedClassifier:
     meta: dict[str, Any]
 
 
-def _check_task(ckpt: ckpt_io.Checkpoint) -> None:
+def check_task(ckpt: ckpt_io.Checkpoint) -> None:
     task = ckpt.meta.get("task")
     if task != TASK:
         raise FovealError(
@@ -460,7 +340,7 @@ def load_classifier(
     where = resolve_device(device)
     prec = resolve_precision(precision, where)
     ckpt = ckpt_io.load_checkpoint(path)
-    _check_task(ckpt)
+    check_task(ckpt)
     with ckpt_io.reading_record(ckpt):
         spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
         model = rebuild(spec)
@@ -488,7 +368,7 @@ class _PrepareClassify:
     def __call__(self, path: Path) -> Tensor:
         from foveal.data.images import load_image
 
-        return _normalize(self.transform(load_image(path, self.channels)), self.mean, self.std)
+        return normalize(self.transform(load_image(path, self.channels)), self.mean, self.std)
 
 
 class ClassifyPredictor:
@@ -530,7 +410,6 @@ def write_predictions_csv(records: Iterator[dict[str, Any]], path: str | Path) -
     """One CSV row per image × rank (:data:`foveal.report.tables.CSV_HEADER`) from prediction records, atomically."""
     import csv
 
-    from foveal.io import atomic_output
     from foveal.report.tables import CSV_HEADER
 
     with atomic_output(path) as handle:
@@ -627,3 +506,10 @@ def _write_mistakes(dataset: Any, outcomes: list[Any], classes: list[str], out: 
         row = {"index": i, "true": classes[true], "predicted": classes[pred], "confidence": round(conf, 4)}
         records.append({**row, "thumbnail": str(thumb.relative_to(out))})
     write_json(out / "mistakes.json", {"errors": len(wrong), "samples": len(outcomes), "shown": records})
+
+
+def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The former place of :func:`foveal.tasks.classify_train.train`, forwarding to it."""
+    from foveal.tasks.classify_train import train as train_classifier
+
+    return train_classifier(*args, **kwargs)

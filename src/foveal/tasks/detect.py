@@ -1,4 +1,4 @@
-"""Object detection with RetinaNet: config, data, training and checkpoint loading.
+"""Object detection with RetinaNet: config, model, data and loss.
 
 Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection", ICCV 2017. The defaults are the paper's
 COCO recipe: ResNet-50-FPN with P6 from C5, anchors of areas 32² … 512² with 3 scales × 3 ratios, IoU ≥ 0.5
@@ -8,8 +8,8 @@ horizontal flip only, shorter side 800 (longer ≤ 1333); inference keeps scores
 at 0.5 per class and 100 detections per image.
 
 Images without objects are kept for training (they only contribute negatives). Crowd regions (``iscrowd``) are
-ignored by the loss and the evaluation. Loading for inference, evaluation, prediction and the demo stage are in
-:mod:`foveal.tasks.detect_eval`.
+ignored by the loss and the evaluation. Training is in :mod:`foveal.tasks.detect_train`; loading for inference,
+evaluation, prediction and the demo stage are in :mod:`foveal.tasks.detect_eval`.
 """
 
 from __future__ import annotations
@@ -18,24 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 from torch import Tensor, nn
 
-from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between, from_dict, to_dict
+from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
 from foveal.data.box_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    DetectionBatch,
-    DetectionSamples,
     DetectionTransform,
-    collate_detection,
 )
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import training_device
-from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
-from foveal.engine.logging import write_json
 from foveal.engine.optim import OptimConfig
-from foveal.engine.trainer import TrainConfig, Trainer
+from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
 from foveal.models.anchors import Matcher
 from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, retinanet_loss
@@ -341,127 +334,14 @@ def detection_loss(output: RetinaOutput, targets: list[dict[str, Tensor]], cfg: 
     )
 
 
-# -- training --------------------------------------------------------------------------------------------------------
-def train(
-    cfg: DetectConfig,
-    run_dir: str | Path | None = None,
-    resume: str | Path | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Train a RetinaNet as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
-
-    Returns the final validation metrics (AP, AP50, AP75, APs, APm, APl, AR100 where defined), "run_dir", "step".
-    """
-    resume_ckpt = None
-    if resume is not None:
-        resume_ckpt = ckpt_io.load_resume_point(resume, "foveal train detect")
-        check_task(resume_ckpt)
-        cfg = from_dict(DetectConfig, resume_ckpt.meta["config"])
-        run_dir = Path(resume)
-    run = Path(run_dir or cfg.out)
-    # ``device`` (e.g. from --device) wins over the config's train.device; a resumed run may change it
-    device = training_device(cfg.train.device if device is None else device)
-    dist_info = init_distributed(device)
-    try:
-        return _train(cfg, run, resume_ckpt, dist_info, device)
-    finally:
-        shutdown_distributed()
-
-
-def _check_config(cfg: DetectConfig, dist_info: DistInfo) -> None:
-    d, inf = cfg.data, cfg.inference
-    if d.batch_size < 1 or d.batch_size % dist_info.world_size:
-        raise FovealError(
-            f"data.batch_size={d.batch_size}: use a positive global batch that divides by the "
-            f"{dist_info.world_size} processes"
-        )
-    if d.eval_batch_size < 1:
-        raise FovealError(f"data.eval_batch_size={d.eval_batch_size}: use a positive batch size")
-    if not 0.0 <= inf.score_thresh < 1.0 or inf.topk < 1 or inf.max_detections < 1 or not 0.0 < inf.nms <= 1.0:
-        raise FovealError(
-            f"inference settings {inf}: need 0 <= score_thresh < 1, topk >= 1, max_detections >= 1, 0 < nms <= 1"
-        )
-
-
-def _train(cfg: DetectConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device) -> dict:
-    from foveal.report.plots import plot_curves
-    from foveal.tasks.detect_eval import evaluate, summary
-
-    tcfg = cfg.train
-    _check_config(cfg, dist_info)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    if tcfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(tcfg.seed)
-    train_data, val_data = open_data(cfg.data)
-    model = build_detector(cfg.model, train_data.num_classes, train_data.channels)
-    if cfg.model.weights and resume_ckpt is None:
-        init_weights(model, cfg.model)
-    if cfg.model.freeze_bn:
-        freeze_batchnorm(model)
-    elif dist_info.enabled:
-        convert_batchnorm(model, device)
-    model.to(device)
-    if tcfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_set = DetectionSamples(train_data, train_transform(cfg.data))
-    d = cfg.data
-    val_transform = eval_transform(d.min_size, d.max_size, d.mean, d.std)
-
-    def loss_fn(net: nn.Module, batch: DetectionBatch) -> Tensor:
-        if cfg.model.freeze_bn:
-            freeze_batchnorm(net)
-        images = batch.images.to(device, non_blocking=True)
-        if tcfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
-        losses = detection_loss(net(images), targets, cfg.loss)
-        return losses["cls"] + losses["box"]
-
-    def evaluate_fn(net: nn.Module) -> dict[str, Any]:
-        result, _ = evaluate(net, val_data, val_transform, cfg.inference, d.eval_batch_size)
-        return summary(result)
-
-    meta = {
-        "task": TASK,
-        "model": {"arch": "retinanet", "args": model.args},
-        "config": to_dict(cfg),
-        "classes": train_data.classes,
-        "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in train_data.categories],
-        "input": {
-            "channels": train_data.channels,
-            "min_size": d.min_size,
-            "max_size": d.max_size,
-            "mean": list(d.mean),
-            "std": list(d.std),
-        },
-    }
-    trainer = Trainer(
-        model=model,
-        train_set=train_set,
-        collate=collate_detection,
-        loss_fn=loss_fn,
-        evaluate=evaluate_fn,
-        optim=cfg.optim,
-        train=tcfg,
-        batch_size=d.batch_size,
-        run_dir=run,
-        meta=meta,
-        dist_info=dist_info,
-        device=device,
-        plot_curves=lambda records, path: plot_curves(records, path),
-        fixed_shapes=False,  # batches are padded to their largest image
-    )
-    if resume_ckpt is not None:
-        trainer.resume(resume_ckpt)
-    metrics = trainer.fit()
-    if dist_info.is_main:
-        write_json(run / "config.json", to_dict(cfg))
-    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
-
-
 def check_task(ckpt: ckpt_io.Checkpoint) -> None:
     task = ckpt.meta.get("task")
     if task != TASK:
         raise FovealError(f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a detector; pass a detect checkpoint")
+
+
+def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The former place of :func:`foveal.tasks.detect_train.train`, forwarding to it."""
+    from foveal.tasks.detect_train import train as train_detector
+
+    return train_detector(*args, **kwargs)

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from foveal.config import from_dict
 from foveal.data.box_transforms import DetectionTransform, collate_detection
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import resolve_device, resolve_precision, to_device
+from foveal.engine.device import resolve_device, resolve_precision, to_device, uses_channels_last
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.inference.fast import inference_model
+from foveal.io import staged_output, writable_dir, write_json
 from foveal.metrics.detection import DetectionResult
 from foveal.models.anchors import AnchorGenerator
 from foveal.models.retinanet import RetinaOutput, boxes_to_original, postprocess
@@ -101,11 +102,6 @@ def load_detector(
     return LoadedDetector(model.to(where), classes, categories, *geometry, mean, std, config, ckpt.meta)
 
 
-def _uses_channels_last(model: nn.Module) -> bool:
-    w = next((p for p in model.parameters() if p.ndim == 4), None)
-    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-
-
 def fp32_output(model: nn.Module, output: RetinaOutput) -> RetinaOutput:
     """``output`` of a bf16 / fp16 RetinaNet with fp32 logits, deltas and anchors (anchors made anew in fp32: in
     bf16 they and the deltas would put boxes off by pixels); an fp32 output as it is."""
@@ -139,7 +135,7 @@ def detect_batch(
         Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,) int64}`` on the CPU, by decreasing score.
     """
     weight = next(model.parameters())
-    output = fp32_output(model, model(to_device(images, weight.device, weight.dtype, _uses_channels_last(model))))
+    output = fp32_output(model, model(to_device(images, weight.device, weight.dtype, uses_channels_last(model))))
     dets = postprocess(
         output, image_sizes, inference.score_thresh, inference.topk, inference.nms, inference.max_detections
     )
@@ -192,17 +188,6 @@ def summary(result: DetectionResult) -> dict[str, Any]:
     return out
 
 
-def _out_dir(out: str | Path) -> Path:
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise FovealError(f"output folder {path} is a file: pass a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FovealError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-    return path
-
-
 def _check_out(out: str | Path | None) -> None:
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise FovealError(f"output folder {out} is a file: pass a folder")
@@ -229,7 +214,6 @@ def evaluate_checkpoint(
         The :class:`~foveal.metrics.detection.DetectionResult`.
     """
     from foveal.data.coco import open_coco, write_results_json
-    from foveal.engine.logging import write_json
     from foveal.metrics.detection import plot_pr_curve
 
     _check_out(out)
@@ -251,7 +235,7 @@ def evaluate_checkpoint(
     started = time.time()
     result, detections = evaluate(det.model, dataset, det.transform(), det.config.inference, cfg.eval_batch_size)
     if out is not None:
-        folder = _out_dir(out)
+        folder = writable_dir(out)
         write_json(folder / "metrics.json", result.to_dict())
         write_results_json(detections, dataset, folder / "detections.json")
         plot_pr_curve(result, folder / "pr_curve.png")
@@ -414,7 +398,6 @@ def predict(
         One record per image (:class:`DetectWriter`'s, with ``"file"``) with boxes in the image's own pixels.
     """
     from foveal.inference.batch_predict import PREDICTIONS, iter_records, predict_stream
-    from foveal.io import staged_output
 
     _check_out(out)
     predictor = DetectPredictor(path, score_thresh, bf16, device, precision)
@@ -451,7 +434,6 @@ def demo_stage(out: Path, quick: bool = False, device: str = "auto") -> None:
     their validation split and predict four validation images, all into ``out/detect``."""
     from foveal.config import load_config
     from foveal.data.coco import open_coco
-    from foveal.engine.logging import write_json
     from foveal.tasks import detect
 
     stage = Path(out) / "detect"

@@ -23,86 +23,49 @@ Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from foveal.data.box_transforms import normalize
+from foveal.data.images import expand_inputs
 from foveal.data.localization_set import LocalizationData
-from foveal.engine.device import resolve_device, resolve_precision, to_device
+from foveal.engine.checkpoint import checkpoint_task
+from foveal.engine.device import resolve_device, resolve_precision
+from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.cam import CAM, ClassTarget, GradCAM
 from foveal.explain.upsample import grid_of, upsample_maps
-from foveal.io import staged_output
+from foveal.io import staged_output, write_json
 from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
 from foveal.models.efficientnet import EfficientNet, dilated_copy
+from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
+from foveal.tasks.explain_common import (
+    RESULTS_FILE,
+    ExplainOptions,
+    ExplainRecord,
+    check_options,
+    crop_region,
+    load_with_channels,
+    on_model,
+    unique_stem,
+)
+from foveal.tasks.explain_detect import explain_detector
+from foveal.tasks.explain_segment import explain_segmenter
 
-METHODS = ("cam", "gradcam")
-RESULTS_FILE = "explanations.json"
-#: The largest image scale of ``map_scales`` (a 224-px image becomes 3584 px a side).
-MAX_MAP_SCALE = 16.0
+Explainer = Callable[[Path, list[Path], Path, ExplainOptions], list[ExplainRecord]]
+"""One task's explanation: (checkpoint, image files, output folder, options) → one record per image."""
 
 MapFn = Callable[[Tensor, Tensor], Tensor]
 """Maps of chosen classes: (images (N, C, H, W) preprocessed, classes (N, k) int64) → maps (N, k, h, w), any h, w
 covering the whole input (they are resized to the image)."""
-
-
-@dataclass(frozen=True)
-class ExplainRecord:
-    """What :func:`explain` found for one image.
-
-    Attributes:
-        file: the image file.
-        task: "classify", "segment" or "detect".
-        method: "cam" or "gradcam".
-        size: (height, width) of the image in pixels.
-        classes: classify: the top-k class names, best first; segment: ["foreground"]; detect: the class of each of
-            the top-k detections, best first.
-        scores: classify: soft-max probability of each class; segment: fraction of pixels predicted foreground;
-            detect: each detection's score.
-        boxes: one (x1, y1, x2, y2) per class, in original image pixels (x2, y2 exclusive), from the map's largest
-            region above the threshold.
-        figures: PNG files written for this image.
-        detections: detect only: each detection's own box (x1, y1, x2, y2) in original image pixels.
-        peaks: classify only: where each class's map is largest, (x, y) in original image pixels.
-    """
-
-    file: str
-    task: str
-    method: str
-    size: tuple[int, int]
-    classes: list[str]
-    scores: list[float]
-    boxes: list[list[float]]
-    figures: list[str]
-    detections: list[list[float]] | None = None
-    peaks: list[list[int]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Options:
-    top_k: int
-    method: str
-    threshold: float
-    relative_to: str
-    score_thresh: float | None = None
-    map_stride: int | None = None
-    map_scales: tuple[float, ...] | None = None
-    flip: bool = False
-    true_boxes: dict[str, list[list[float]]] | None = None
-    device: str | torch.device = "auto"
-    precision: str = "fp32"
 
 
 def explain(
@@ -150,33 +113,28 @@ def explain(
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
     """
-    from foveal.data.images import expand_inputs
-    from foveal.engine.checkpoint import checkpoint_task
-    from foveal.engine.logging import write_json
-    from foveal.engine.runinfo import write_run_info
-
-    options = _check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales, flip)
-    if true_boxes is not None:
-        truth = {str(k): [[float(v) for v in b] for b in boxes] for k, boxes in true_boxes.items()}
-        options = replace(options, true_boxes=truth)
-    where = resolve_device(device)
-    options = replace(options, device=str(where), precision=resolve_precision(precision, where).name)
+    options = check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales, flip)
+    options = _placed(options, true_boxes, device, precision)
     task = checkpoint_task(checkpoint)
-    if (map_stride is not None or map_scales is not None or flip) and task != "classify":
-        raise FovealError(
-            f"map_stride, map_scales and flip apply to classifiers (finer CAMs); {checkpoint} is a '{task}' checkpoint"
-        )
-    explainer = _EXPLAINERS.get(task)
-    if explainer is None:
-        known = ", ".join(_EXPLAINERS)
-        raise FovealError(
-            f"checkpoint {checkpoint} is a '{task}' checkpoint, which cannot be explained (tasks: {known})"
-        )
+    explainer = _explainer(checkpoint, task, options)
     started = time.time()
     files = expand_inputs(list(inputs))
     _check_out(out)
+    return _run(explainer, Path(checkpoint), task, files, out, options, started)
+
+
+def _run(
+    explainer: Explainer,
+    checkpoint: Path,
+    task: str,
+    files: list[Path],
+    out: str | Path,
+    options: ExplainOptions,
+    started: float,
+) -> list[ExplainRecord]:
+    """Explain ``files`` into ``out`` with ``explainer``: figures, ``explanations.json`` and the run record."""
     with staged_output(out) as staged:  # the figures of one command appear together, or not at all
-        records = explainer(Path(checkpoint), files, staged.staging, options)
+        records = explainer(checkpoint, files, staged.staging, options)
         records = [replace(r, figures=[staged.published_path(f) for f in r.figures]) for r in records]
         write_json(staged.staged(RESULTS_FILE), [r.to_dict() for r in records])
         shown = {k: v for k, v in asdict(options).items() if v is not None and k != "true_boxes"}
@@ -192,6 +150,41 @@ def explain(
     return records
 
 
+def _placed(
+    options: ExplainOptions,
+    true_boxes: Mapping[str, Sequence[Sequence[float]]] | None,
+    device: str | torch.device,
+    precision: str,
+) -> ExplainOptions:
+    """``options`` with the true boxes as plain lists of floats and the resolved device and precision."""
+    if true_boxes is not None:
+        truth = {str(k): [[float(v) for v in b] for b in boxes] for k, boxes in true_boxes.items()}
+        options = replace(options, true_boxes=truth)
+    where = resolve_device(device)
+    return replace(options, device=str(where), precision=resolve_precision(precision, where).name)
+
+
+def _explainer(checkpoint: str | Path, task: str, options: ExplainOptions) -> Explainer:
+    """The explainer of ``task``; an error when there is none or when an option does not apply to it."""
+    if (options.map_stride is not None or options.map_scales is not None or options.flip) and task != "classify":
+        raise FovealError(
+            f"map_stride, map_scales and flip apply to classifiers (finer CAMs); {checkpoint} is a '{task}' checkpoint"
+        )
+    explainer = _EXPLAINERS.get(task)
+    if explainer is None:
+        known = ", ".join(_EXPLAINERS)
+        raise FovealError(
+            f"checkpoint {checkpoint} is a '{task}' checkpoint, which cannot be explained (tasks: {known})"
+        )
+    return explainer
+
+
+def _check_out(out: str | Path) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FovealError(f"output folder {path} is a file: pass a folder for the figures and {RESULTS_FILE}")
+
+
 def format_records(records: list[ExplainRecord]) -> str:
     """A short table: one line per image and explained class, with its score and box."""
     lines = [f"{'image':<28} {'class':<16} {'score':>6}  box (x1, y1, x2, y2)"]
@@ -202,52 +195,6 @@ def format_records(records: list[ExplainRecord]) -> str:
             lines.append(f"{name:<28} {cls[:16]:<16} {score:>6.3f}  ({', '.join(f'{v:g}' for v in box)})")
             name = ""
     return "\n".join(lines)
-
-
-def _check_options(
-    top_k: int,
-    method: str,
-    threshold: float,
-    relative_to: str,
-    score_thresh: float | None = None,
-    map_stride: int | None = None,
-    map_scales: Sequence[float] | None = None,
-    flip: bool = False,
-) -> _Options:
-    if method not in METHODS:
-        raise FovealError(f"unknown method {method!r}: use 'cam' (class activation maps) or 'gradcam'")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise FovealError(f"top_k={top_k!r}: explain at least one class per image, e.g. --top-k 5")
-    if not 0.0 <= threshold <= 1.0:
-        raise FovealError(f"threshold={threshold}: use a fraction of the map in [0, 1] (the paper uses 0.2)")
-    if relative_to not in ("max", "range"):
-        raise FovealError(f"relative_to={relative_to!r}: use 'max' (the paper) or 'range'")
-    if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
-        raise FovealError(f"score_thresh={score_thresh}: use a detection score in [0, 1), e.g. 0.05 (the paper's)")
-    if map_stride is not None and (not isinstance(map_stride, int) or map_stride < 1):
-        raise FovealError(f"map_stride={map_stride!r}: use a stride finer than the network's, e.g. 2")
-    scales = None if map_scales is None else tuple(float(v) for v in map_scales)
-    if scales is not None and (not scales or not all(math.isfinite(v) and 0 < v <= MAX_MAP_SCALE for v in scales)):
-        raise FovealError(
-            f"map_scales={map_scales!r}: give one or more image scales > 0 and ≤ {MAX_MAP_SCALE:g}, e.g. 1 2.5"
-        )
-    if not isinstance(flip, bool):
-        raise FovealError(f"flip={flip!r}: use True (average with the mirrored image) or False (the paper)")
-    return _Options(top_k, method, float(threshold), relative_to, score_thresh, map_stride, scales, flip)
-
-
-def _check_out(out: str | Path) -> None:
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise FovealError(f"output folder {path} is a file: pass a folder for the figures and {RESULTS_FILE}")
-
-
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, i = path.stem, 2
-    while stem in used:
-        stem, i = f"{path.stem}_{i}", i + 1
-    used.add(stem)
-    return stem
 
 
 # -- classifiers -----------------------------------------------------------------------------------------------------
@@ -342,14 +289,6 @@ def class_scores(model: nn.Module, x: Tensor, flip: bool = False) -> Tensor:
     return probs
 
 
-def on_model(x: Tensor, model: nn.Module) -> Tensor:
-    """``x`` (N, C, H, W) on ``model``'s device, in its dtype and memory layout (fp32 inputs for bf16 weights are
-    cast here)."""
-    weight = next(p for p in model.parameters() if p.ndim == 4)
-    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    return to_device(x, weight.device, weight.dtype, channels_last)
-
-
 @torch.inference_mode()
 def _weighted_features(model: EfficientNet, x: Tensor, classes: Tensor) -> Tensor:
     features = model.forward_head_features(x)
@@ -357,37 +296,7 @@ def _weighted_features(model: EfficientNet, x: Tensor, classes: Tensor) -> Tenso
     return torch.einsum("nkc,nchw->nkhw", weights.to(features.dtype), features)
 
 
-def _crop_region(height: int, width: int, resolution: int) -> tuple[int, int, int, int]:
-    """(x1, y1, x2, y2) of the original pixels that the evaluation transform's centre square covers.
-
-    The transform resizes the shorter side to ``resolution`` (the longer to ``int(resolution · long / short)``, as
-    torchvision does) and crops ``resolution`` px from the middle (offset ``round((size − resolution) / 2)``).
-    """
-    short, long = min(height, width), max(height, width)
-    resized_long = int(resolution * long / short)
-    rh, rw = (resolution, resized_long) if height <= width else (resized_long, resolution)
-    top, left = int(round((rh - resolution) / 2.0)), int(round((rw - resolution) / 2.0))
-    x1, x2 = round(left * width / rw), round((left + resolution) * width / rw)
-    y1, y2 = round(top * height / rh), round((top + resolution) * height / rh)
-    return max(0, x1), max(0, y1), min(width, max(x2, x1 + 1)), min(height, max(y2, y1 + 1))
-
-
-def load_with_channels(path: Path, channels: int, what: str = "model") -> Tensor:
-    """(C, H, W) uint8 image of ``path``; an error naming the fix when its channel count is not ``channels``."""
-    from foveal.data.images import load_image
-
-    image = load_image(path, None)
-    if image.shape[0] != channels:
-        raise FovealError(
-            f"image {path} has {image.shape[0]} channel(s) but the {what} takes {channels}: convert it "
-            f"({'to grayscale' if channels == 1 else 'to RGB'}) or use a {what} trained on such images"
-        )
-    return image
-
-
-def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
-    from foveal.tasks.classify import _normalize, eval_transform, load_classifier
-
+def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[ExplainRecord]:
     clf = load_classifier(checkpoint, device=opt.device, precision=opt.precision)
     k = min(opt.top_k, len(clf.classes))
     transform = eval_transform(clf.resolution)
@@ -399,20 +308,20 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
         for f in files:
             image = load_with_channels(f, clf.channels)
             height, width = image.shape[-2:]
-            x = on_model(_normalize(transform(image), clf.mean, clf.std)[None], clf.model)
+            x = on_model(normalize(transform(image), clf.mean, clf.std)[None], clf.model)
             try:
                 scores, classes = class_scores(clf.model, x, opt.flip).topk(k, dim=1)
                 maps = maps_of(x, classes)[0].float().cpu()  # (k, h, w)
                 scores, classes = scores.cpu(), classes.cpu()
             except FovealError as exc:
                 raise FovealError(f"cannot explain {f}: {exc}") from None
-            x1, y1, x2, y2 = _crop_region(height, width, clf.resolution)
+            x1, y1, x2, y2 = crop_region(height, width, clf.resolution)
             region = upsample_maps(maps, (y2 - y1, x2 - x1), grid, (clf.resolution, clf.resolution))
             boxes = maps_to_boxes(region, opt.threshold, opt.relative_to) + torch.tensor([x1, y1, x1, y1])
             full = region.amin((1, 2), keepdim=True).expand(k, height, width).clone()
             full[:, y1:y2, x1:x2] = region
             names = [clf.classes[int(c)] for c in classes[0]]
-            stem = _unique_stem(f, used)
+            stem = unique_stem(f, used)
             truth = np.asarray((opt.true_boxes or {}).get(f.name, []), dtype=np.float64).reshape(-1, 4)
             figures = _class_figures(image, full, names, scores[0], boxes[0], out_dir / stem, opt.method, truth)
             peaks = full.flatten(1).argmax(1)
@@ -454,22 +363,10 @@ def _class_figures(
     return [str(top), str(boxed)]
 
 
-def _explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
-    from foveal.tasks.explain_segment import explain_segmenter
-
-    return explain_segmenter(checkpoint, files, out_dir, opt)
-
-
-def _explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
-    from foveal.tasks.explain_detect import explain_detector
-
-    return explain_detector(checkpoint, files, out_dir, opt)
-
-
-_EXPLAINERS: dict[str, Callable[[Path, list[Path], Path, _Options], list[ExplainRecord]]] = {
+_EXPLAINERS: dict[str, Explainer] = {
     "classify": _explain_classifier,
-    "segment": _explain_segmenter,
-    "detect": _explain_detector,
+    "segment": explain_segmenter,
+    "detect": explain_detector,
 }
 
 
@@ -512,20 +409,11 @@ def localization_eval(
     Returns:
         Top-1 / top-5 localization error, ground-truth-known localization error and classification errors.
     """
-    from foveal.tasks.classify import _normalize, eval_transform, load_classifier
-
     if isinstance(method, str):
-        _check_options(1, method, threshold, relative_to, map_stride=map_stride, map_scales=map_scales, flip=flip)
+        check_options(1, method, threshold, relative_to, map_stride=map_stride, map_scales=map_scales, flip=flip)
     if batch_size < 1:
         raise FovealError(f"batch_size={batch_size}: use a positive number of canvases per batch")
-    clf = load_classifier(checkpoint, device=device, precision=precision)
-    if len(data.classes) != len(clf.classes):
-        raise FovealError(
-            f"the canvases have {len(data.classes)} classes but the classifier {checkpoint} has {len(clf.classes)}: "
-            "evaluate a classifier trained on canvases of the same source"
-        )
-    if data.images.shape[1] != clf.channels:
-        raise FovealError(f"the canvases have {data.images.shape[1]} channel(s) but the model takes {clf.channels}")
+    clf = _classifier_for(checkpoint, data, device, precision)
     k = min(TOP_K, len(clf.classes))
     size = tuple(data.images.shape[-2:])
     transform = eval_transform(clf.resolution)
@@ -535,7 +423,7 @@ def localization_eval(
         maps_of = _views(own_maps, grid, map_scales, flip)
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
-            x = on_model(_normalize(transform(data.images[start:stop]), clf.mean, clf.std), clf.model)
+            x = on_model(normalize(transform(data.images[start:stop]), clf.mean, clf.std), clf.model)
             labels = data.labels[start:stop]
             top = class_scores(clf.model, x, flip).topk(k, dim=1).indices.cpu()
             maps = maps_of(x, torch.cat([top, labels[:, None]], 1).to(x.device)).float()
@@ -543,6 +431,21 @@ def localization_eval(
             boxes = maps_to_boxes(maps, threshold, relative_to)
             meter.update(top, boxes[:, :k], labels, data.boxes[start:stop], boxes[:, k])
     return meter.compute()
+
+
+def _classifier_for(
+    checkpoint: str | Path, data: LocalizationData, device: str | torch.device, precision: str
+) -> LoadedClassifier:
+    """The classifier of ``checkpoint``, once it is known to take the canvases (their classes and channels)."""
+    clf = load_classifier(checkpoint, device=device, precision=precision)
+    if len(data.classes) != len(clf.classes):
+        raise FovealError(
+            f"the canvases have {len(data.classes)} classes but the classifier {checkpoint} has {len(clf.classes)}: "
+            "evaluate a classifier trained on canvases of the same source"
+        )
+    if data.images.shape[1] != clf.channels:
+        raise FovealError(f"the canvases have {data.images.shape[1]} channel(s) but the model takes {clf.channels}")
+    return clf
 
 
 @contextmanager

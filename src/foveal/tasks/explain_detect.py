@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from foveal.engine.device import to_device
+from foveal.engine.device import to_device, uses_channels_last
 from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import DetectionTarget, GradCAM
 from foveal.models.retinanet import RetinaNet, RetinaOutput, boxes_to_original, postprocess
-from foveal.tasks.explain import ExplainRecord, _Options, _unique_stem, load_with_channels
+from foveal.tasks.explain_common import ExplainOptions, ExplainRecord, load_with_channels, unique_stem
 
 
 def detection_gradcam(model: RetinaNet, x: Tensor, output: RetinaOutput, anchors: Tensor, labels: Tensor) -> Tensor:
@@ -53,7 +53,7 @@ def detection_gradcam(model: RetinaNet, x: Tensor, output: RetinaOutput, anchors
     return maps
 
 
-def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
+def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[ExplainRecord]:
     """``foveal explain`` for a detection checkpoint: the ``top_k`` best detections of each image (those above the
     checkpoint's score threshold), each with its Grad-CAM map and the box of the map's largest region above
     ``threshold``. Figures: the top-k panel (``<stem>_top<k>.png``, titled "class (score)") and the best detection's
@@ -61,7 +61,7 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _O
     detections (above ``opt.score_thresh``, default the checkpoint's) gets a record with empty lists and no
     figure."""
     from foveal.data.box_transforms import collate_detection
-    from foveal.tasks.detect_eval import _uses_channels_last, fp32_output, load_detector
+    from foveal.tasks.detect_eval import fp32_output, load_detector
 
     # Grad-CAM needs gradients: direct convolutions (no Winograd), BatchNorm folded only in bf16 / fp16
     det = load_detector(checkpoint, fast=False, device=opt.device, precision=opt.precision)
@@ -75,12 +75,12 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: _O
         height, width = image.shape[-2:]
         batch = collate_detection([transform(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))])
         weight = next(model.parameters())
-        x = to_device(batch.images, weight.device, weight.dtype, _uses_channels_last(model))
+        x = to_device(batch.images, weight.device, weight.dtype, uses_channels_last(model))
         with torch.no_grad():
             output = fp32_output(model, model(x))
             (found,) = postprocess(output, batch.image_sizes, score_thresh, inference.topk, inference.nms, opt.top_k)
             found = {k: v.cpu() for k, v in found.items()}
-        stem = _unique_stem(f, used)
+        stem = unique_stem(f, used)
         if len(found["scores"]) == 0:
             records.append(ExplainRecord(str(f), "detect", "gradcam", (int(height), int(width)), [], [], [], []))
             continue

@@ -22,7 +22,8 @@ from foveal.engine.device import to_device
 from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import GradCAM, MaskTarget
-from foveal.tasks.explain import ExplainRecord, _Options, _unique_stem
+from foveal.io import atomic_output
+from foveal.tasks.explain_common import ExplainOptions, ExplainRecord, unique_stem
 
 _WHOLE_IMAGE_EDGE = 1024  # larger images are explained tile by tile
 
@@ -97,12 +98,11 @@ def _bottom_to_output(cam: Tensor, input_size: int, stride: int, border: int) ->
     return grid[border : input_size - border, border : input_size - border]
 
 
-def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: _Options) -> list[ExplainRecord]:
+def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[ExplainRecord]:
     from PIL import Image
 
     from foveal.data.seg_io import load_seg_image
     from foveal.explain.overlay import overlay
-    from foveal.report.tables import atomic_output
     from foveal.tasks.segment import load_segmenter, tile_input
 
     seg = load_segmenter(checkpoint, device=opt.device, precision=opt.precision)
@@ -120,7 +120,7 @@ def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: _
             raise FovealError(f"cannot explain {f}: {exc}") from None
         box = maps_to_boxes(heat, opt.threshold, opt.relative_to)
         shown = image[0] if image.shape[0] != 3 else image.permute(1, 2, 0)
-        path = out_dir / f"{_unique_stem(f, used)}_gradcam.png"
+        path = out_dir / f"{unique_stem(f, used)}_gradcam.png"
         with atomic_output(path, "wb") as handle:
             Image.fromarray(overlay(shown.clamp(0, 1).numpy(), heat.numpy())).save(handle, format="PNG")
         records.append(

@@ -33,10 +33,12 @@ import torch
 from torch import Tensor
 
 from foveal.data.box_files import BoxEntry, check_inside, match_images, read_box_file
+from foveal.data.box_transforms import normalize
 from foveal.data.localization_set import LocalizationData
 from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.upsample import grid_of, upsample_maps
+from foveal.io import atomic_output, writable_dir, write_json
 from foveal.metrics.localization import (
     TOP_K,
     LocalizationMeter,
@@ -45,8 +47,9 @@ from foveal.metrics.localization import (
     MaxBoxAccResult,
     best_iou,
 )
-from foveal.tasks.classify import LoadedClassifier, _normalize, eval_transform, load_classifier
-from foveal.tasks.explain import MapFn, _check_options, _crop_region, class_maps, class_scores, multiscale
+from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
+from foveal.tasks.explain import MapFn, class_maps, class_scores, multiscale
+from foveal.tasks.explain_common import check_options, crop_region
 
 RESULTS_FILE = "localization.json"
 FIGURE_FOLDER = "localization"
@@ -129,10 +132,10 @@ class _Run:
         pixels of ``images`` (N, C, H, W) uint8; the last of the k + 1 is the true class's."""
         clf, n = self.clf, images.shape[0]
         height, width = images.shape[-2:]
-        x = _normalize(eval_transform(clf.resolution)(images), clf.mean, clf.std)
+        x = normalize(eval_transform(clf.resolution)(images), clf.mean, clf.std)
         scores, top = class_scores(clf.model, x, self.flip).topk(self.k, dim=1)
         raw = self.maps_of(x, torch.cat([top, labels[:, None]], 1)).float()
-        x1, y1, x2, y2 = _crop_region(height, width, clf.resolution)
+        x1, y1, x2, y2 = crop_region(height, width, clf.resolution)
         region = upsample_maps(raw, (y2 - y1, x2 - x1), grid_of(clf.model), x.shape[-2:])
         boxes = maps_to_boxes(region, self.threshold) + torch.tensor([x1, y1, x1, y1], dtype=torch.float32)
         full = region.amin((-2, -1), keepdim=True).expand(n, self.k + 1, height, width).clone()
@@ -177,7 +180,7 @@ def _run(
 ) -> Iterator[_Run]:
     """A :class:`_Run` of the checkpoint's classifier with the maps the options ask for, for a ``with`` block."""
     if isinstance(method, str):
-        _check_options(1, method, threshold, "max", map_stride=map_stride, map_scales=map_scales, flip=flip)
+        check_options(1, method, threshold, "max", map_stride=map_stride, map_scales=map_scales, flip=flip)
     elif map_stride is not None:
         raise FovealError("map_stride applies to the methods 'cam' and 'gradcam', not to a map function")
     clf = load_classifier(checkpoint)
@@ -288,7 +291,8 @@ def localization_eval_folder(
         report = run.report(options)
         if out is None:
             return report
-        folder = _out_dir(out)
+        folder = writable_dir(out)
+        writable_dir(folder / FIGURE_FOLDER, "figure folder")
         figures = _panels(run, samples, folder / FIGURE_FOLDER, panels)
     report = LocalizationReport(report.localization, report.max_box_acc, report.images, options, figures)
     _write(report, folder)
@@ -359,17 +363,6 @@ def _stack(batch: list[tuple[Tensor, Tensor, _Sample]]) -> tuple[Tensor, Tensor,
     return images, labels, [b[1] for b in batch], [str(b[2].path) for b in batch]
 
 
-def _out_dir(out: str | Path) -> Path:
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise FovealError(f"output folder {path} is a file: pass a folder for {RESULTS_FILE} and the panels")
-    try:
-        (path / FIGURE_FOLDER).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FovealError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-    return path
-
-
 def _panels(run: _Run, samples: list[_Sample], folder: Path, count: int) -> dict[str, list[str]]:
     """PNG panels of the ``count`` worst images (not localized first, then by IoU) and of ``count`` evenly spaced
     ones: the top-1 class's map with its box and the ground truth."""
@@ -393,8 +386,6 @@ def _panels(run: _Run, samples: list[_Sample], folder: Path, count: int) -> dict
 
 
 def _write(report: LocalizationReport, folder: Path) -> None:
-    from foveal.engine.logging import write_json
-    from foveal.report.tables import atomic_output
 
     write_json(folder / RESULTS_FILE, report.to_dict())
     mba = report.max_box_acc

@@ -1,9 +1,10 @@
-"""Semantic and instance segmentation with U-Net: config, training tiles, training and checkpoint loading.
+"""Semantic and instance segmentation with U-Net: config, model, training tiles and checkpoint loading.
 
 Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015.
 The defaults are the paper's: valid convolutions, training tiles with the context the network consumes, elastic
 deformation, the border weight map (w0 = 10, σ = 5 px) on a pixel-wise soft-max cross-entropy, SGD with momentum
-0.99 and batch 1. Evaluation, prediction and the weight-map figure are in :mod:`foveal.tasks.segment_eval`.
+0.99 and batch 1. Training is in :mod:`foveal.tasks.segment_train`; evaluation, prediction and the weight-map figure
+are in :mod:`foveal.tasks.segment_eval`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from foveal.config import POSITIVE, at_least, between, from_dict, to_dict
+from foveal.config import POSITIVE, at_least, between, from_dict
 from foveal.data.augment import AugmentConfig, augment_batch
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import resolve_device, resolve_precision, training_device
-from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
-from foveal.engine.logging import write_json
+from foveal.engine.device import resolve_device, resolve_precision
 from foveal.engine.optim import OptimConfig
-from foveal.engine.trainer import TrainConfig, Trainer
+from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
 from foveal.inference.tiling import reflect_pad
 
@@ -323,117 +322,8 @@ def attach_context(samples: list[Prepared], cfg: SegDataConfig) -> list[Prepared
     return samples
 
 
-# -- training --------------------------------------------------------------------------------------------------------
-def train(
-    cfg: SegmentConfig,
-    run_dir: str | Path | None = None,
-    resume: str | Path | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Train a U-Net as ``cfg`` says; with ``resume``, continue the run in that directory exactly.
-
-    Returns the final validation metrics (fg_iou, f1_50, ... and "run_dir").
-    """
-    resume_ckpt = None
-    if resume is not None:
-        resume_ckpt = ckpt_io.load_resume_point(resume, "foveal train segment")
-        check_task(resume_ckpt)
-        cfg = from_dict(SegmentConfig, resume_ckpt.meta["config"])
-        run_dir = Path(resume)
-    run = Path(run_dir or cfg.out)
-    # ``device`` (e.g. from --device) wins over the config's train.device; a resumed run may change it
-    device = training_device(cfg.train.device if device is None else device)
-    dist_info = init_distributed(device)
-    try:
-        return _train(cfg, run, resume_ckpt, dist_info, device)
-    finally:
-        shutdown_distributed()
-
-
-def _train(cfg: SegmentConfig, run: Path, resume_ckpt: Any, dist_info: DistInfo, device: torch.device) -> dict:
-    from foveal.losses.segmentation import segmentation_loss
-    from foveal.report.plots import plot_curves
-    from foveal.tasks.segment_eval import TTA_MODES, evaluate
-
-    tcfg = cfg.train
-    if cfg.post.tta not in TTA_MODES:
-        raise FovealError(f"post.tta={cfg.post.tta!r}: use 'none' (one pass) or 'dihedral' (8 rotations / flips)")
-    if cfg.data.batch_size < 1 or cfg.data.batch_size % dist_info.world_size:
-        raise FovealError(
-            f"data.batch_size={cfg.data.batch_size}: use a positive global batch that divides by the "
-            f"{dist_info.world_size} processes"
-        )
-    if cfg.data.samples_per_epoch < cfg.data.batch_size:
-        raise FovealError(
-            f"data.samples_per_epoch={cfg.data.samples_per_epoch} is less than one batch: raise it or lower "
-            "data.batch_size"
-        )
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    if tcfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(tcfg.seed)
-    train_data, val_data = open_data(cfg.data)
-    num_classes = train_data.num_classes
-    model = build_segmenter(cfg.model, train_data.channels, num_classes)
-    in_tile = tile_input(model, cfg.data.tile)
-    tile_input(model, cfg.data.eval_tile)
-    train_set = TrainingTiles(
-        prepare(train_data, cfg.weights, num_classes),
-        cfg.data.tile,
-        in_tile,
-        cfg.data.samples_per_epoch,
-        cfg.augment,
-    )
-    val_set = attach_context(prepare(val_data, cfg.weights, num_classes), cfg.data)
-    if dist_info.enabled:
-        convert_batchnorm(model, device)
-    model.to(device)
-    if tcfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    def loss_fn(net: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        images, target, weight = (t.to(device, non_blocking=True) for t in batch)
-        if tcfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = net(images).float()
-        return segmentation_loss(logits, target, weight, kind=cfg.loss, focal_gamma=cfg.focal_gamma)
-
-    def evaluate_fn(net: nn.Module) -> dict[str, Any]:
-        result = evaluate(net, val_set, num_classes, cfg.data.eval_tile, cfg.post, with_rand=False)
-        return result.summary()
-
-    meta = {
-        "task": TASK,
-        "model": {"arch": "unet", "args": model.args},  # type: ignore[dict-item]
-        "config": to_dict(cfg),
-        "classes": ["background", "foreground"] if train_data.kind == "instances" else _class_names(num_classes),
-        "input": {"channels": train_data.channels, "normalize": cfg.data.normalize, "masks": train_data.kind},
-    }
-    trainer = Trainer(
-        model=model,
-        train_set=train_set,
-        collate=collate,
-        loss_fn=loss_fn,
-        evaluate=evaluate_fn,
-        optim=cfg.optim,
-        train=tcfg,
-        batch_size=cfg.data.batch_size,
-        run_dir=run,
-        meta=meta,
-        dist_info=dist_info,
-        device=device,
-        plot_curves=lambda records, path: plot_curves(records, path),
-    )
-    if resume_ckpt is not None:
-        trainer.resume(resume_ckpt)
-    metrics = trainer.fit()
-    if dist_info.is_main:
-        write_json(run / "config.json", to_dict(cfg))
-    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(run), "step": trainer.step}
-
-
-def _class_names(num_classes: int) -> list[str]:
+def class_names(num_classes: int) -> list[str]:
+    """Names of ``num_classes`` semantic classes without names of their own: background, class1, class2, …"""
     return ["background"] + [f"class{i}" for i in range(1, num_classes)]
 
 
@@ -487,3 +377,10 @@ def load_segmenter(
 
         model = inference_model(model, dtype=prec.dtype, device=where)
     return LoadedSegmenter(model.to(where), classes, *geometry, config, ckpt.meta)
+
+
+def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The former place of :func:`foveal.tasks.segment_train.train`, forwarding to it."""
+    from foveal.tasks.segment_train import train as train_segmenter
+
+    return train_segmenter(*args, **kwargs)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
+from foveal.io import staged_output, writable_dir, write_json
 from foveal.tasks.segment import PostConfig, Prepared, attach_context, load_segmenter, prepare
 
 
@@ -153,17 +154,6 @@ def evaluate(
     )
 
 
-def _out_dir(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FovealError(f"output folder {out} is a file: pass a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FovealError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-    return out
-
-
 def evaluate_checkpoint(
     path: str | Path,
     data: str | None,
@@ -178,10 +168,9 @@ def evaluate_checkpoint(
     from dataclasses import replace
 
     from foveal.data.segmentation import open_segmentation
-    from foveal.engine.logging import write_json
     from foveal.tasks.segment import open_data
 
-    out_dir = _out_dir(out) if out is not None else None
+    out_dir = writable_dir(out) if out is not None else None
     seg = load_segmenter(path, fast=True, device=device, precision=precision)
     cfg = seg.config
     if data is None:
@@ -458,7 +447,6 @@ def predict(
     ``device`` in ``precision`` (see :func:`foveal.tasks.segment.load_segmenter`). Large TIFF and zarr images
     (:data:`STREAM_PIXELS`) are streamed to a tiled BigTIFF or zarr array."""
     from foveal.inference.batch_predict import PREDICTIONS, iter_records, predict_stream
-    from foveal.io import staged_output
 
     predictor = SegmentPredictor(path, tile, tta, fmt, probabilities, device, precision)
     writer = SegmentWriter(predictor.seg.masks == "instances", fmt, probabilities, predictor)
@@ -499,7 +487,7 @@ def weightmap_figures(
     from foveal.report.segmentation_plots import plot_weight_map_figure
 
     data = open_segmentation(spec, masks="instances")
-    out_dir = _out_dir(out)
+    out_dir = writable_dir(out)
     paths = []
     for name, image, mask in list(zip(data.names, data.images, data.masks, strict=True))[:limit]:
         m = mask.numpy()

@@ -1,0 +1,188 @@
+"""What every task's training does the same way, written once.
+
+:func:`run_training` resolves a resumed run (its checkpoint and stored config), the run directory, the device and the
+``torchrun`` process group, applies the config's threads, determinism and seed, and hands a :class:`TrainingRun` to
+the task's own training function. :func:`fit` builds the shared :class:`~foveal.engine.trainer.Trainer` around what
+the task made (model, samples, loss, evaluation, checkpoint record), continues a resumed run and writes
+``config.json``. :func:`process_state` restores the caller's process afterwards: a library call to ``train`` leaves
+thread count, deterministic-algorithms flag, cuDNN flags and the CPU random generator as it found them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from foveal.config import from_dict, to_dict
+from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import to_device, training_device
+from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
+from foveal.engine.optim import OptimConfig
+from foveal.engine.trainer import EvalFn, LossFn, TrainConfig, Trainer
+from foveal.io import write_json
+
+
+class TaskConfig(Protocol):
+    """What the scaffolding reads of a task's config (``ClassifyConfig``, ``SegmentConfig``, ``DetectConfig``)."""
+
+    @property
+    def out(self) -> str: ...
+
+    @property
+    def train(self) -> TrainConfig: ...
+
+    @property
+    def optim(self) -> OptimConfig: ...
+
+
+C = TypeVar("C", bound=TaskConfig)
+
+
+@dataclass(frozen=True)
+class TrainingRun(Generic[C]):
+    """One training run as the scaffolding set it up.
+
+    Attributes:
+        cfg: the task's config (for a resumed run, the one stored in its checkpoint).
+        run: the run directory.
+        resume: the checkpoint to continue from, or None for a fresh run.
+        dist_info: rank and world size (one process: rank 0 of 1).
+        device: where this process trains.
+    """
+
+    cfg: C
+    run: Path
+    resume: ckpt_io.Checkpoint | None
+    dist_info: DistInfo
+    device: torch.device
+
+    def images(self, images: Tensor) -> Tensor:
+        """A batch of images (N, C, H, W) on the training device, channels-last when the config asks for it."""
+        return to_device(images, self.device, channels_last=self.cfg.train.channels_last)
+
+
+@contextmanager
+def process_state() -> Iterator[None]:
+    """Run a block, then put back torch's thread count, the deterministic-algorithms flag (and its warn-only mode),
+    the cuDNN ``deterministic`` / ``benchmark`` flags and the CPU random generator's state."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(rng)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def run_training(
+    cfg: C,
+    body: Callable[[TrainingRun[C]], dict[str, Any]],
+    *,
+    command: str,
+    check_task: Callable[[ckpt_io.Checkpoint], None],
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Set up a run and call ``body`` with it; the process's torch state is restored when this returns.
+
+    Args:
+        cfg: the task's config; with ``resume``, only its type counts (the run's stored config is used).
+        body: the task's training, given the :class:`TrainingRun`; returns the final metrics.
+        command: the command that writes such runs ("foveal train detect"), named when nothing can be resumed.
+        check_task: raises FovealError when a checkpoint belongs to another task.
+        run_dir: the run directory (default ``cfg.out``); ignored with ``resume``.
+        resume: a run directory to continue exactly from its latest step checkpoint.
+        device: wins over ``cfg.train.device`` (e.g. from ``--device``); a resumed run may change it.
+    """
+    with process_state():
+        checkpoint = None
+        if resume is not None:
+            checkpoint = ckpt_io.load_resume_point(resume, command)
+            check_task(checkpoint)
+            cfg = from_dict(type(cfg), checkpoint.meta["config"])
+            run_dir = Path(resume)
+        run = Path(run_dir or cfg.out)
+        where = training_device(cfg.train.device if device is None else device)
+        dist_info = init_distributed(where)
+        try:
+            _apply(cfg.train)
+            return body(TrainingRun(cfg, run, checkpoint, dist_info, where))
+        finally:
+            shutdown_distributed()
+
+
+def _apply(tcfg: TrainConfig) -> None:
+    """Threads, determinism and the seed of ``tcfg`` (undone by :func:`process_state`)."""
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(tcfg.seed)
+
+
+def place_model(model: nn.Module, setup: TrainingRun[Any], sync_batchnorm: bool = True) -> None:
+    """Move ``model`` to the training device (channels-last when configured); under ``torchrun``, turn its
+    BatchNorm layers into synchronised ones unless ``sync_batchnorm`` is False (frozen statistics)."""
+    if setup.dist_info.enabled and sync_batchnorm:
+        convert_batchnorm(model, setup.device)
+    model.to(setup.device)
+    if setup.cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def fit(
+    setup: TrainingRun[Any],
+    *,
+    model: nn.Module,
+    train_set: Dataset[Any],
+    collate: Callable[[list[Any]], Any],
+    loss_fn: LossFn,
+    evaluate: EvalFn,
+    meta: dict[str, Any],
+    batch_size: int,
+    fixed_shapes: bool = True,
+) -> dict[str, Any]:
+    """Train with the shared :class:`~foveal.engine.trainer.Trainer`, continuing ``setup.resume`` when set.
+
+    Returns:
+        The final validation metrics without "score", plus "run_dir" and "step".
+    """
+    from foveal.report.plots import plot_curves  # deferred: matplotlib loads only once a run trains
+
+    cfg = setup.cfg
+    trainer = Trainer(
+        model=model,
+        train_set=train_set,
+        collate=collate,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        optim=cfg.optim,
+        train=cfg.train,
+        batch_size=batch_size,
+        run_dir=setup.run,
+        meta=meta,
+        dist_info=setup.dist_info,
+        device=setup.device,
+        plot_curves=lambda records, path: plot_curves(records, path),
+        fixed_shapes=fixed_shapes,
+    )
+    if setup.resume is not None:
+        trainer.resume(setup.resume)
+    metrics = trainer.fit()
+    if setup.dist_info.is_main:
+        write_json(setup.run / "config.json", to_dict(cfg))
+    return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(setup.run), "step": trainer.step}
