@@ -16,6 +16,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -88,18 +89,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except FovealError as exc:
-                errors.append(str(exc))
-        raise FovealError(errors[0] if errors else f"bad value for '{where}'")
+        return _coerce_union(value, get_args(tp), where)
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -121,33 +111,60 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise FovealError(f"bad value for '{where}': expected a mapping of {', '.join(_field_names(tp))}")
         return from_dict(tp, value, where=f"{where}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise FovealError(f"bad value {value!r} for '{where}': expected true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise FovealError(f"bad value {value!r} for '{where}': expected an integer")
-        if isinstance(value, int):
-            return value
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    return value if scalar is None else scalar(value, where)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    """``value`` as the first of the union's types that takes it (None where the union allows it)."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
         try:
-            return int(str(value))
-        except ValueError:
-            raise FovealError(f"bad value {value!r} for '{where}': expected an integer") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise FovealError(f"bad value {value!r} for '{where}': expected a number")
-        try:
-            return float(value) if isinstance(value, (int, float)) else float(str(value))
-        except (ValueError, OverflowError):
-            raise FovealError(f"bad value {value!r} for '{where}': expected a number") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise FovealError(f"bad value {value!r} for '{where}': expected a string")
-        return str(value)
-    return value
+            return _coerce(value, arg, where)
+        except FovealError as exc:
+            errors.append(str(exc))
+    raise FovealError(errors[0] if errors else f"bad value for '{where}'")
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.lower() in ("true", "yes", "1", "on")
+    raise FovealError(f"bad value {value!r} for '{where}': expected true or false")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise FovealError(f"bad value {value!r} for '{where}': expected an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        raise FovealError(f"bad value {value!r} for '{where}': expected an integer") from None
+
+
+def _to_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise FovealError(f"bad value {value!r} for '{where}': expected a number")
+    try:
+        return float(value) if isinstance(value, (int, float)) else float(str(value))
+    except (ValueError, OverflowError):
+        raise FovealError(f"bad value {value!r} for '{where}': expected a number") from None
+
+
+def _to_str(value: Any, where: str) -> str:
+    if isinstance(value, (dict, list)):
+        raise FovealError(f"bad value {value!r} for '{where}': expected a string")
+    return str(value)
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _range_of(hint: Any, value: Any) -> Range | None:

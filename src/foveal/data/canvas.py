@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 _TRIES = 50  # placements tried for one object or clutter patch before it is left out
 _FRAGMENT = 4  # a clutter fragment is 1/4 of a source image's side, shown at 1/4 of an object's size
@@ -86,6 +86,23 @@ def make_canvases(
         ``n`` :class:`Canvas` objects.
     """
     sources, classes = _check_sources(images, labels)
+    height, width = _check_layout(n, size, objects, scale, clutter, max_overlap)
+    count = (int(objects[0]), int(objects[1]))
+    return [
+        _canvas(np.random.default_rng([seed, i]), sources, classes, (height, width), count, scale, clutter, max_overlap)
+        for i in range(n)
+    ]
+
+
+def _check_layout(
+    n: int,
+    size: int | tuple[int, int],
+    objects: tuple[int, int],
+    scale: tuple[float, float],
+    clutter: int,
+    max_overlap: float,
+) -> tuple[int, int]:
+    """(height, width) of the canvases, once the arguments of :func:`make_canvases` are known to fit together."""
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     lo, hi = int(objects[0]), int(objects[1])
     if n < 0 or height < 1 or width < 1 or not 0 <= lo <= hi or clutter < 0:
@@ -100,30 +117,37 @@ def make_canvases(
         )
     if not 0.0 <= max_overlap <= 1.0:
         raise FovealError(f"max_overlap is an IoU in [0, 1], got {max_overlap}")
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        image = np.zeros((height, width), dtype=np.uint8)
-        boxes: list[np.ndarray] = []
-        names: list[int] = []
-        for _ in range(int(rng.integers(lo, hi + 1))):
-            pick = int(rng.integers(len(sources)))
-            side = int(round(rng.uniform(scale[0], scale[1])))
-            glyph = _resize(sources[pick], side, side)
-            placed = _place_object(rng, image, glyph, boxes, max_overlap)
-            if placed is not None:
-                boxes.append(placed)
-                names.append(int(classes[pick]))
-        for _ in range(clutter):
-            _place_fragment(rng, image, sources, scale, boxes)
-        out.append(
-            Canvas(
-                image=image,
-                boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
-                labels=np.array(names, dtype=np.int64),
-            )
-        )
-    return out
+    return height, width
+
+
+def _canvas(
+    rng: np.random.Generator,
+    sources: np.ndarray,
+    classes: np.ndarray,
+    shape: tuple[int, int],
+    objects: tuple[int, int],
+    scale: tuple[float, float],
+    clutter: int,
+    max_overlap: float,
+) -> Canvas:
+    """One canvas of ``shape`` (height, width): its objects first, then its clutter, all drawn from ``rng``."""
+    image = np.zeros(shape, dtype=np.uint8)
+    boxes: list[np.ndarray] = []
+    names: list[int] = []
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+        pick = int(rng.integers(len(sources)))
+        side = int(round(rng.uniform(scale[0], scale[1])))
+        placed = _place_object(rng, image, _resize(sources[pick], side, side), boxes, max_overlap)
+        if placed is not None:
+            boxes.append(placed)
+            names.append(int(classes[pick]))
+    for _ in range(clutter):
+        _place_fragment(rng, image, sources, scale, boxes)
+    return Canvas(
+        image=image,
+        boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.array(names, dtype=np.int64),
+    )
 
 
 def write_coco(
@@ -164,18 +188,7 @@ def write_coco(
         Image.fromarray(canvas.image).save(image_dir / name)
         height, width = canvas.image.shape
         images.append({"id": index + 1, "file_name": name, "width": width, "height": height})
-        for (x1, y1, x2, y2), label in zip(canvas.boxes.tolist(), canvas.labels.tolist(), strict=True):
-            w, h = x2 - x1, y2 - y1
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": index + 1,
-                    "category_id": int(label) + 1,
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
+        annotations.extend(_annotations(canvas, index + 1, len(annotations) + 1))
     document = {
         "info": {"description": f"foveal synthetic canvases, split {split_name}"},
         "licenses": [],
@@ -187,6 +200,24 @@ def write_coco(
     with atomic_output(path) as handle:
         json.dump(document, handle)
     return path
+
+
+def _annotations(canvas: Canvas, image_id: int, first_id: int) -> list[dict[str, Any]]:
+    """COCO annotations of ``canvas``'s boxes (``bbox`` [x, y, w, h]), numbered from ``first_id``."""
+    found: list[dict[str, Any]] = []
+    for (x1, y1, x2, y2), label in zip(canvas.boxes.tolist(), canvas.labels.tolist(), strict=True):
+        w, h = x2 - x1, y2 - y1
+        found.append(
+            {
+                "id": first_id + len(found),
+                "image_id": image_id,
+                "category_id": int(label) + 1,
+                "bbox": [x1, y1, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
+        )
+    return found
 
 
 def _check_sources(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

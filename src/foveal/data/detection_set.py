@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from foveal.data.canvas import make_canvases, write_coco
+from foveal.data.classification import open_dataset
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 #: The bundled detection sample (160 training and 48 validation canvases of 128² from the bundled Fashion-MNIST
 #: sample); regenerate it with ``python -m foveal.data.detection_set``.
@@ -68,45 +69,36 @@ def build_detection_set(
     Returns:
         ``out_dir`` as a Path; open a split with ``open_coco(out_dir, split="train")``.
     """
-    from foveal.data.classification import open_dataset
-
     if source not in _SOURCES:
         raise FovealError(f"unknown source '{source}': choose one of {', '.join(_SOURCES)}")
     if n_train < 0 or n_val < 0:
         raise FovealError(f"n_train and n_val are numbers of canvases (≥ 0), got {n_train} and {n_val}")
-    root = Path(out_dir)
-    settings = {
+    layout = {"size": size, "objects": objects, "scale": scale, "clutter": clutter, "max_overlap": max_overlap}
+    for split, source_split, n, split_seed in (("train", "train", n_train, seed), ("val", "test", n_val, seed + 1)):
+        _write_split(Path(out_dir), source, (split, source_split), n, split_seed, layout)
+    return Path(out_dir)
+
+
+def _write_split(root: Path, source: str, splits: tuple[str, str], n: int, seed: int, layout: dict[str, Any]) -> None:
+    """``n`` canvases of the ``splits[1]`` images of ``source`` as the COCO split ``splits[0]`` under ``root``, with
+    how they were made (``layout``: the keyword arguments of :func:`make_canvases`) in its ``info`` block."""
+    split, source_split = splits
+    data = open_dataset(source, source_split, channels=1)
+    canvases = make_canvases(np.asarray(data.images)[:, 0], data.labels.numpy(), n=n, seed=seed, **layout)
+    path = write_coco(canvases, root, list(data.classes), split)
+    size, objects, scale = layout["size"], layout["objects"], layout["scale"]
+    info = {
+        "description": f"Fashion-MNIST garments on {size}×{size} canvases, split {split}",
+        "generator": "foveal.data.detection_set.build_detection_set",
+        "source": f"{source} ({source_split} images)",
+        "seed": seed,
         "size": size,
         "objects": [int(objects[0]), int(objects[1])],
         "scale": [float(scale[0]), float(scale[1])],
-        "clutter": clutter,
-        "max_overlap": max_overlap,
+        "clutter": layout["clutter"],
+        "max_overlap": layout["max_overlap"],
     }
-    for split, source_split, n, split_seed in (("train", "train", n_train, seed), ("val", "test", n_val, seed + 1)):
-        data = open_dataset(source, source_split, channels=1)
-        images = np.asarray(data.images)[:, 0]
-        labels = data.labels.numpy()
-        canvases = make_canvases(
-            images,
-            labels,
-            n=n,
-            size=size,
-            objects=objects,
-            scale=scale,
-            clutter=clutter,
-            max_overlap=max_overlap,
-            seed=split_seed,
-        )
-        path = write_coco(canvases, root, list(data.classes), split)
-        info = {
-            "description": f"Fashion-MNIST garments on {size}×{size} canvases, split {split}",
-            "generator": "foveal.data.detection_set.build_detection_set",
-            "source": f"{source} ({source_split} images)",
-            "seed": split_seed,
-            **settings,
-        }
-        _set_info(path, info)
-    return root
+    _set_info(path, info)
 
 
 def _set_info(path: Path, info: dict[str, Any]) -> None:

@@ -328,8 +328,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = benchmark
 
     def _fit(self, log: MetricLog | None) -> dict[str, Any]:
-        from tqdm import tqdm
-
         cfg = self.cfg
         self.model.train()
         scaler = self.precision.grad_scaler()
@@ -337,35 +335,11 @@ class Trainer:
         metrics: dict[str, Any] = {}
         last_eval_step = self.step if self.step > 0 else -1
         running, seen, t_log = 0.0, 0, time.perf_counter()
-        bar = tqdm(
-            total=self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps),
-            initial=self.step,
-            disable=not (cfg.progress and self.dist.is_main),
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
+        bar = self._progress_bar()
         while not self._should_stop(started):
             epoch, start = divmod(self.step, self.steps_per_epoch)
             for batch in self._loader(epoch, start):
-                lr = self.schedule(self.step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                with self.precision.autocast():
-                    loss = self.loss_fn(self.ddp, batch)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    self._stop_non_finite(f"the training loss ({value})")
-                self.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if self.ocfg.grad_clip:
-                    scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.ocfg.grad_clip)
-                scaler.step(self.optimizer)
-                scaler.update()
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
+                value, lr = self._train_step(batch, scaler)
                 running += value
                 seen += 1
                 bar.update(1)
@@ -386,10 +360,7 @@ class Trainer:
                     metrics = self._evaluate_and_save(log, time.perf_counter() - started)
                     last_eval_step = self.step
                 elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    if self.dist.is_main:
-                        self._save(f"step-{self.step:08d}")
-                        ckpt_io.prune_checkpoints(self.run_dir, max(cfg.keep_last, 1))
-                    barrier()
+                    self._save_resume_point()
                 if self._should_stop(started):
                     break
         bar.close()
@@ -398,6 +369,53 @@ class Trainer:
         if self.dist.is_main:
             self._write_run_info(wall_started, first_step)
         return metrics
+
+    def _progress_bar(self) -> Any:
+        """A tqdm bar over this run's steps, shown on rank 0 when ``train.progress`` asks for it."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        return tqdm(
+            total=self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps),
+            initial=self.step,
+            disable=not (cfg.progress and self.dist.is_main),
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+
+    def _train_step(self, batch: Any, scaler: torch.amp.GradScaler) -> tuple[float, float]:
+        """One optimizer step on ``batch`` at the scheduled learning rate (EMA updated, ``step`` advanced).
+
+        Returns:
+            The batch's loss and the learning rate used.
+        """
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.precision.autocast():
+            loss = self.loss_fn(self.ddp, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self._stop_non_finite(f"the training loss ({value})")
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.ocfg.grad_clip:
+            scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.ocfg.grad_clip)
+        scaler.step(self.optimizer)
+        scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return value, lr
+
+    def _save_resume_point(self) -> None:
+        """A step checkpoint between evaluations (``train.checkpoint_every``), keeping the last ``keep_last``."""
+        if self.dist.is_main:
+            self._save(f"step-{self.step:08d}")
+            ckpt_io.prune_checkpoints(self.run_dir, max(self.cfg.keep_last, 1))
+        barrier()
 
     def _write_run_info(self, wall_started: float, first_step: int) -> None:
         data = dict(self.meta.get("config", {}).get("data", {}))

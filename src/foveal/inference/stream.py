@@ -43,7 +43,7 @@ from tqdm import tqdm
 from foveal.data.images import ZARR_SUFFIXES, is_zarr_path
 from foveal.data.seg_io import PERCENTILES, check_options
 from foveal.errors import FovealError
-from foveal.inference.tiling import TileGeometry, _check_tile, _net_device, reflect_indices
+from foveal.inference.tiling import TileGeometry, check_tile, net_device, reflect_indices
 
 #: The label (and probability) tile edge of the written TIFF / zarr chunk.
 OUTPUT_TILE = 512
@@ -384,8 +384,8 @@ def logit_bands(
     """
     if batch < 1:
         raise FovealError(f"batch must be ≥ 1, got {batch}")
-    _check_tile(net, geom)
-    device = _net_device(net, torch.device("cpu"))
+    check_tile(net, geom)
+    device = net_device(net, torch.device("cpu"))
     jobs = [(i, j) for i in range(geom.rows) for j in range(geom.cols)]
     size, step, ctx = geom.input_size, geom.step, geom.context
     inputs: dict[int, Tensor] = {}
@@ -811,13 +811,9 @@ def segment_large(
     Returns:
         A :class:`StreamResult`.
     """
-    source = open_source(src, channels)
+    source = _open_for_model(src, channels)
     probs = _Probabilities(probabilities, (source.height, source.width), out_tile)
     try:
-        if channels is not None and source.channels != channels:
-            raise FovealError(
-                f"image {source.name} has {source.channels} channel(s) but the model takes {channels}: convert it"
-            )
         geom = TileGeometry(source.height, source.width, tile, int(model.border), int(model.stride))  # type: ignore[arg-type]
         bands = logit_bands(model, source, normalizer(source, normalize), geom, batch, progress)
         shape = (source.height, source.width)
@@ -832,6 +828,17 @@ def segment_large(
     finally:
         source.close()
     return StreamResult(*shape, objects, fg / (shape[0] * shape[1]), path, prob_path)
+
+
+def _open_for_model(src: str | Path | np.ndarray | Any, channels: int | None) -> Source:
+    """:func:`open_source`, and an error naming the fix when the image has not the model's ``channels``."""
+    source = open_source(src, channels)
+    if channels is not None and source.channels != channels:
+        source.close()
+        raise FovealError(
+            f"image {source.name} has {source.channels} channel(s) but the model takes {channels}: convert it"
+        )
+    return source
 
 
 def _write_instances(

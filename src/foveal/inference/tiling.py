@@ -151,7 +151,7 @@ def _as_batch(image: Tensor) -> Tensor:
     return image.unsqueeze(0) if image.ndim == 3 else image
 
 
-def _check_tile(net: Callable[[Tensor], Tensor], geom: TileGeometry) -> None:
+def check_tile(net: Callable[[Tensor], Tensor], geom: TileGeometry) -> None:
     """Check the input tile of networks that know their valid input sizes (``valid_input_size``); name neighbours."""
     valid = getattr(net, "valid_input_size", None)
     if valid is None:
@@ -172,7 +172,7 @@ def _check_tile(net: Callable[[Tensor], Tensor], geom: TileGeometry) -> None:
     )
 
 
-def _net_device(net: Callable[[Tensor], Tensor], default: torch.device) -> torch.device:
+def net_device(net: Callable[[Tensor], Tensor], default: torch.device) -> torch.device:
     """Device of ``net``'s first parameter, else ``default``."""
     if isinstance(net, nn.Module):
         param = next(net.parameters(), None)
@@ -235,28 +235,54 @@ def predict_tiled(
         raise FovealError(f"batch must be ≥ 1, got {batch}")
     n_images, channels, height, width = x.shape
     geom = TileGeometry(height, width, tile, border, stride, context)
-    _check_tile(net, geom)
-    device, dtype = _net_placement(net, x)
-    padded = reflect_pad(x.to(device, non_blocking=device.type == "cuda"), geom.pads)
-    size, step, ctx = geom.input_size, geom.step, context
+    check_tile(net, geom)
+    padded, dtype = _padded_on_net(net, x, geom)
     jobs = [(n, y, xo) for n in range(n_images) for y, xo in geom.origins()]
-    buffer = torch.empty(min(batch, len(jobs)), channels, size, size, dtype=dtype, device=device)
+    size = geom.input_size
+    buffer = padded.new_empty(min(batch, len(jobs)), channels, size, size, dtype=dtype)
     bar = tqdm(total=len(jobs), unit="tile", disable=not progress, desc="tiles")
     with torch.no_grad():
-        for start in range(0, len(jobs), batch):
-            chunk = jobs[start : start + batch]
-            for b, (n, y, xo) in enumerate(chunk):
-                buffer[b].copy_(padded[n, :, y : y + size, xo : xo + size])
-            pred = net(buffer[: len(chunk)])
-            if out is None or start == 0:
+        for first, chunk, pred in _tile_outputs(net, padded, jobs, buffer, batch):
+            if out is None or first:
                 out = _check_output(pred, out, geom, n_images, x.device)
-            for b, (n, y, xo) in enumerate(chunk):
-                h, w = min(step, height - y), min(step, width - xo)
-                out[n, :, y : y + h, xo : xo + w] = pred[b, :, ctx : ctx + h, ctx : ctx + w]
+            _paste(out, pred, chunk, geom)
             bar.update(len(chunk))
     bar.close()
     assert out is not None
     return out
+
+
+def _padded_on_net(net: Callable[[Tensor], Tensor], x: Tensor, geom: TileGeometry) -> tuple[Tensor, torch.dtype]:
+    """(N, C, H', W') ``x`` mirror-padded by ``geom.pads`` on ``net``'s device (in ``x``'s dtype), and the input
+    dtype of ``net`` (its tiles are cast to it)."""
+    device, dtype = _net_placement(net, x)
+    return reflect_pad(x.to(device, non_blocking=device.type == "cuda"), geom.pads), dtype
+
+
+def _tile_outputs(
+    net: Callable[[Tensor], Tensor], padded: Tensor, jobs: list[tuple[int, int, int]], buffer: Tensor, batch: int
+) -> Iterator[tuple[bool, list[tuple[int, int, int]], Tensor]]:
+    """The network's output for ``batch`` tiles at a time, each tile (image n, top y, left x) of the ``padded``
+    (N, C, H', W') images copied into ``buffer`` (B, C, I, I) first.
+
+    Yields:
+        Whether this is the first batch, the batch's tiles, and the network's output for them (B', K, O, O).
+    """
+    size = buffer.shape[-1]
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start : start + batch]
+        for b, (n, y, xo) in enumerate(chunk):
+            buffer[b].copy_(padded[n, :, y : y + size, xo : xo + size])
+        yield start == 0, chunk, net(buffer[: len(chunk)])
+
+
+def _paste(out: Tensor, pred: Tensor, chunk: list[tuple[int, int, int]], geom: TileGeometry) -> None:
+    """Write the first ``step`` px (context cropped) of each tile's prediction (B, K, O, O) into ``out`` (N, K, H, W)
+    at the tile's origin (image n, top y, left x), cut at the image's edge."""
+    ctx = geom.context
+    for b, (n, y, xo) in enumerate(chunk):
+        h, w = min(geom.step, geom.height - y), min(geom.step, geom.width - xo)
+        out[n, :, y : y + h, xo : xo + w] = pred[b, :, ctx : ctx + h, ctx : ctx + w]
 
 
 def _check_output(pred: Tensor, out: Tensor | None, geom: TileGeometry, n_images: int, device: torch.device) -> Tensor:

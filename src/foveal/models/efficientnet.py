@@ -206,13 +206,39 @@ class EfficientNet(nn.Module):
         stem = round_channels(B0_STEM, width)
         self.stem = ConvBNAct(in_channels, stem, 3, stem_stride, **bn)
 
+        self.stages = nn.ModuleList()
         stages = _limit_stride(stages, stem_stride, output_stride)
+        cin, infos = self._add_stages(stages, (stem, stem_stride), width, depth, drop_path, se_ratio, bn)
+        self.feature_info: tuple[FeatureInfo, ...] = tuple(infos)
+        self.num_features = round_channels(B0_HEAD, width)
+        self.head = ConvBNAct(cin, self.num_features, 1, **bn)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        self._feature_stages = [int(info.name.split(".")[1]) for info in infos]
+        self._init_weights()
+
+    def _add_stages(
+        self,
+        stages: tuple[Stage, ...],
+        stem: tuple[int, int],
+        width: float,
+        depth: float,
+        drop_path: float,
+        se_ratio: float,
+        bn: dict[str, Any],
+    ) -> tuple[int, list[FeatureInfo]]:
+        """Append the MBConv stages of the table (scaled by ``width`` and ``depth``) after a stem of ``stem``
+        (channels, stride) to ``self.stages``; block i of n drops its path with rate ``drop_path · i / n``.
+
+        Returns:
+            The channels of the last stage, and the feature map after the last stage of each stride (the backbone
+            contract's ``feature_info``).
+        """
         repeats = [round_repeats(s.repeats, depth) for s in stages]
         total, index = sum(repeats), 0
-        cin, stride = stem, stem_stride
-        self.stages = nn.ModuleList()
+        cin, stride = stem
         infos: list[FeatureInfo] = []
-        grid = "stride" if padding == "symmetric" else "cell"  # where the cells sit (foveal.explain.upsample)
+        grid = "stride" if bn["padding"] == "symmetric" else "cell"  # where the cells sit (foveal.explain.upsample)
         for i, (s, n) in enumerate(zip(stages, repeats, strict=True)):
             cout = round_channels(s.channels, width)
             blocks = []
@@ -225,13 +251,7 @@ class EfficientNet(nn.Module):
             last_at_stride = i + 1 == len(stages) or stages[i + 1].stride > 1
             if last_at_stride:
                 infos.append(FeatureInfo(cout, stride, f"stages.{i}", grid))
-        self.feature_info: tuple[FeatureInfo, ...] = tuple(infos)
-        self.num_features = round_channels(B0_HEAD, width)
-        self.head = ConvBNAct(cin, self.num_features, 1, **bn)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-        self._feature_stages = [int(info.name.split(".")[1]) for info in infos]
-        self._init_weights()
+        return cin, infos
 
     def _init_weights(self) -> None:
         # Reference-code initialisers: conv He-normal over fan-out = k·k·out/groups (a depthwise kernel has fan-out

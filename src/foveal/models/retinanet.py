@@ -243,18 +243,11 @@ def retinanet_loss(
     keep = torch.ones(cls_logits.shape[:2], dtype=torch.bool, device=cls_logits.device)
     fg_deltas, fg_targets = [], []
     for i, target in enumerate(targets):
-        boxes, labels = _checked_target(target, k, anchors)
-        matched = matcher(box_iou(boxes, anchors))
-        keep[i] = matched != Matcher.IGNORE
-        crowd = target.get("ignore")
-        if crowd is not None and crowd.numel() and ignore_coverage <= 1.0:
-            covered = _coverage(anchors, crowd.to(device=anchors.device, dtype=anchors.dtype).reshape(-1, 4))
-            keep[i] &= (matched >= 0) | (covered < ignore_coverage)
-        fg = (matched >= 0).nonzero().squeeze(1)
-        gt = matched[fg]
-        cls_targets[i, fg, labels[gt]] = 1.0
+        row, fg, fg_labels, fg_boxes = _assign(target, anchors, k, matcher, ignore_coverage)
+        keep[i] = row
+        cls_targets[i, fg, fg_labels] = 1.0
         fg_deltas.append(box_deltas[i, fg])
-        fg_targets.append(box_coder.encode(boxes[gt], anchors[fg]))
+        fg_targets.append(box_coder.encode(fg_boxes, anchors[fg]))
     normalizer = max(sum(t.shape[0] for t in fg_targets), 1)
     # losses in fp32 also when the model runs under autocast
     cls = sigmoid_focal_loss(
@@ -264,6 +257,27 @@ def retinanet_loss(
         torch.cat(fg_deltas).float(), torch.cat(fg_targets).float(), reduction="sum", beta=smooth_l1_beta
     )
     return {"cls": cls, "box": box / normalizer}
+
+
+def _assign(
+    target: dict[str, Tensor], anchors: Tensor, k: int, matcher: Matcher, ignore_coverage: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Match one image's objects to the (A, 4) ``anchors``.
+
+    Returns:
+        keep (A,) bool: anchors that count in the classification loss (not ignored by the matcher or a crowd region);
+        fg (F,) int64: the foreground anchors; and the class (F,) and xyxy box (F, 4) of each one's object.
+    """
+    boxes, labels = _checked_target(target, k, anchors)
+    matched = matcher(box_iou(boxes, anchors))
+    keep = matched != Matcher.IGNORE
+    crowd = target.get("ignore")
+    if crowd is not None and crowd.numel() and ignore_coverage <= 1.0:
+        covered = _coverage(anchors, crowd.to(device=anchors.device, dtype=anchors.dtype).reshape(-1, 4))
+        keep &= (matched >= 0) | (covered < ignore_coverage)
+    fg = (matched >= 0).nonzero().squeeze(1)
+    gt = matched[fg]
+    return keep, fg, labels[gt], boxes[gt]
 
 
 def _coverage(anchors: Tensor, regions: Tensor) -> Tensor:

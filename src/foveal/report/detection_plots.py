@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 # Colour per class (cycled): a qualitative palette that stays distinct on grey images.
 _PALETTE = (
@@ -112,18 +112,25 @@ def draw_detections(
         draw.rectangle(box.tolist(), outline=_GROUND_TRUTH, width=1)
     # lowest score first, so that the most confident boxes and labels end up on top
     for i in np.argsort(confs, kind="stable"):
-        colour = class_colour(int(labs[i]))
-        x1, y1, x2, y2 = (dets[i] * factor).tolist()
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
         text = f"{classes[labs[i]]} {confs[i]:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top
-        ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1 + 2  # above the box, else just inside it
-        tx = min(max(x1, 0), max(0, canvas.width - tw - 4))
-        draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=colour)
-        draw.text((tx + 2 - left, ty + 2 - top), text, fill=(0, 0, 0), font=font)
+        _labelled_box(draw, (dets[i] * factor).tolist(), text, class_colour(int(labs[i])), font, canvas.width)
     if title:
         draw.text((4, 4), title, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     with atomic_output(path, "wb") as handle:
         canvas.save(handle, format="PNG")
     return Path(path)
+
+
+def _labelled_box(
+    draw: ImageDraw.ImageDraw, box: list[float], text: str, colour: tuple[int, int, int], font: Any, width: int
+) -> None:
+    """Outline ``box`` (x1, y1, x2, y2) in ``colour`` with ``text`` on a filled tag above it (just inside it at the
+    top edge), kept within an image ``width`` pixels wide."""
+    x1, y1, x2, y2 = box
+    draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left, bottom - top
+    ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1 + 2  # above the box, else just inside it
+    tx = min(max(x1, 0), max(0, width - tw - 4))
+    draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=colour)
+    draw.text((tx + 2 - left, ty + 2 - top), text, fill=(0, 0, 0), font=font)

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from foveal.data.weightmap import separation_borders
 from foveal.errors import FovealError
-from foveal.report.tables import atomic_output
+from foveal.io import atomic_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -135,30 +136,19 @@ def plot_weight_map_figure(
     Returns:
         ``path`` as a ``Path``.
     """
-    from foveal.data.weightmap import separation_borders
-
     picture = _display_image(image)
     shape = picture.shape[:2]
     labels = _labels(instances, "instances", shape)
     weights = _as_numpy(weight, "weight")
     if weights.shape != shape or not np.issubdtype(weights.dtype, np.number):
         raise FovealError(f"weight must be an (H, W) = {shape} array of numbers like the image, got {weights.shape}")
-    border = separation_borders(labels) if borders is None else _as_numpy(borders, "borders")
-    if border.shape != shape:
-        raise FovealError(f"borders must be (H, W) = {shape} like the image, got shape {border.shape}")
-    border = border.astype(bool)
-
-    mask_rgb = np.zeros((*shape, 3))
-    mask_rgb[(labels > 0) & ~border] = 1.0
-    mask_rgb[border] = _BORDER_RGB
-
     panel_w = 4.5
     panel_h = min(max(panel_w * shape[0] / shape[1], 2.0), 9.0)
     fig = _new_figure(2 * panel_w + 1.5, 2 * panel_h + (1.4 if title else 1.0))
     panels = (
         ("(a) image", picture),
         ("(b) ground-truth instances", label_colours(labels)),
-        ("(c) class mask, separation borders", mask_rgb),
+        ("(c) class mask, separation borders", _class_mask(labels, borders)),
     )
     for index, (name, rgb) in enumerate(panels, start=1):
         ax = fig.add_subplot(2, 2, index)
@@ -176,6 +166,20 @@ def plot_weight_map_figure(
     with atomic_output(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=_DPI)
     return Path(path)
+
+
+def _class_mask(labels: np.ndarray, borders: np.ndarray | Tensor | None) -> np.ndarray:
+    """(H, W, 3) RGB of Fig. 3c: foreground white, background black, separation borders (given, else those of the
+    (H, W) instance ``labels``) in orange-red."""
+    shape = labels.shape
+    border = separation_borders(labels) if borders is None else _as_numpy(borders, "borders")
+    if border.shape != shape:
+        raise FovealError(f"borders must be (H, W) = {shape} like the image, got shape {border.shape}")
+    border = border.astype(bool)
+    mask_rgb = np.zeros((*shape, 3))
+    mask_rgb[(labels > 0) & ~border] = 1.0
+    mask_rgb[border] = _BORDER_RGB
+    return mask_rgb
 
 
 def plot_segmentation_overlay(
