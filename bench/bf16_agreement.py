@@ -25,8 +25,7 @@ import torch
 from torchvision.ops import box_iou
 
 from _common import write_result
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.engine.allocator import keep_freed_memory
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.upsample import grid_of, upsample_maps

@@ -45,8 +45,7 @@ from typing import Any
 import torch
 
 from _common import write_result
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.data.classification import DEBIAN_FASHION_MNIST
 from foveal.data.localization_set import LocalizationData, build_localization_set
 from foveal.engine.allocator import keep_freed_memory

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from _common import write_result
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.tasks import classify
 
 RESULTS = Path(__file__).resolve().parent / "results"

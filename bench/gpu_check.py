@@ -297,8 +297,7 @@ def _cuda_tests() -> dict[str, Any]:
 
 def _training(quick: bool) -> dict[str, Any]:
     """A few steps of each task's training loop (the device is the task API's choice)."""
-    from foveal.cli import CONFIG_DIR
-    from foveal.config import load_config
+    from foveal.config import CONFIG_DIR, load_config
     from foveal.data.detection_set import build_detection_set
     from foveal.data.synthetic import write_cells_folder
     from foveal.tasks import classify, detect, segment

@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from _common import write_result
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.engine.checkpoint import latest_checkpoint
 from foveal.tasks import segment, segment_eval
 

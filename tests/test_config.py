@@ -72,7 +72,7 @@ def test_unknown_yaml_key_is_named(tmp_path):
 
 
 def test_bundled_recipes_load():
-    from foveal.cli import CONFIG_DIR
+    from foveal.config import CONFIG_DIR
 
     names = sorted(p.name for p in CONFIG_DIR.glob("classify_*.yaml"))
     assert {"classify_paper.yaml", "classify_cpu.yaml", "classify_demo.yaml"} <= set(names)
@@ -81,7 +81,7 @@ def test_bundled_recipes_load():
 
 
 def test_paper_recipe_has_paper_numbers():
-    from foveal.cli import CONFIG_DIR
+    from foveal.config import CONFIG_DIR
 
     cfg = load_config(ClassifyConfig, CONFIG_DIR / "classify_paper.yaml")
     assert cfg.optim.name == "rmsprop" and cfg.optim.rmsprop_decay == 0.9 and cfg.optim.momentum == 0.9

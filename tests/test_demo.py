@@ -4,6 +4,7 @@ demo's own report linking its stages."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -47,13 +48,46 @@ def test_bundled_detector_ap50_on_the_demo_validation_canvases():
     assert result.ap50 >= 0.45
 
 
+def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, Any, Any]], module: Any, name: str) -> None:
+    """Record the device / precision keywords of every call to ``module.name``, then make the call."""
+    real = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append((name, kwargs.get("device"), kwargs.get("precision")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+
+
 @pytest.mark.slow
-def test_demo_quick_writes_a_report_linking_every_stage(tmp_path, capsys):
-    out = run_demo(tmp_path / "demo", quick=True, stages=("explain", "detect"))
+def test_demo_quick_honours_the_placement_and_links_every_stage(tmp_path, capsys, monkeypatch):
+    """Every stage trains on the given device and evaluates, predicts and explains on it in the given precision; the
+    demo's report links every stage's reports and the demo ends by printing its path."""
+    from foveal.tasks import classify, detect, detect_eval, explain, segment, segment_eval
+
+    calls: list[tuple[str, Any, Any]] = []
+    for module, names in (
+        (classify, ("train", "evaluate_checkpoint", "predict")),
+        (segment, ("train",)),
+        (segment_eval, ("evaluate_checkpoint", "predict")),
+        (detect, ("train",)),
+        (detect_eval, ("evaluate_checkpoint", "predict")),
+        (explain, ("explain",)),
+    ):
+        for name in names:
+            _spy(monkeypatch, calls, module, name)
+    out = run_demo(tmp_path / "demo", quick=True, device="cpu", precision="bf16")
+    trained = [c for c in calls if c[0] == "train"]
+    assert len(trained) == 3 and all(device == "cpu" for _, device, _ in trained)
+    inferred = [c for c in calls if c[0] != "train"]
+    assert len(inferred) == 7 and all(c[1:] == ("cpu", "bf16") for c in inferred), inferred
+
     info = json.loads((out / "run_info.json").read_text())
-    assert [s["name"] for s in info["stages"]] == ["explain", "detect"]
+    assert [s["name"] for s in info["stages"]] == ["classify", "explain", "segment", "detect"]
+    assert (info["device"], info["precision"]) == ("cpu", "bf16")
     html = (out / "report.html").read_text()
     for stage in info["stages"]:
+        assert stage["seconds"]["wall"] > 0
         for report in stage["reports"].values():
             assert (out / report).is_file() and f'href="{report}"' in html
     localization = json.loads((out / "explain" / "localization.json").read_text())

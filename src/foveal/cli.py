@@ -23,28 +23,12 @@ from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.runinfo import set_command
 from foveal.errors import FovealError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one FovealError line (no usage dump), like every other error."""
 
     def error(self, message: str) -> NoReturn:
         raise FovealError(f"{message} (see '{self.prog} --help')")
-
-
-def _config_path(name: str | None, task: str) -> Path | None:
-    """A config path as given, or the name of a bundled recipe such as ``classify_cpu``."""
-    if name is None:
-        return None
-    p = Path(name)
-    if p.exists():
-        return p
-    bundled = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if bundled.is_file():
-        return bundled
-    recipes = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob(f"{task}_*.yaml")))
-    raise FovealError(f"config file not found: {name} (give a YAML path or a bundled recipe: {recipes})")
 
 
 def _task_module(task: str) -> Any:
@@ -65,7 +49,7 @@ _CONFIGS = {"classify": "ClassifyConfig", "segment": "SegmentConfig", "detect": 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from foveal.config import load_config
+    from foveal.config import load_config, recipe_path
     from foveal.io import writable_dir
 
     module = _task_module(args.task)
@@ -76,8 +60,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.run_dir = Path(args.resume)
         result = module.train(config_cls(), resume=args.resume, device=args.device)
     else:
-        cfg = load_config(config_cls, _config_path(args.config, args.task), args.overrides)
+        cfg = load_config(config_cls, recipe_path(args.config, args.task), args.overrides)
         out = Path(args.out or cfg.out)
+        if args.device is None:  # the config's train.device, checked before the run directory is made
+            from foveal.engine.device import resolve_device
+
+            resolve_device(cfg.train.device)
         if out.exists() and not out.is_dir():
             raise FovealError(f"run directory {out} is a file: pass a folder with --out (it is created if missing)")
         writable_dir(out, "run directory")
@@ -103,6 +91,15 @@ def _write_report(folder: str | Path) -> None:
     from foveal.report.build import write_report
 
     print(f"report: {write_report(folder)}")
+
+
+def _check_placement(args: argparse.Namespace) -> None:
+    """A ``--device`` / ``--precision`` this machine lacks is an error before any verb creates a folder."""
+    if getattr(args, "device", None) is None:
+        return
+    from foveal.engine.device import resolve_device, resolve_precision
+
+    resolve_precision(getattr(args, "precision", None), resolve_device(args.device))
 
 
 def _placement(args: argparse.Namespace) -> dict[str, Any]:
@@ -334,7 +331,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from foveal.io import writable_dir
 
     writable_dir(args.out, "demo folder")
-    out = run_demo(Path(args.out), quick=args.quick, device=args.device)
+    out = run_demo(Path(args.out), quick=args.quick, **_placement(args))
     print(f"demo finished: everything is in {out}; open {out / 'report.html'}")
     return 0
 
@@ -523,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample; write everything to one folder")
     p.add_argument("--out", default="foveal-demo", help="output folder (default: foveal-demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
-    _add_device(p)
+    _add_device(p, precision=True)
     p.set_defaults(func=cmd_demo)
     for name in ("train", "eval", "predict", "explain", "weightmap", "demo"):
         sub.choices[name].add_argument(
@@ -589,6 +586,7 @@ def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> in
         from foveal.data.images import pixel_limit
 
         with pixel_limit(getattr(args, "max_pixels", None)):
+            _check_placement(args)
             return int(args.func(args))
     except FovealError as exc:
         print(f"foveal: error: {exc}", file=sys.stderr)

@@ -29,6 +29,9 @@ T = TypeVar("T")
 
 _INT_MAX = 2**31 - 1
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The bundled recipes (``classify_cpu.yaml``, ``detect_demo.yaml``, …)."""
+
 
 @dataclass(frozen=True)
 class Range:
@@ -320,3 +323,21 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [], cls)
     return from_dict(cls, data)
+
+
+def recipe_path(name: str | None, task: str) -> Path | None:
+    """A config path as given, or the name of a bundled recipe such as ``classify_cpu`` (None stays None).
+
+    Raises:
+        FovealError: neither a file nor a bundled recipe; the message lists the bundled recipes of ``task``.
+    """
+    if name is None:
+        return None
+    p = Path(name)
+    if p.exists():
+        return p
+    bundled = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if bundled.is_file():
+        return bundled
+    recipes = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob(f"{task}_*.yaml")))
+    raise FovealError(f"config file not found: {name} (give a YAML path or a bundled recipe: {recipes})")

@@ -1,6 +1,6 @@
 """``foveal demo``: the main job on bundled data, start to finish, into one output folder with one report.
 
-Classification stage: train a small EfficientNet on the bundled Fashion-MNIST sample (a few CPU minutes), evaluate
+Classification stage: train a small EfficientNet on the bundled Fashion-MNIST sample (3 short epochs), evaluate
 it (metrics, confusion matrix, the most confident mistakes), predict a handful of test images and export it to ONNX.
 
 Explanation stage: class activation maps (the paper's top-5 panels and map boxes, with the true box) of canvases with
@@ -13,7 +13,7 @@ Segmentation stage: draw the border weight map of the bundled nuclei labels (the
 U-Net on the image's left 384 columns, evaluate it on the right 128 (pixel and instance metrics, TP / FP / FN
 panels), and segment the whole image by overlap-tile inference (label image + overlay).
 
-Detection stage: a short RetinaNet training on the bundled canvas sample (to show training; a minute is too short to
+Detection stage: a short RetinaNet training on the bundled canvas sample (to show training; 80 steps are too short to
 detect well), then the bundled detector (``data/samples/demo-weights/detect``, ``configs/detect_cpu.yaml`` with a
 small EfficientNet backbone, trained on 8,000 canvases of Fashion-MNIST's training images) evaluated on the sample's
 validation canvases (from the test images): COCO AP, PR curves and images coloured TP / FP / FN.
@@ -24,10 +24,11 @@ Every stage writes its reports; the demo ends with ``report.html`` in the output
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.errors import FovealError
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "data" / "samples" / "demo-weights"
@@ -35,6 +36,11 @@ LOCALIZER = DEMO_WEIGHTS / "localize"
 DETECTOR = DEMO_WEIGHTS / "detect"
 CANVAS_SEED = 2
 """Seed of the demo's explained canvases (the localization benchmark's test seed)."""
+CLASSIFY_SHORT = ("model.stem_stride=2", "train.epochs=3", "train.eval_every=3", "optim.warmup_epochs=0.25")
+"""The demo's cut of ``classify_demo.yaml`` (its time budget is 4 minutes on 2 cores): a stride-2 stem (16² maps after
+it, a quarter of the stride-1 stem's cost per step) for 3 epochs, validated once at the end."""
+DETECT_SHORT = ("train.epochs=4", "train.eval_every=4")
+"""The demo's cut of ``detect_demo.yaml``: 80 steps, to show training (the bundled detector is what detects)."""
 
 
 def _save_sample_images(out: Path, count: int) -> list[Path]:
@@ -57,18 +63,40 @@ def _slug(name: str) -> str:
     return name.replace("/", "-").replace(" ", "-").lower()
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the demo's networks run: ``device`` for training and inference, ``precision`` for evaluation,
+    prediction and explanation (training keeps its recipe's number format)."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+
+    @property
+    def inference(self) -> dict[str, str]:
+        """The ``device`` / ``precision`` keywords of the evaluate, predict and explain functions."""
+        return {"device": self.device, "precision": self.precision}
+
+
 def run_demo(
     out: Path,
     quick: bool = False,
     stages: tuple[str, ...] = ("classify", "explain", "segment", "detect"),
     device: str = "auto",
+    precision: str = "fp32",
 ) -> Path:
-    """Run the demo's ``stages`` into ``out``, write ``out/report.html`` linking every stage, and return ``out``."""
-    from foveal.engine.device import resolve_device
+    """Run the demo's ``stages`` into ``out``, write ``out/report.html`` linking every stage, and return ``out``.
+
+    Each stage's wall-clock and CPU seconds are printed and recorded in ``out/run_info.json``.
+
+    Raises:
+        FovealError: a device or precision this machine lacks (before anything is written), or ``out`` is a file.
+    """
+    from foveal.engine.device import resolve_device, resolve_precision
     from foveal.engine.runinfo import write_run_info
     from foveal.report.build import write_report
 
-    resolve_device(device)  # a device the machine lacks is an error before anything is written
+    where = resolve_device(device)  # a device the machine lacks is an error before anything is written
+    place = Placement(str(where), resolve_precision(precision, where).name)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FovealError(f"demo output {out} exists and is not a folder: choose another --out")
@@ -79,8 +107,17 @@ def run_demo(
         "segment": _segment_stage,
         "detect": _detect_stage,
     }
-    records = [stage_functions[name](out, quick) for name in stage_functions if name in stages]
-    write_run_info(out, "demo", started, stages=records, quick=quick)
+    records = []
+    for name in (n for n in stage_functions if n in stages):
+        wall, cpu = time.perf_counter(), time.process_time()
+        record = stage_functions[name](out, quick, place)
+        record["seconds"] = {"wall": round(time.perf_counter() - wall, 1), "cpu": round(time.process_time() - cpu, 1)}
+        print(f"[demo] {name} stage: {record['seconds']['wall']:.0f} s wall, {record['seconds']['cpu']:.0f} s CPU")
+        record["numbers"]["stage time (wall / CPU)"] = (
+            f"{record['seconds']['wall']:.0f} s / {record['seconds']['cpu']:.0f} s"
+        )
+        records.append(record)
+    write_run_info(out, "demo", started, stages=records, quick=quick, device=place.device, precision=place.precision)
     print(f"[demo] report: {write_report(out)}")
     return out
 
@@ -93,27 +130,27 @@ def _report(folder: Path, out: Path) -> str:
 
 
 # -- classification --------------------------------------------------------------------------------------------------
-def _classify_stage(out: Path, quick: bool) -> dict[str, Any]:
-    from foveal.cli import CONFIG_DIR
+def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.inference.export import check_onnx, export_onnx
     from foveal.report.tables import format_metrics, format_table, write_csv, write_json
     from foveal.tasks import classify
 
-    overrides = ["train.max_steps=12", "data.limit=384", "data.val_limit=200"] if quick else []
+    quick_cut = ["train.max_steps=12", "data.limit=384", "data.val_limit=200"] if quick else []
+    overrides = [*CLASSIFY_SHORT, *quick_cut]
     cfg = load_config(classify.ClassifyConfig, CONFIG_DIR / "classify_demo.yaml", overrides)
     stage = out / "classify"
     run_dir = stage / "run"
     print(f"[classify] training {cfg.model.name} (phi={cfg.model.phi}) on the bundled Fashion-MNIST sample")
-    classify.train(cfg, run_dir=run_dir)
+    classify.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[classify] evaluating on the sample's 1000 test images")
-    result = classify.evaluate_checkpoint(run_dir, None, "test", stage / "eval")
+    result = classify.evaluate_checkpoint(run_dir, None, "test", stage / "eval", **place.inference)
     (stage / "eval" / "metrics.txt").write_text(format_metrics(result) + "\n")
     print(format_metrics(result))
 
     print("[classify] predicting a few test images")
     images = _save_sample_images(stage / "images", 8)
-    preds = classify.predict(run_dir, [str(p) for p in images], top_k=3)
+    preds = classify.predict(run_dir, [str(p) for p in images], top_k=3, **place.inference)
     write_json(preds, stage / "predictions.json")
     write_csv(preds, stage / "predictions.csv")
     print(format_table(preds))
@@ -121,9 +158,9 @@ def _classify_stage(out: Path, quick: bool) -> dict[str, Any]:
     print("[classify] exporting to ONNX")
     import torch
 
-    clf = classify.load_classifier(run_dir)
+    clf = classify.load_classifier(run_dir, device=place.device)  # traced from an fp32 CPU copy, checked on the device
     onnx_path = export_onnx(clf.model, stage / "model.onnx", clf.channels, clf.resolution)
-    x = torch.randn(2, clf.channels, clf.resolution, clf.resolution)
+    x = torch.randn(2, clf.channels, clf.resolution, clf.resolution, device=place.device)
     print(f"[classify] {onnx_path}: onnxruntime vs torch max |difference| {check_onnx(clf.model, onnx_path, x):.2e}")
     return {
         "name": "classify",
@@ -178,7 +215,7 @@ def localization_outcomes(
     return rows
 
 
-def _explain_stage(out: Path, quick: bool) -> dict[str, Any]:
+def _explain_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from PIL import Image
 
     from foveal.engine.logging import write_json
@@ -194,7 +231,7 @@ def _explain_stage(out: Path, quick: bool) -> dict[str, Any]:
     boxes = data.boxes.tolist()
     truth = {p.name: [b] for p, b in zip(paths, boxes, strict=True)}
     print(f"[explain] class activation maps of {len(paths)} test canvases from the bundled localization classifier")
-    records = explain(LOCALIZER, [str(p) for p in paths], stage, top_k=5, true_boxes=truth)
+    records = explain(LOCALIZER, [str(p) for p in paths], stage, top_k=5, true_boxes=truth, **place.inference)
     print(format_records(records))
     rows = localization_outcomes(records, data.labels.tolist(), boxes, data.classes)
     inside, overlap = sum(r["peak_inside"] for r in rows), sum(r["iou"] > 0 for r in rows)
@@ -218,8 +255,7 @@ def _explain_stage(out: Path, quick: bool) -> dict[str, Any]:
 
 
 # -- segmentation ----------------------------------------------------------------------------------------------------
-def _segment_stage(out: Path, quick: bool) -> dict[str, Any]:
-    from foveal.cli import CONFIG_DIR
+def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.segmentation import NUCLEI_SAMPLE
     from foveal.engine.logging import write_json
     from foveal.tasks import segment, segment_eval
@@ -232,15 +268,17 @@ def _segment_stage(out: Path, quick: bool) -> dict[str, Any]:
     cfg = load_config(segment.SegmentConfig, CONFIG_DIR / "segment_demo.yaml", overrides)
     run_dir = stage / "run"
     print(f"[segment] training a U-Net (base width {cfg.model.base_width}) on the left 384 columns of the nuclei image")
-    segment.train(cfg, run_dir=run_dir)
+    segment.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[segment] evaluating on the right 128 columns")
-    result = segment_eval.evaluate_checkpoint(run_dir, None, stage / "eval")
+    result = segment_eval.evaluate_checkpoint(run_dir, None, stage / "eval", **place.inference)
     (stage / "eval" / "metrics.txt").write_text(result.format() + "\n")
     print(result.format())
 
     print("[segment] segmenting the whole image by overlap-tile inference")
-    rows = segment_eval.predict(run_dir, [str(NUCLEI_SAMPLE / "image_top.tif")], stage / "predictions")
+    rows = segment_eval.predict(
+        run_dir, [str(NUCLEI_SAMPLE / "image_top.tif")], stage / "predictions", **place.inference
+    )
     write_json(stage / "predictions.json", [r.__dict__ for r in rows])
     print(segment_eval.format_predictions(rows))
     summary = result.summary()
@@ -257,35 +295,34 @@ def _segment_stage(out: Path, quick: bool) -> dict[str, Any]:
 
 
 # -- detection -------------------------------------------------------------------------------------------------------
-def _detect_stage(out: Path, quick: bool) -> dict[str, Any]:
-    from foveal.cli import CONFIG_DIR
+def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.coco import open_coco
     from foveal.engine.logging import write_json
     from foveal.tasks import detect
     from foveal.tasks.detect_eval import evaluate_checkpoint, format_predictions, predict
 
     stage = out / "detect"
-    overrides = ["train.max_steps=3", "data.val_limit=8"] if quick else []
+    overrides = [*DETECT_SHORT, *(["train.max_steps=3", "data.val_limit=8"] if quick else [])]
     cfg = load_config(detect.DetectConfig, CONFIG_DIR / "detect_demo.yaml", overrides)
     run_dir = stage / "run"
     print(f"[detect] a short training of a RetinaNet ({cfg.model.backbone}-FPN) on the bundled canvas sample")
-    detect.train(cfg, run_dir=run_dir)
+    detect.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[detect] evaluating the bundled detector on the sample's validation canvases (COCO AP)")
-    result = evaluate_checkpoint(DETECTOR, "fashion-canvas-sample", "val", stage / "eval")
+    result = evaluate_checkpoint(DETECTOR, "fashion-canvas-sample", "val", stage / "eval", **place.inference)
     (stage / "eval" / "metrics.txt").write_text(result.format() + "\n")
     print(result.format())
 
     print("[detect] detecting garments in four validation canvases")
     val = open_coco("fashion-canvas-sample", split="val")
     files = [str(r.path) for r in val.images[:4]]
-    records = predict(DETECTOR, files, stage / "predictions")
+    records = predict(DETECTOR, files, stage / "predictions", **place.inference)
     write_json(stage / "predictions.json", records)
     print(format_predictions(records))
     return {
         "name": "detect",
         "title": "Detection: RetinaNet with focal loss",
-        "summary": "A RetinaNet trained here for a minute on the 160 bundled canvases (its training run), and the "
+        "summary": "A RetinaNet trained here for 80 steps on the 160 bundled canvases (its training run), and the "
         "bundled detector (see data/samples/demo-weights/PROVENANCE.md) evaluated on the 48 validation canvases, "
         "made from Fashion-MNIST test images it never saw.",
         "reports": {

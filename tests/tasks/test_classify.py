@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.tasks import classify, classify_train
 
 TINY = ["data.limit=64", "data.val_limit=32", "data.batch_size=16", "train.progress=false", "train.max_steps=3"]

@@ -314,15 +314,6 @@ def test_freeze_bn_keeps_statistics(tmp_path):
     assert torch.equal(bn.running_mean, before) and not bn.weight.requires_grad and not bn.training
 
 
-def test_demo_stage_quick(tmp_path, capsys):
-    detect_eval.demo_stage(tmp_path, quick=True)
-    stage = tmp_path / "detect"
-    for name in ("run/checkpoints/best/checkpoint.json", "eval/metrics.json", "eval/pr_curve.png", "predictions.json"):
-        assert (stage / name).is_file(), name
-    assert len(list((stage / "predictions").glob("*_detections.png"))) == 4
-    assert "COCO box evaluation" in capsys.readouterr().out
-
-
 def test_cli_eval_and_predict_dispatch_to_detection(trained, canvases, tmp_path, capsys):
     from foveal.cli import main
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.data.box_transforms import normalize
 from foveal.data.localization_set import build_localization_set
 from foveal.data.synthetic import write_cells_folder

@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from foveal.cli import CONFIG_DIR
-from foveal.config import load_config
+from foveal.config import CONFIG_DIR, load_config
 from foveal.data.localization_set import LocalizationData, build_localization_set
 from foveal.errors import FovealError
 from foveal.tasks import classify, classify_train, explain

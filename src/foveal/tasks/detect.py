@@ -9,7 +9,7 @@ at 0.5 per class and 100 detections per image.
 
 Images without objects are kept for training (they only contribute negatives). Crowd regions (``iscrowd``) are
 ignored by the loss and the evaluation. Training is in :mod:`foveal.tasks.detect_train`; loading for inference,
-evaluation, prediction and the demo stage are in :mod:`foveal.tasks.detect_eval`.
+evaluation and prediction are in :mod:`foveal.tasks.detect_eval`.
 """
 
 from __future__ import annotations

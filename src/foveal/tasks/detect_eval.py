@@ -1,4 +1,4 @@
-"""Detection inference: loading a checkpoint, evaluation (COCO AP), prediction on new images, and the demo stage.
+"""Detection inference: loading a checkpoint, evaluation (COCO AP), prediction on new images.
 
 Images are resized and normalised outside the model (:class:`~foveal.data.box_transforms.DetectionTransform`), run in
 padded batches, post-processed with the checkpoint's inference settings and mapped back to the pixels of the original
@@ -30,7 +30,6 @@ from foveal.models.retinanet import RetinaOutput, boxes_to_original, postprocess
 from foveal.tasks.detect import DetectConfig, DetectInferenceConfig, check_task, eval_transform
 
 _SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 # -- loading for inference --------------------------------------------------------------------------------------------
@@ -427,31 +426,3 @@ def format_predictions(records: Sequence[dict[str, Any]], show_thresh: float = 0
         best = f"{shown[0]['label']} {shown[0]['score']:.2f}" if shown else "-"
         lines.append(f"{name:<40} {r['width']:>4}×{r['height']:<4} {len(shown):>10}  {best}")
     return "\n".join(lines)
-
-
-def demo_stage(out: Path, quick: bool = False, device: str = "auto") -> None:
-    """The demo's detection stage: train ``detect_demo.yaml`` on the bundled Fashion-MNIST canvases, evaluate on
-    their validation split and predict four validation images, all into ``out/detect``."""
-    from foveal.config import load_config
-    from foveal.data.coco import open_coco
-    from foveal.tasks import detect
-
-    stage = Path(out) / "detect"
-    overrides = ["train.max_steps=3", "data.val_limit=8"] if quick else []
-    cfg = load_config(detect.DetectConfig, CONFIG_DIR / "detect_demo.yaml", overrides)
-    run_dir = stage / "run"
-    print(f"[detect] training a RetinaNet ({cfg.model.backbone}-FPN) on the bundled Fashion-MNIST canvases")
-    detect.train(cfg, run_dir=run_dir, device=device)
-
-    print("[detect] evaluating on the validation canvases (COCO AP)")
-    result = evaluate_checkpoint(run_dir, None, None, stage / "eval", device=device)
-    (stage / "eval" / "metrics.txt").write_text(result.format() + "\n")
-    print(result.format())
-
-    print("[detect] detecting objects in four validation canvases")
-    val = open_coco(cfg.data.val or cfg.data.train, split=cfg.data.val_split)
-    files = [str(r.path) for r in val.images[:4]]
-    # a detector trained for a minute is rarely confident: draw from a score of 0.2
-    records = predict(run_dir, files, stage / "predictions", show_thresh=0.2, device=device)
-    write_json(stage / "predictions.json", records)
-    print(format_predictions(records, show_thresh=0.2))

@@ -457,33 +457,3 @@ def _map_source(model: nn.Module, method: str | MapFn, map_stride: int | None = 
         raise FovealError("map_stride applies to the methods 'cam' and 'gradcam', not to a map function")
     else:
         yield method
-
-
-# -- demo ------------------------------------------------------------------------------------------------------------
-def demo_stage(out: Path, classify_run: Path, device: str = "auto") -> None:
-    """Explain four bundled Fashion-MNIST test images (the first of four different classes) with the demo's
-    classifier: CAM figures and ``explanations.json`` in ``out/explain``."""
-    from PIL import Image
-
-    from foveal.data.classification import open_dataset
-
-    stage = Path(out) / "explain"
-    images = stage / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    data = open_dataset("fashion-mnist-sample", "test")
-    paths: list[Path] = []
-    seen: set[int] = set()
-    for i in range(len(data)):
-        image, label = data.get(i)
-        if label in seen:
-            continue
-        seen.add(label)
-        name = data.classes[label].replace("/", "-").replace(" ", "-").lower()
-        paths.append(images / f"test{i:03d}-{name}.png")
-        Image.fromarray(image[0].numpy()).save(paths[-1])
-        if len(paths) == 4:
-            break
-    print("[explain] class activation maps of four test images (top-5 classes, boxes at 20 % of each map's max)")
-    records = explain(classify_run, [str(p) for p in paths], stage, top_k=5, device=device)
-    print(format_records(records))
-    print(f"[explain] figures and {RESULTS_FILE} in {stage}")
