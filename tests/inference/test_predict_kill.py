@@ -112,7 +112,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(kit, tiny_checkpoints, 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _run(["predict", ckpt, str(images), "--out", str(whole), *opts])
 
-    at_kill = _kill_after_first_records(["predict", ckpt, str(images), "--out", str(killed), *opts], killed / STAGING_NAME / ".records.jsonl")
+    at_kill = _kill_after_first_records(
+        ["predict", ckpt, str(images), "--out", str(killed), *opts], killed / STAGING_NAME / ".records.jsonl"
+    )
     assert 0 < at_kill < n
     assert not (killed / "predictions.jsonl").exists(), "a killed run published outputs"
     _run(["predict", ckpt, str(images), "--out", str(killed), *opts, "--resume"])
