@@ -114,19 +114,20 @@ def _run_monai(image: Path, out: Path, base_width: int) -> dict[str, Any]:
 
 
 def _child(args: argparse.Namespace) -> None:
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     run = _run_foveal if args.child == "foveal" else _run_monai
     record = run(Path(args.image), Path(args.out), args.base_width)
     record["peak_rss_gb"] = _peak_rss_gb()
     print("RESULT " + json.dumps(record), flush=True)
 
 
-def _spawn(name: str, image: Path, out: Path, base_width: int) -> dict[str, Any]:
+def _spawn(name: str, image: Path, out: Path, base_width: int, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", name, "--image", str(image), "--out", str(out)]
-    proc = subprocess.run([*cmd, "--base-width", str(base_width)], capture_output=True, text=True)
+    cmd += ["--base-width", str(base_width), "--threads", str(threads)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # the tile progress bar goes to the terminal
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        return {"failed": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] if proc.stderr else ''}"}
+        return {"failed": f"exit {proc.returncode} (its error is printed above)"}
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -135,6 +136,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40000, help="image edge in pixels (default 40000)")
     parser.add_argument("--monai", action="store_true", help="also run MONAI on the whole image (needs the RAM)")
     parser.add_argument("--base-width", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file to add the entry to ({RESULTS})")
     parser.add_argument("--tmp", help="folder for the generated image and the outputs (default: the system's)")
     parser.add_argument("--note", default="", help="free text stored with the result (e.g. other jobs running)")
     parser.add_argument("--child", choices=["foveal", "monai"], help=argparse.SUPPRESS)
@@ -150,10 +153,10 @@ def main() -> None:
         _generate(image, args.size)
         generated = time.perf_counter() - start
         print(f"generated {args.size}² in {generated:.0f} s ({image.stat().st_size / 1e9:.2f} GB)", flush=True)
-        runs: dict[str, Any] = {"foveal": _spawn("foveal", image, Path(tmp) / "labels.tif", args.base_width)}
+        runs: dict[str, Any] = {"foveal": _spawn("foveal", image, Path(tmp) / "labels.tif", args.base_width, args.threads)}
         print("foveal", runs["foveal"], flush=True)
         if args.monai:
-            runs["monai"] = _spawn("monai", image, Path(tmp) / "monai_labels.tif", args.base_width)
+            runs["monai"] = _spawn("monai", image, Path(tmp) / "monai_labels.tif", args.base_width, args.threads)
             print("monai", runs["monai"], flush=True)
             if "failed" not in runs["monai"]:
                 ours, theirs = (tifffile.imread(Path(tmp) / n) > 0 for n in ("labels.tif", "monai_labels.tif"))
@@ -165,16 +168,17 @@ def main() -> None:
         "network": f"valid U-Net depth 4, base width {args.base_width}, {params} parameters",
         "tile": TILE,
         "batch": BATCH,
-        "threads": THREADS,
+        "threads": args.threads,
+        "generate_seconds": generated,
         "runs": runs,
-        "machine": f"{platform.processor() or platform.machine()}, {THREADS} threads",
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
         "torch": torch.__version__,
         "note": args.note,
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
     results[f"{args.size}{'_monai' if args.monai else ''}"] = entry
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.results.parent.mkdir(exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(entry, indent=2))
 
 
