@@ -240,10 +240,11 @@ def main() -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="evaluate the runs already in --out instead of training them again"
     )
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of localize_cpu.yaml")
     args = parser.parse_args()
     keep_freed_memory()  # as the foveal command does for its training runs
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     sizes = dict(QUICK if args.quick else FULL)
     for key, value in (("train", args.train_canvases), ("test", args.test_canvases)):
         if value is not None:

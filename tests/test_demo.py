@@ -90,6 +90,6 @@ def test_demo_quick_honours_the_placement_and_links_every_stage(tmp_path, capsys
         assert stage["seconds"]["wall"] > 0
         for report in stage["reports"].values():
             assert (out / report).is_file() and f'href="{report}"' in html
-    localization = json.loads((out / "explain" / "localization.json").read_text())
+    localization = json.loads((out / "explain" / "localization_check.json").read_text())
     assert len(localization["images"]) == 4
     assert capsys.readouterr().out.rstrip().endswith(str(out / "report.html"))

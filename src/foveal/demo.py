@@ -6,7 +6,7 @@ it (metrics, confusion matrix, the most confident mistakes), predict a handful o
 Explanation stage: class activation maps (the paper's top-5 panels and map boxes, with the true box) of canvases with
 one garment each, made from the sample's TEST images, from the bundled localization classifier
 (``data/samples/demo-weights/localize``: ``configs/localize_cpu.yaml`` trained on canvases of Fashion-MNIST's
-training images; see its PROVENANCE.md); ``localization.json`` records whether each map's peak lies inside the
+training images; see its PROVENANCE.md); ``localization_check.json`` records whether each map's peak lies inside the
 garment and how well its box overlaps it.
 
 Segmentation stage: draw the border weight map of the bundled nuclei labels (the paper's Fig. 3), train a small
@@ -235,7 +235,7 @@ def _explain_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     print(format_records(records))
     rows = localization_outcomes(records, data.labels.tolist(), boxes, data.classes)
     inside, overlap = sum(r["peak_inside"] for r in rows), sum(r["iou"] > 0 for r in rows)
-    write_json(stage / "localization.json", {"images": rows, "peak_inside": inside, "box_overlaps": overlap})
+    write_json(stage / "localization_check.json", {"images": rows, "peak_inside": inside, "box_overlaps": overlap})
     print(f"[explain] map peak inside the garment: {inside} of {len(rows)}; map box overlaps it: {overlap}")
     first = Path(records[0].figures[0]).name
     return {

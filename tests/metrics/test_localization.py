@@ -193,3 +193,43 @@ def test_max_box_acc_constant_map_and_errors() -> None:
         MaxBoxAccMeter(thresholds=[1.5])
     with pytest.raises(FovealError, match="ious"):
         MaxBoxAccMeter(ious=[0.0])
+
+
+def _brute_region_best_iou(maps: torch.Tensor, gts: list[torch.Tensor], thresholds: list[float]) -> torch.Tensor:
+    """The definition, one map and one threshold at a time: 8-connected regions by scipy, boxes by find_objects."""
+    from scipy import ndimage
+    from torchvision.ops import box_iou
+
+    out = torch.zeros(len(maps), len(thresholds))
+    for i, m in enumerate(maps):
+        m = torch.where(m.isfinite(), m, torch.nan)
+        lo, hi = m.nan_to_num(nan=torch.inf).min(), m.nan_to_num(nan=-torch.inf).max()
+        norm = ((m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)).nan_to_num(nan=-1.0)
+        for j, t in enumerate(thresholds):
+            labels, count = ndimage.label((norm >= torch.tensor(t)).numpy(), structure=[[1, 1, 1]] * 3)
+            boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(labels)]
+            if count and len(gts[i]):
+                out[i, j] = box_iou(torch.tensor(boxes, dtype=torch.float), gts[i]).max()
+    return out
+
+
+def test_region_best_iou_matches_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CAM-like maps (a coarse grid upsampled) and noisy ones, a constant map, NaN and inf pixels; several, one or no
+    # ground-truth boxes; thresholds unsorted and repeated; blocks of the max-tree cut across the batch
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.rand(6, 1, 4, 5, generator=gen) ** 3
+    smooth = torch.nn.functional.interpolate(coarse, size=(13, 17), mode="bilinear")[:, 0]
+    maps = torch.cat([smooth, torch.rand(3, 13, 17, generator=gen), torch.full((1, 13, 17), 2.0)])
+    maps[1, 3:6, 4:9] = torch.nan
+    maps[7, 0, 0] = torch.inf
+    corners = torch.randint(0, 12, (len(maps), 3, 2), generator=gen).float()
+    sizes = torch.randint(1, 9, (len(maps), 3, 2), generator=gen).float()
+    boxes = torch.cat([corners, corners + sizes], -1)
+    gts = [boxes[i, : i % 4] for i in range(len(maps))]  # 0, 1, 2 or 3 boxes
+    thresholds = [0.5, 0.0, 0.25, 0.99, 0.25, 0.7, 0.01, 1.0, 0.333]
+    expected = _brute_region_best_iou(maps, gts, thresholds)
+    assert (expected > 0).any() and (expected == 0).any()
+    got = localization.region_best_iou(maps, gts, torch.tensor(thresholds))
+    assert torch.equal(got, expected)
+    monkeypatch.setattr(localization, "_LABEL_PIXELS", 14 * 17 * 3)  # max-trees of three maps each
+    assert torch.equal(localization.region_best_iou(maps, gts, torch.tensor(thresholds)), expected)

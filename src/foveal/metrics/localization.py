@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
@@ -40,7 +39,7 @@ MAX_BOX_ACC_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
 """The IoU thresholds δ whose MaxBoxAcc MaxBoxAccV2 averages (Choe et al. 2020)."""
 MAX_BOX_ACC_THRESHOLDS: tuple[float, ...] = tuple(step / 100 for step in range(100))
 """0.00, 0.01, …, 0.99: the map thresholds τ of MaxBoxAccV2 (the paper's step of 0.01)."""
-_LABEL_PIXELS = 1 << 24  # pixels per connected-component labelling of MaxBoxAccMeter (int32 labels: 64 MiB)
+_LABEL_PIXELS = 1 << 22  # pixels per max-tree of MaxBoxAccMeter (a few int64 tensors of that length)
 
 
 @dataclass(frozen=True)
@@ -303,13 +302,16 @@ def region_best_iou(maps: Tensor, gts: Sequence[Tensor], thresholds: Tensor) -> 
     """(N, T) largest IoU, over every 8-connected region of the min–max normalised map ≥ τ and every ground-truth box
     of the image, at each threshold τ (0 where there is no region or no box).
 
+    The regions of all thresholds come from one max-tree of the map quantised to its threshold level (the number of
+    thresholds ≤ each value): a node of level L is a region of the maps ≥ τ for every τ above its parent's level up to
+    L, so each region is found once instead of once per threshold. Blocks of maps are stacked into one image with a
+    separator row between maps (level 0, below every threshold).
+
     Args:
         maps: (N, H, W) maps.
         gts: N tensors (M_i, 4) of ground-truth boxes.
-        thresholds: (T,) fractions in [0, 1].
+        thresholds: (T,) fractions in [0, 1], in any order.
     """
-    from scipy import ndimage
-
     n, h, w = maps.shape
     flat = maps.detach().float().cpu()
     flat = torch.where(flat.isfinite(), flat, torch.nan)
@@ -317,28 +319,68 @@ def region_best_iou(maps: Tensor, gts: Sequence[Tensor], thresholds: Tensor) -> 
     high = flat.flatten(1).nan_to_num(nan=-torch.inf).amax(1)[:, None, None]
     span = high - low
     norm = torch.where(span > 0, (flat - low) / span.clamp_min(1e-30), 0.0).nan_to_num(nan=-1.0)  # NaN: never kept
-    t = len(thresholds)
+    ordered, order = torch.sort(thresholds.float())
+    levels = torch.searchsorted(ordered, norm.contiguous(), right=True)  # (N, H, W): thresholds τ ≤ the value
     padded, valid = _padded(gts)
-    out = torch.zeros(n * t)
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # 8-neighbour regions within a map, none across maps
-    step = max(1, _LABEL_PIXELS // (h * w))
-    for start in range(0, n * t, step):
-        pairs = torch.arange(start, min(start + step, n * t))
-        image, level = pairs // t, pairs % t
-        keep = (norm[image] >= thresholds[level][:, None, None]).numpy()
-        labels, count = ndimage.label(keep, structure)
-        if not count:
-            continue
-        extents = np.array([[s.start for s in sl] + [s.stop for s in sl] for sl in ndimage.find_objects(labels)])
-        owner = torch.from_numpy(extents[:, 0]).long()  # the (image, τ) pair of the block each region lies in
-        boxes = torch.from_numpy(extents[:, [2, 1, 5, 4]]).float()  # x1, y1, x2, y2
-        mine = image[owner]  # the image of each region
-        region_iou = (_elementwise_iou(boxes[:, None], padded[mine]) * valid[mine]).amax(1)
-        out[pairs[0] : pairs[-1] + 1] = torch.zeros(len(pairs)).scatter_reduce(
-            0, owner, region_iou, reduce="amax", include_self=True
+    out = torch.zeros(n, len(thresholds))
+    step = max(1, _LABEL_PIXELS // ((h + 1) * w))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        region_box, region_image, region_levels = _max_tree_regions(levels[start:stop], len(thresholds))
+        mine = region_image + start
+        region_iou = (_elementwise_iou(region_box[:, None], padded[mine]) * valid[mine]).amax(1)
+        low_level, high_level = region_levels  # a region of the maps ≥ ordered[k - 1] for low < k ≤ high
+        span_of = high_level - low_level
+        region = torch.repeat_interleave(torch.arange(len(span_of)), span_of)
+        k = torch.arange(len(region)) - torch.repeat_interleave(span_of.cumsum(0) - span_of, span_of)
+        column = low_level[region] + k  # k-th level above the parent's: ordered index low + k
+        best = torch.zeros((stop - start) * len(thresholds)).scatter_reduce(
+            0, region_image[region] * len(thresholds) + column, region_iou[region], reduce="amax", include_self=True
         )
-    return out.view(n, t)
+        out[start:stop, order] = best.view(stop - start, len(thresholds))
+    return out
+
+
+def _max_tree_regions(levels: Tensor, count: int) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """Every connected region (8-neighbours) of every level set {levels ≥ k}, k = 1 … ``count``, of each map.
+
+    Args:
+        levels: (N, H, W) integer levels 0 … ``count`` of N maps.
+
+    Returns:
+        (R, 4) float box (x1, y1, x2, y2) of each region, (R,) its map, and (R,) its parent's and its own level (it is
+        a region of {levels ≥ k} for parent's < k ≤ own).
+    """
+    from skimage.morphology import max_tree
+
+    n, h, w = levels.shape
+    stacked = torch.zeros(n, h + 1, w, dtype=torch.int16 if count < 2**15 else torch.int32)
+    stacked[:, :h] = levels
+    parent_np, _ = max_tree(stacked.view(-1, w).numpy(), connectivity=2)
+    parent = torch.from_numpy(parent_np).view(-1)
+    level = stacked.view(-1).long()
+    pixel = torch.arange(len(level))
+    x, row = pixel % w, pixel // w
+    # skimage's tree is canonical: every pixel points at the canonical pixel of its region (parent's level differs)
+    canonical = (level[parent] != level) | (parent == pixel)
+    box = torch.stack([x, row % (h + 1), x + 1, row % (h + 1) + 1])  # (4, P) per pixel, then per region
+    inner = ~canonical
+    _grow(box, parent[inner], box[:, inner])
+    nodes = pixel[canonical & (level > 0)]
+    nodes = nodes[torch.argsort(level[nodes], descending=True, stable=True)]
+    node_level = level[nodes]
+    bounds = torch.searchsorted(-node_level, -torch.arange(count, 0, -1), right=True)  # ends of each level's run
+    begin = 0
+    for end in bounds.tolist():  # deepest level first: a region is complete before it grows its parent
+        _grow(box, parent[nodes[begin:end]], box[:, nodes[begin:end]])
+        begin = end
+    return box[:, nodes].T.float(), row[nodes] // (h + 1), (level[parent[nodes]], node_level)
+
+
+def _grow(box: Tensor, into: Tensor, boxes: Tensor) -> None:
+    """Widen the (4, P) boxes at indices ``into`` to cover ``boxes`` (4, len(into)) in place."""
+    for coord, reduce in enumerate(("amin", "amin", "amax", "amax")):
+        box[coord].scatter_reduce_(0, into, boxes[coord], reduce=reduce)
 
 
 def _padded(gts: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

@@ -292,9 +292,9 @@ def _figure_path(folder: Path, name: str) -> Path:
 
 
 def _ground_truth(folder: Path) -> dict[str, dict[str, Any]] | None:
-    """``localization.json`` (image → true class and box, and whether the map found it), when the explained images
-    have known boxes (the demo's canvases)."""
-    path = folder / "localization.json"
+    """``localization_check.json`` (image → true class and box, and whether the map found it), which the demo writes
+    beside explanations of canvases with known boxes (``foveal eval``'s ``localization.json`` holds metrics)."""
+    path = folder / "localization_check.json"
     if not path.is_file():
         return None
     return {r["image"]: r for r in read_json(path, "the ground-truth boxes")["images"]}
