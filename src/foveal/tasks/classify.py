@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +19,14 @@ from torchvision.transforms import v2
 from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
 from foveal.data.box_transforms import normalize
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import resolve_device, resolve_precision, to_device, uses_channels_last
+from foveal.engine.device import to_device, uses_channels_last
 from foveal.engine.optim import OptimConfig
 from foveal.engine.runinfo import write_run_info
 from foveal.engine.trainer import TrainConfig, seeded
 from foveal.errors import FovealError
 from foveal.io import atomic_output, write_json
 from foveal.models import efficientnet as eff
-from foveal.models.registry import rebuild
+from foveal.tasks.scaffold import load_for_inference
 
 TASK = "classify"
 #: The compound coefficients φ that build a sensible EfficientNet (B0 … B7 are φ = 0 … about 7; negative: smaller).
@@ -337,25 +337,19 @@ def load_classifier(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
         precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format; bf16 / fp16 imply ``fuse``.
     """
-    where = resolve_device(device)
-    prec = resolve_precision(precision, where)
-    ckpt = ckpt_io.load_checkpoint(path)
-    check_task(ckpt)
-    with ckpt_io.reading_record(ckpt):
-        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
-        model = rebuild(spec)
-        resolution, channels = int(inp["resolution"]), int(inp["channels"])
-        mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
+    model, (classes, resolution, channels, mean, std), ckpt = load_for_inference(
+        path, check_task, _read_record, fast=fuse, device=device, precision=precision
+    )
     if not isinstance(model, eff.EfficientNet):
         raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
-    ckpt_io.load_checkpoint_weights(model, ckpt)
-    model.eval()
-    if fuse or prec.reduced:
-        from foveal.inference.fast import inference_model
+    return LoadedClassifier(model, classes, resolution, channels, mean, std, ckpt.meta)
 
-        # the same class, BN folded, channels-last
-        model = cast(eff.EfficientNet, inference_model(model, dtype=prec.dtype, device=where))
-    return LoadedClassifier(model.to(where), classes, resolution, channels, mean, std, ckpt.meta)
+
+def _read_record(meta: dict[str, Any]) -> tuple[list[str], int, int, tuple[float, ...], tuple[float, ...]]:
+    """Classes, input resolution and channels, mean and std of a classification checkpoint's record."""
+    inp = meta["input"]
+    mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
+    return list(meta["classes"]), int(inp["resolution"]), int(inp["channels"]), mean, std
 
 
 class _PrepareClassify:

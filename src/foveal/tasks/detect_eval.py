@@ -18,16 +18,15 @@ from torch import Tensor, nn
 
 from foveal.config import from_dict
 from foveal.data.box_transforms import DetectionTransform, collate_detection
-from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import resolve_device, resolve_precision, to_device, uses_channels_last
+from foveal.engine.device import to_device, uses_channels_last
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
-from foveal.inference.fast import inference_model
 from foveal.io import staged_output, writable_dir, write_json
 from foveal.metrics.detection import DetectionResult
 from foveal.models.anchors import AnchorGenerator
 from foveal.models.retinanet import RetinaOutput, boxes_to_original, postprocess
 from foveal.tasks.detect import DetectConfig, DetectInferenceConfig, check_task, eval_transform
+from foveal.tasks.scaffold import load_for_inference
 
 _SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
@@ -80,25 +79,22 @@ def load_detector(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
         precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) weights; anchors, box decoding and NMS stay fp32.
     """
-    from foveal.models.registry import rebuild
+    precision = "bf16" if bf16 and precision == "fp32" else precision
+    model, (classes, categories, config, geometry, mean, std), ckpt = load_for_inference(
+        path, check_task, _read_record, fast=fast, device=device, precision=precision
+    )
+    return LoadedDetector(model, classes, categories, *geometry, mean, std, config, ckpt.meta)
 
-    where = resolve_device(device)
-    prec = resolve_precision("bf16" if bf16 and precision == "fp32" else precision, where)
 
-    ckpt = ckpt_io.load_checkpoint(path)
-    check_task(ckpt)
-    with ckpt_io.reading_record(ckpt):
-        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
-        categories = [dict(c) for c in ckpt.meta["categories"]]
-        model = rebuild(spec)
-        config = from_dict(DetectConfig, ckpt.meta["config"])
-        geometry = (int(inp["channels"]), int(inp["min_size"]), int(inp["max_size"]))
-        mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
-    ckpt_io.load_checkpoint_weights(model, ckpt)
-    model.eval()
-    if fast or prec.reduced:
-        model = inference_model(model, dtype=prec.dtype, device=where)
-    return LoadedDetector(model.to(where), classes, categories, *geometry, mean, std, config, ckpt.meta)
+def _read_record(meta: dict[str, Any]) -> tuple[Any, ...]:
+    """Classes, categories, config, input geometry (channels, min_size, max_size), mean and std of a detection
+    checkpoint's record."""
+    inp = meta["input"]
+    categories = [dict(c) for c in meta["categories"]]
+    config = from_dict(DetectConfig, meta["config"])
+    geometry = (int(inp["channels"]), int(inp["min_size"]), int(inp["max_size"]))
+    mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
+    return list(meta["classes"]), categories, config, geometry, mean, std
 
 
 def fp32_output(model: nn.Module, output: RetinaOutput) -> RetinaOutput:

@@ -1,4 +1,4 @@
-"""What every task's training does the same way, written once.
+"""What every task's training and checkpoint loading do the same way, written once.
 
 :func:`run_training` resolves a resumed run (its checkpoint and stored config), the run directory, the device and the
 ``torchrun`` process group, applies the config's threads, determinism and seed, and hands a :class:`TrainingRun` to
@@ -6,6 +6,7 @@ the task's own training function. :func:`fit` builds the shared :class:`~foveal.
 the task made (model, samples, loss, evaluation, checkpoint record), continues a resumed run and writes
 ``config.json``. :func:`process_state` restores the caller's process afterwards: a library call to ``train`` leaves
 thread count, deterministic-algorithms flag, cuDNN flags and the CPU random generator as it found them.
+:func:`load_for_inference` loads any task's checkpoint for inference.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from torch.utils.data import Dataset
 
 from foveal.config import from_dict, to_dict
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import to_device, training_device
+from foveal.engine.device import resolve_device, resolve_precision, to_device, training_device
 from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
 from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import EvalFn, LossFn, TrainConfig, Trainer
+from foveal.inference.fast import inference_model
 from foveal.io import write_json
+from foveal.models.registry import rebuild
 
 
 class TaskConfig(Protocol):
@@ -186,3 +189,43 @@ def fit(
     if setup.dist_info.is_main:
         write_json(setup.run / "config.json", to_dict(cfg))
     return {**{k: v for k, v in metrics.items() if k != "score"}, "run_dir": str(setup.run), "step": trainer.step}
+
+
+R = TypeVar("R")
+
+
+def load_for_inference(
+    path: str | Path,
+    check_task: Callable[[ckpt_io.Checkpoint], None],
+    read: Callable[[dict[str, Any]], R],
+    *,
+    fast: bool,
+    device: str | torch.device,
+    precision: str,
+) -> tuple[nn.Module, R, ckpt_io.Checkpoint]:
+    """Load a checkpoint (a checkpoint folder or a run directory) of one task for inference.
+
+    Args:
+        path: the checkpoint.
+        check_task: raises FovealError when the checkpoint belongs to another task.
+        read: what the task needs of the checkpoint's record (classes, input geometry, config), read from its
+            ``meta``; a missing or malformed entry is reported as a damaged record.
+        fast: use :func:`foveal.inference.fast.inference_model`'s copy (BatchNorm folded, channels-last).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format; bf16 / fp16 imply ``fast``.
+
+    Returns:
+        The model in eval mode on ``device``, what ``read`` returned, and the checkpoint.
+    """
+    where = resolve_device(device)
+    prec = resolve_precision(precision, where)
+    checkpoint = ckpt_io.load_checkpoint(path)
+    check_task(checkpoint)
+    with ckpt_io.reading_record(checkpoint):
+        model = rebuild(checkpoint.meta["model"])
+        record = read(checkpoint.meta)
+    ckpt_io.load_checkpoint_weights(model, checkpoint)
+    model.eval()
+    if fast or prec.reduced:
+        model = inference_model(model, dtype=prec.dtype, device=where)
+    return model.to(where), record, checkpoint

@@ -21,11 +21,11 @@ from torch.utils.data import Dataset
 from foveal.config import POSITIVE, at_least, between, from_dict
 from foveal.data.augment import AugmentConfig, augment_batch
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import resolve_device, resolve_precision
 from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
 from foveal.inference.tiling import reflect_pad
+from foveal.tasks.scaffold import load_for_inference
 
 TASK = "segment"
 
@@ -358,25 +358,17 @@ def load_segmenter(
     of the direct ones). Not for Grad-CAM of a layer that folding removes. ``precision`` ``bf16`` / ``fp16`` (CUDA)
     stores the folded copy's weights in that format (implies ``fast``).
     """
-    from foveal.models.registry import rebuild
+    model, (classes, config, geometry), ckpt = load_for_inference(
+        path, check_task, _read_record, fast=fast, device=device, precision=precision
+    )
+    return LoadedSegmenter(model, classes, *geometry, config, ckpt.meta)
 
-    where = resolve_device(device)
-    prec = resolve_precision(precision, where)
 
-    ckpt = ckpt_io.load_checkpoint(path)
-    check_task(ckpt)
-    with ckpt_io.reading_record(ckpt):
-        spec, inp, classes = ckpt.meta["model"], ckpt.meta["input"], list(ckpt.meta["classes"])
-        model = rebuild(spec)
-        config = from_dict(SegmentConfig, ckpt.meta["config"])
-        geometry = (int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]))
-    ckpt_io.load_checkpoint_weights(model, ckpt)
-    model.eval()
-    if fast or prec.reduced:
-        from foveal.inference.fast import inference_model
-
-        model = inference_model(model, dtype=prec.dtype, device=where)
-    return LoadedSegmenter(model.to(where), classes, *geometry, config, ckpt.meta)
+def _read_record(meta: dict[str, Any]) -> tuple[list[str], SegmentConfig, tuple[int, str, str]]:
+    """Classes, config and input (channels, normalisation, mask kind) of a segmentation checkpoint's record."""
+    inp = meta["input"]
+    config = from_dict(SegmentConfig, meta["config"])
+    return list(meta["classes"]), config, (int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]))
 
 
 def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
