@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -11,8 +10,6 @@ import torch.nn.functional as F
 
 from foveal.errors import FovealError
 from foveal.losses.segmentation import SEGMENTATION_LOSSES, dice_loss, segmentation_loss, weighted_cross_entropy
-
-_HAS_FOCAL = importlib.util.find_spec("foveal.losses.focal") is not None
 
 
 def _batch(seed: int = 0, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,7 +55,7 @@ def test_ignored_pixels_contribute_nothing() -> None:
     changed = logits.clone()  # wild scores and weights on the ignored pixels (rows 0-1 of sample 0) only
     changed[0, :, :2] = torch.tensor([50.0, -50.0, 3.0], dtype=logits.dtype)[:, None, None]
     weight_changed = torch.where(ignored, 1e6, weight)
-    for kind in SEGMENTATION_LOSSES if _HAS_FOCAL else ("ce", "dice", "ce+dice"):
+    for kind in SEGMENTATION_LOSSES:
         before = segmentation_loss(logits, target, weight, kind=kind)
         after = segmentation_loss(changed, target, weight_changed, kind=kind)
         torch.testing.assert_close(before, after)
@@ -88,8 +85,6 @@ def test_dice_hand_computed() -> None:
 
 @pytest.mark.parametrize("kind", SEGMENTATION_LOSSES)
 def test_gradients_are_finite(kind: str) -> None:
-    if kind == "focal" and not _HAS_FOCAL:
-        pytest.skip("foveal.losses.focal is not present yet")
     logits, target, weight = _batch(4)
     target[1, 0, 0] = -1
     logits.requires_grad_(True)
@@ -100,7 +95,6 @@ def test_gradients_are_finite(kind: str) -> None:
     assert torch.all(logits.grad[1, :, 0, 0] == 0)  # the ignored pixel gets no gradient
 
 
-@pytest.mark.skipif(not _HAS_FOCAL, reason="foveal.losses.focal is not present yet")
 def test_focal_with_gamma_zero_is_weighted_cross_entropy() -> None:
     logits, target, weight = _batch(5)
     focal = segmentation_loss(logits, target, weight, kind="focal", focal_gamma=0.0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from itertools import pairwise
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,8 +41,18 @@ class MobileNetBackbone(nn.Module):
         return out
 
 
-def _train(model: nn.Module, loss_of, steps: int = 5) -> list[float]:
-    """A few Adam steps on one fixed batch; checks that every parameter gets a gradient and changes."""
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny networks: a second OpenMP thread adds only synchronisation, which stalls on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(model: nn.Module, loss_of, steps: int = 3) -> list[float]:
+    """A few Adam steps on one fixed batch; checks that every parameter gets a gradient and changes, that every loss
+    is finite and that the loss falls at every step."""
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
@@ -52,6 +65,8 @@ def _train(model: nn.Module, loss_of, steps: int = 5) -> list[float]:
             assert not missing, f"parameters without gradient: {missing[:5]}"
         opt.step()
         losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses), losses
+    assert all(b < a for a, b in pairwise(losses)), losses
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach(), before[n])]
     assert not unchanged, f"parameters that did not change: {unchanged[:5]}"
     return losses
@@ -63,14 +78,17 @@ def test_own_backbone_trains_in_retinanet() -> None:
     model = RetinaNet(backbone, num_classes=2, fpn_channels=16, head_convs=1, anchor_sizes=(16, 32, 64, 128, 256))
     assert model.backbone is backbone
     assert model.args["backbone"] == "module:MobileNetBackbone"
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     targets = [
-        {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([0])},
-        {"boxes": torch.tensor([[20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([0])},
+        {"boxes": torch.tensor([[10.0, 5.0, 30.0, 25.0]]), "labels": torch.tensor([1])},
     ]
     model.train()
     losses = _train(model, lambda m: sum(retinanet_loss(m(x), targets).values()))
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.97 * losses[0], losses
+    model.eval()
+    output = model(x)
+    assert torch.isfinite(output.cls_logits).all() and torch.isfinite(output.box_deltas).all()
     assert grid_of(model) == "stride"
 
 
@@ -78,14 +96,15 @@ def test_own_backbone_trains_in_backbone_unet() -> None:
     torch.manual_seed(0)
     model = BackboneUNet(MobileNetBackbone(grid="cell"), num_classes=3, decoder_channels=(16, 16, 8, 8, 8))
     assert model.args["encoder"] == "module:MobileNetBackbone"
-    x = torch.randn(2, 3, 64, 64)
-    target = torch.zeros(2, 64, 64, dtype=torch.long)
-    target[:, 16:48, 8:40] = 1
-    target[:, 40:, 40:] = 2
+    x = torch.randn(2, 3, 32, 32)
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[:, 8:24, 4:20] = 1
+    target[:, 20:, 20:] = 2
     model.train()
     losses = _train(model, lambda m: F.cross_entropy(m(x), target))
-    assert model(x).shape == (2, 3, 64, 64)
-    assert losses[-1] < 0.9 * losses[0], losses
+    logits = model(x)
+    assert logits.shape == (2, 3, 32, 32) and torch.isfinite(logits).all()
+    assert losses[-1] < 0.95 * losses[0], losses
     assert grid_of(model.encoder) == "cell"
 
 
