@@ -319,10 +319,11 @@ def test_the_readme_snippets_run(
     }
     first, second = _readme_blocks()
     code = first + second.replace('"classify_cpu"', '"classify_demo"').replace(
-        "train__max_steps=200", "train__max_steps=1, data__limit=32, data__val_limit=16, train__progress=False"
+        "train__max_steps=200",
+        "train__max_steps=1, data__limit=32, data__val_limit=16, data__batch_size=16, train__progress=False",
     )
     for name, path in paths.items():
         code = code.replace(f'"{name}"', repr(str(path)))
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "<README.md, Python API>", "exec"), {})
     assert "img0.png" in out.getvalue() and (tmp_path / "model.onnx").is_file() and (tmp_path / "x").is_dir()
