@@ -463,11 +463,21 @@ def load(path: str | Path, device: str | torch.device = "auto", precision: str =
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
-#: The module and config class of each task's training.
+@dataclass(frozen=True)
+class Trainer:
+    """Where a task's training lives: the module and name of its config class, and the module whose ``train`` runs
+    it."""
+
+    config_module: str
+    config: str
+    train_module: str
+
+
+#: The training of each task.
 TRAINERS = {
-    "classify": ("foveal.tasks.classify", "ClassifyConfig"),
-    "segment": ("foveal.tasks.segment", "SegmentConfig"),
-    "detect": ("foveal.tasks.detect", "DetectConfig"),
+    "classify": Trainer("foveal.tasks.classify", "ClassifyConfig", "foveal.tasks.classify_train"),
+    "segment": Trainer("foveal.tasks.segment", "SegmentConfig", "foveal.tasks.segment_train"),
+    "detect": Trainer("foveal.tasks.detect", "DetectConfig", "foveal.tasks.detect_train"),
 }
 
 
@@ -501,8 +511,8 @@ def plan_training(
 
     if task not in TRAINERS:
         raise FovealError(f"unknown task '{task}': train one of {', '.join(TRAINERS)}")
-    module, config_name = TRAINERS[task]
-    config_cls = getattr(importlib.import_module(module), config_name)
+    trainer = TRAINERS[task]
+    config_cls = getattr(importlib.import_module(trainer.config_module), trainer.config)
     if resume is not None:
         if overrides or config is not None:
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
@@ -529,7 +539,7 @@ def run_training(plan: TrainPlan, device: str | torch.device | None = None) -> d
     ``train.device``)."""
     import importlib
 
-    module = importlib.import_module(TRAINERS[plan.task][0])
+    module = importlib.import_module(TRAINERS[plan.task].train_module)
     if plan.resume:
         return module.train(plan.config, resume=plan.run_dir, device=device)  # type: ignore[no-any-return]
     return module.train(plan.config, run_dir=plan.run_dir, device=device)  # type: ignore[no-any-return]
