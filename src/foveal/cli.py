@@ -67,8 +67,15 @@ def _load(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from foveal.api import plan_training, run_training
 
-    options = {"resume": args.resume, "overwrite": args.overwrite, "overrides": args.overrides, "device": args.device}
-    plan = plan_training(args.task, args.config, args.out, **options)
+    plan = plan_training(
+        args.task,
+        args.config,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        overrides=args.overrides,
+        device=args.device,
+    )
     args.run_dir = plan.run_dir
     result = run_training(plan, device=args.device)
     from foveal.engine.distributed import is_main_process  # deferred: it imports torch, which `foveal --help` need not
