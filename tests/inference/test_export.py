@@ -126,3 +126,23 @@ def test_detector_exports_logits_deltas_and_its_anchors(tmp_path: Path) -> None:
     assert anchors_dims == list(out.anchors.shape)  # no batch axis: one set of anchors for every image
     assert out.cls_logits.shape[1] == out.anchors.shape[0] == 9 * (8 * 12 + 4 * 6 + 2 * 3 + 1 * 2 + 1 * 1)
     assert check_onnx(graph, path, x) < 1e-4
+
+
+def test_the_opsets_offered_are_those_of_this_torch() -> None:
+    from torch.onnx import _constants
+
+    from foveal.inference.export import ONNX_OPSETS
+
+    assert (ONNX_OPSETS[0], ONNX_OPSETS[-1]) == (_constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET)
+
+
+def test_export_options_are_checked_before_anything_is_loaded() -> None:
+    from foveal.inference.export import check_export_options
+
+    assert check_export_options(17, None) is None
+    assert check_export_options(17, [64]) == (64, 64) and check_export_options(11, [64, 96]) == (64, 96)
+    with pytest.raises(FovealError, match="--opset 6 is not supported by this torch: choose 7 to"):
+        check_export_options(6, None)
+    for size in ([0], [64, 64, 64]):
+        with pytest.raises(FovealError, match="give the input's H"):
+            check_export_options(17, size)

@@ -181,8 +181,8 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
-def _pixels(img: Image.Image, channels: int | None) -> np.ndarray:
-    """(H, W) or (H, W, 3) uint8 array of a fully loaded image."""
+def image_pixels(img: Image.Image, channels: int | None) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 array of a fully loaded image, by the channel rules of :func:`load_image`."""
     mode = img.mode
     target = channels if channels is not None else mode_channels(mode)
     if mode.startswith("I") or mode == "F":
@@ -221,7 +221,7 @@ def load_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     with _open(p) as img, pillow_unbounded():
         try:
             img.load()
-            arr = _pixels(img, channels)
+            arr = image_pixels(img, channels)
         except _DECODE_ERRORS as exc:
             raise FovealError(
                 f"cannot decode image {p}: {exc} (the file is truncated or corrupt; fix or remove it)"

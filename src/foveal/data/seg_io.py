@@ -74,7 +74,7 @@ def _native(a: np.ndarray) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder("="), copy=False) if a.dtype.byteorder not in "=|" else a
 
 
-def _pillow_pixels(img: Image.Image, role: str) -> np.ndarray:
+def pillow_pixels(img: Image.Image, role: str) -> np.ndarray:
     """(H, W, C) pixels of a loaded frame; for images colour modes become RGB (or L), masks keep their mode."""
     mode = img.mode
     if role == "image" and mode in ("1", "LA", "La"):
@@ -103,7 +103,7 @@ def _read_pillow(path: Path, role: str, all_frames: bool = False) -> list[np.nda
             for i in range(getattr(img, "n_frames", 1) if all_frames else 1):
                 img.seek(i)
                 img.load()
-                frames.append(_pillow_pixels(img, role))
+                frames.append(pillow_pixels(img, role))
     except UnidentifiedImageError:
         raise FovealError(f"{role} {path} is not an image Pillow can read (corrupt, or not an image)") from None
     except PermissionError:

@@ -15,6 +15,8 @@ import copy
 import os
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +28,10 @@ from foveal.inference.fast import fold_batchnorm
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 DETECTOR_OUTPUTS = ("cls_logits", "box_deltas", "anchors")
+DEFAULT_OPSET = 17
+#: The opsets the exporter of the pinned torch writes (its ``torch.onnx._constants.ONNX_MIN_OPSET`` … ``MAX``; a test
+#: checks the two agree, so a torch upgrade that changes them is noticed).
+ONNX_OPSETS = range(7, 24)
 
 
 class DetectorGraph(nn.Module):
@@ -70,30 +76,10 @@ def export_onnx(
     """
     path = Path(path)
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
-    if in_channels < 1 or height < 1 or width < 1:
-        raise FovealError(
-            f"in_channels and resolution must be positive, got {in_channels} and {resolution}; pass the input size "
-            "the model is meant for"
-        )
-    if not path.parent.is_dir():
-        raise FovealError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
-    if path.is_dir():
-        raise FovealError(f"cannot write '{path}': it is a folder; pass a file name such as '{path / 'model.onnx'}'")
-    if not os.access(path.parent, os.W_OK):
-        raise FovealError(f"cannot write '{path}': no permission to write in '{path.parent}'; choose another folder")
-
+    check_target(path, in_channels, height, width, resolution)
     export_model = fold_batchnorm(copy.deepcopy(model).eval()).to("cpu")
     dummy = torch.zeros(1, in_channels, height, width)
-    try:
-        with torch.inference_mode():
-            export_model(dummy)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise FovealError(
-            f"the model cannot run on a (1, {in_channels}, {height}, {width}) input ({first}); pass the "
-            "in_channels and resolution it was built for"
-        ) from None
-
+    _dry_run(export_model, dummy)
     # a unique name beside the target (same file system, so os.replace is atomic); created by the exporter itself so
     # the file gets the usual permissions
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -109,6 +95,34 @@ def export_onnx(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
+
+
+def check_target(path: Path, in_channels: int, height: int, width: int, resolution: object = None) -> None:
+    """FovealError unless ``path`` can be written and the input (in_channels, height, width) is positive."""
+    if in_channels < 1 or height < 1 or width < 1:
+        raise FovealError(
+            f"in_channels and resolution must be positive, got {in_channels} and {resolution or (height, width)}; "
+            "pass the input size the model is meant for"
+        )
+    if not path.parent.is_dir():
+        raise FovealError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
+    if path.is_dir():
+        raise FovealError(f"cannot write '{path}': it is a folder; pass a file name such as '{path / 'model.onnx'}'")
+    if not os.access(path.parent, os.W_OK):
+        raise FovealError(f"cannot write '{path}': no permission to write in '{path.parent}'; choose another folder")
+
+
+def _dry_run(model: nn.Module, dummy: Tensor) -> None:
+    """Run ``model`` once on ``dummy``; a shape mismatch is a FovealError naming the input."""
+    try:
+        with torch.inference_mode():
+            model(dummy)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FovealError(
+            f"the model cannot run on a {tuple(dummy.shape)} input ({first}); pass the in_channels and resolution "
+            "it was built for"
+        ) from None
 
 
 def _export(
@@ -189,3 +203,88 @@ def check_onnx(model: nn.Module, path: str | Path, x: Tensor) -> float:
     return max(
         float((torch.from_numpy(g) - w.detach().cpu().float()).abs().max()) for g, w in zip(got, wants, strict=True)
     )
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What a checkpoint exports (built by the task's model in :mod:`foveal.api`).
+
+    Attributes:
+        model: the fp32 network as loaded (eval mode); it is copied with its BatchNorms folded for the export.
+        channels: C of the (N, C, H, W) input.
+        size: the default input (H, W): a classifier's resolution, a U-Net's evaluation tile, a detector's min_size.
+        output_names: one per output ("logits" for one output).
+        unbatched: outputs without a batch axis (a detector's anchors).
+        note: said after the export's report line.
+        check_size: for a model that takes only some input sizes (a valid U-Net): raises FovealError for an (H, W)
+            it cannot take and returns what to say about one it can (its output tile).
+    """
+
+    model: nn.Module
+    channels: int
+    size: tuple[int, int]
+    output_names: tuple[str, ...] = (OUTPUT_NAME,)
+    unbatched: tuple[str, ...] = ()
+    note: str = ""
+    check_size: Callable[[tuple[int, int]], str] | None = None
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """An export done: the file, its input, its outputs and how far onnxruntime's outputs are from PyTorch's."""
+
+    path: Path
+    channels: int
+    size: tuple[int, int]
+    output_names: tuple[str, ...]
+    max_difference: float
+    note: str = ""
+
+    def format(self) -> str:
+        shape = f"N×{self.channels}×{self.size[0]}×{self.size[1]}"
+        return (
+            f"wrote {self.path} (input {shape}, outputs {', '.join(self.output_names)}); onnxruntime vs torch: "
+            f"max |difference| = {self.max_difference:.2e}{self.note}"
+        )
+
+
+def check_export_options(opset: int, size: Sequence[int] | None) -> tuple[int, int] | None:
+    """The input (H, W) asked for (None: the model's default), after checking ``opset`` and ``size`` (H or H W)."""
+    if opset not in ONNX_OPSETS:
+        low, high = ONNX_OPSETS[0], ONNX_OPSETS[-1]
+        raise FovealError(
+            f"--opset {opset} is not supported by this torch: choose {low} to {high} (default {DEFAULT_OPSET})"
+        )
+    if size is None:
+        return None
+    if not 1 <= len(size) <= 2 or min(size) < 1:
+        raise FovealError(f"--size {' '.join(map(str, size))}: give the input's H (and W) in pixels, e.g. --size 512")
+    return int(size[0]), int(size[-1])
+
+
+def export_checked(
+    spec: ExportSpec,
+    path: str | Path,
+    size: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> ExportReport:
+    """Export ``spec``'s network to ONNX at ``path`` and check the graph against PyTorch with onnxruntime.
+
+    Args:
+        spec: the network and its input (see :class:`ExportSpec`).
+        path: the ``.onnx`` file; written whole or not at all.
+        size: input H, or H and W (default: ``spec.size``); the batch axis stays dynamic.
+        opset: ONNX operator set (:data:`ONNX_OPSETS`).
+
+    The graph is traced from an fp32 CPU copy; the check runs the model on a random (2, C, H, W) batch where the
+    model is (its device).
+    """
+    asked = check_export_options(opset, size)
+    hw = spec.size if asked is None else asked
+    note = spec.note if spec.check_size is None else spec.check_size(hw) + spec.note
+    written = export_onnx(
+        spec.model, path, spec.channels, hw, opset=opset, output_names=spec.output_names, unbatched=spec.unbatched
+    )
+    x = torch.randn(2, spec.channels, *hw, device=next(spec.model.parameters()).device)
+    diff = check_onnx(spec.model, written, x)
+    return ExportReport(written, spec.channels, hw, spec.output_names, diff, note)

@@ -362,7 +362,11 @@ class _PrepareClassify:
     def __call__(self, path: Path) -> Tensor:
         from foveal.data.images import load_image
 
-        return normalize(self.transform(load_image(path, self.channels)), self.mean, self.std)
+        return self.image(load_image(path, self.channels))
+
+    def image(self, pixels: Tensor) -> Tensor:
+        """(C, H, W) uint8 pixels (:func:`foveal.data.images.load_image`'s) → the model's (C, R, R) input."""
+        return normalize(self.transform(pixels), self.mean, self.std)
 
 
 class ClassifyPredictor:
@@ -370,11 +374,18 @@ class ClassifyPredictor:
     image's ``top_k`` ``(class index, name, probability)``, best first."""
 
     def __init__(
-        self, checkpoint: str | Path, top_k: int = 5, device: str | torch.device = "auto", precision: str = "fp32"
+        self,
+        checkpoint: str | Path | LoadedClassifier,
+        top_k: int = 5,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
     ) -> None:
         if top_k < 1:
             raise FovealError(f"--top-k {top_k}: use a positive number of classes, e.g. --top-k 5")
-        self.clf = load_classifier(checkpoint, fuse=True, device=device, precision=precision)
+        if isinstance(checkpoint, LoadedClassifier):  # already loaded (device and precision as it was loaded)
+            self.clf = checkpoint
+        else:
+            self.clf = load_classifier(checkpoint, fuse=True, device=device, precision=precision)
         self.k = min(top_k, len(self.clf.classes))
         self.prepare = _PrepareClassify(self.clf)
 

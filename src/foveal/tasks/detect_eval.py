@@ -249,8 +249,11 @@ class _PrepareDetect:
     def __call__(self, path: Path) -> tuple[Tensor, Any]:
         from foveal.data.images import load_image
 
-        image = load_image(path, self.channels)
-        return image, self.transform(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+        return self.image(load_image(path, self.channels))
+
+    def image(self, pixels: Tensor) -> tuple[Tensor, Any]:
+        """(C, H, W) uint8 pixels (:func:`foveal.data.images.load_image`'s) → (them, their resized sample)."""
+        return pixels, self.transform(pixels, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
 
 
 class DetectPredictor:
@@ -258,7 +261,7 @@ class DetectPredictor:
     xyxy in the original image's pixels, "scores" (D,), "labels" (D,)}`` by decreasing score.
 
     Args:
-        checkpoint: checkpoint folder or run directory.
+        checkpoint: checkpoint folder or run directory, or a detector loaded with :func:`load_detector`.
         score_thresh: overrides the checkpoint's inference score threshold.
         bf16: run the network in bfloat16 (see :func:`inference_model`).
         device, precision: where and in which format the network runs (see :func:`load_detector`).
@@ -266,7 +269,7 @@ class DetectPredictor:
 
     def __init__(
         self,
-        checkpoint: str | Path,
+        checkpoint: str | Path | LoadedDetector,
         score_thresh: float | None = None,
         bf16: bool = False,
         device: str | torch.device = "auto",
@@ -276,7 +279,10 @@ class DetectPredictor:
 
         if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
             raise FovealError(f"score_thresh={score_thresh}: use a detection score in [0, 1), e.g. 0.05")
-        self.det = load_detector(checkpoint, bf16=bf16, device=device, precision=precision)
+        if isinstance(checkpoint, LoadedDetector):  # already loaded (device and precision as it was loaded)
+            self.det = checkpoint
+        else:
+            self.det = load_detector(checkpoint, bf16=bf16, device=device, precision=precision)
         inference = self.det.config.inference
         self.inference = inference if score_thresh is None else replace(inference, score_thresh=score_thresh)
         self.prepare = _PrepareDetect(self.det)

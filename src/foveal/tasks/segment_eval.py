@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.io import staged_output, writable_dir, write_json
-from foveal.tasks.segment import PostConfig, Prepared, attach_context, load_segmenter, prepare
+from foveal.tasks.segment import LoadedSegmenter, PostConfig, Prepared, attach_context, load_segmenter, prepare
 
 
 @dataclass
@@ -293,6 +293,14 @@ class _PrepareSegment:
             return Streamed(path)
         return load_seg_image(path, channels=self.channels, normalize=self.normalize)
 
+    def image(self, pixels: np.ndarray, name: str) -> Tensor:
+        """(H, W, C) pixels as an image file of ``name`` would hold them → (C, H, W) float32, normalised."""
+        from foveal.data.seg_io import check_channels, to_float
+
+        image = to_float(pixels, Path(name), self.normalize)
+        check_channels([image], [Path(name)], self.channels)
+        return image
+
 
 class SegmentPredictor:
     """Overlap-tile segmentation (a :class:`foveal.inference.batch_predict.Predictor`): each result is the (H, W)
@@ -301,7 +309,7 @@ class SegmentPredictor:
     marker: :class:`SegmentWriter` segments it straight into its files.
 
     Args:
-        checkpoint: checkpoint folder or run directory.
+        checkpoint: checkpoint folder or run directory, or a segmenter loaded with ``fast=True``.
         tile: output tile edge (default: the checkpoint's evaluation tile).
         tta: overrides the checkpoint's ``post.tta`` ("none" or "dihedral").
         fmt: the label format ("tif", "png", "zarr"): zarr labels stream every TIFF.
@@ -310,7 +318,7 @@ class SegmentPredictor:
 
     def __init__(
         self,
-        checkpoint: str | Path,
+        checkpoint: str | Path | LoadedSegmenter,
         tile: int | None = None,
         tta: str | None = None,
         fmt: str = "tif",
@@ -320,7 +328,10 @@ class SegmentPredictor:
     ) -> None:
         from foveal.tasks.segment import tile_input
 
-        self.seg = load_segmenter(checkpoint, fast=True, device=device, precision=precision)
+        if isinstance(checkpoint, LoadedSegmenter):  # already loaded (device and precision as it was loaded)
+            self.seg = checkpoint
+        else:
+            self.seg = load_segmenter(checkpoint, fast=True, device=device, precision=precision)
         self.tta = self.seg.config.post.tta if tta is None else tta
         if self.tta not in TTA_MODES:
             raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")

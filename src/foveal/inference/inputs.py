@@ -1,0 +1,132 @@
+"""Images a Python caller passes to :mod:`foveal.api`: image files, folders, glob patterns and list files, PIL
+images, numpy arrays and tensors, one or a sequence of them.
+
+Files are read by the loaders the command line uses, so a file gives the same result through both. An image in
+memory is read as an image file holding the same pixels would be:
+
+- a PIL image by its mode (:func:`foveal.data.images.image_pixels`, :func:`foveal.data.seg_io.pillow_pixels`);
+- a numpy array is (H, W) or (H, W, C) with channels last, RGB order (a 4-D array is a batch (N, H, W, C));
+- a tensor is (C, H, W) with channels first, as torchvision's (a 4-D tensor is a batch (N, C, H, W));
+- uint8 values are 0…255; for classifiers and detectors float values in 0…1 are scaled by 255 and 16-bit grayscale
+  by 1/257, as for image files; segmenters normalise them as the checkpoint says (``normalize``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from foveal.errors import FovealError
+
+ImageInput: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | Tensor"
+Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """An image passed in memory: its name (``<image i>``) and its pixels (a PIL image or an (H, W, C) array)."""
+
+    name: str
+    pixels: Image.Image | np.ndarray
+
+
+def gather(images: Any) -> list[Path | InMemory]:
+    """The images of ``images`` in order: paths (folders, globs and list files expanded) and in-memory images."""
+    from foveal.data.images import expand_inputs
+
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    out: list[Path | InMemory] = []
+    paths: list[str | Path] = []  # consecutive paths are expanded together, as the command line expands its inputs
+    for x in [*items, None]:
+        if isinstance(x, (str, os.PathLike)):
+            paths.append(Path(x))
+            continue
+        if paths:
+            out.extend(expand_inputs(paths))
+            paths = []
+        if x is None:
+            break
+        if isinstance(x, Image.Image):
+            out.append(InMemory(f"<image {len(out)}>", x))
+        elif isinstance(x, (np.ndarray, Tensor)):
+            out.extend(InMemory(f"<image {len(out) + i}>", a) for i, a in enumerate(_hwc_arrays(x)))
+        else:
+            raise FovealError(
+                f"cannot read an image from a {type(x).__name__}: pass paths, PIL images, numpy arrays (H, W, C) or "
+                "tensors (C, H, W)"
+            )
+    if not out:
+        raise FovealError("no images given: pass an image, a folder, a glob pattern or a list of them")
+    return out
+
+
+def _hwc_arrays(x: np.ndarray | Tensor) -> list[np.ndarray]:
+    """(H, W, C) arrays of one image or a batch: numpy channels last, tensors channels first."""
+    if isinstance(x, Tensor):
+        a = x.detach().cpu()
+        a = a.unsqueeze(0) if a.ndim == 2 else a
+        arr = (a.movedim(-3, -1) if a.ndim in (3, 4) else a).numpy()
+    else:
+        arr = x[:, :, None] if x.ndim == 2 else x
+    if arr.ndim not in (3, 4) or min(arr.shape) < 1:
+        what = "tensor (C, H, W) or (N, C, H, W)" if isinstance(x, Tensor) else "array (H, W, C) or (N, H, W, C)"
+        raise FovealError(f"an image of shape {tuple(x.shape)} cannot be read: pass an {what}")
+    return list(arr) if arr.ndim == 4 else [arr]
+
+
+def uint8_pixels(item: InMemory, channels: int) -> Tensor:
+    """(C, H, W) uint8 of an in-memory image with ``channels`` (1 or 3), as :func:`foveal.data.images.load_image`
+    reads an image file with the same pixels."""
+    from foveal.data.images import image_pixels
+
+    image = item.pixels if isinstance(item.pixels, Image.Image) else _as_pil(item.pixels, item.name)
+    arr = image_pixels(image, channels)
+    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(chw, dtype=np.uint8, order="C"))
+
+
+def _as_pil(arr: np.ndarray, name: str) -> Image.Image:
+    """The PIL image an image file of ``arr``'s (H, W, C) pixels would open as."""
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    c = arr.shape[-1]
+    if c == 1:
+        gray = arr[:, :, 0]
+        if gray.dtype in (np.uint8, np.uint16):
+            return Image.fromarray(gray)  # modes L and I;16
+        if gray.dtype.kind == "f":
+            return Image.fromarray(gray.astype(np.float32))  # mode F
+        if gray.dtype.kind in "iu" and (not gray.size or (int(gray.min()) >= -(2**31) and int(gray.max()) < 2**31)):
+            return Image.fromarray(gray.astype(np.int32))  # mode I
+    elif c in (3, 4):
+        if arr.dtype == np.uint8:
+            return Image.fromarray(np.ascontiguousarray(arr))
+        if arr.dtype.kind == "f" and arr.size and float(arr.min()) >= 0.0 and float(arr.max()) <= 1.0:
+            return Image.fromarray(np.round(np.asarray(arr, np.float64) * 255.0).astype(np.uint8))
+    raise FovealError(
+        f"{name}: {c}-channel {arr.dtype} pixels cannot be read as an image: pass uint8 (H, W, 1|3|4), float in "
+        "0…1, or one-channel 16-bit / float images"
+    )
+
+
+def native_pixels(item: InMemory) -> np.ndarray:
+    """(H, W, C) pixels of an in-memory image as :func:`foveal.data.seg_io.read_pages` reads an image file."""
+    from foveal.data.seg_io import pillow_pixels
+
+    if isinstance(item.pixels, Image.Image):
+        return pillow_pixels(item.pixels, "image")
+    arr = item.pixels
+    return arr.astype(np.uint8) * 255 if arr.dtype == bool else arr
+
+
+def batches(items: list[Path | InMemory], size: int) -> list[list[Path | InMemory]]:
+    """``items`` in consecutive batches of ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
