@@ -153,7 +153,9 @@ def main() -> None:
         _generate(image, args.size)
         generated = time.perf_counter() - start
         print(f"generated {args.size}² in {generated:.0f} s ({image.stat().st_size / 1e9:.2f} GB)", flush=True)
-        runs: dict[str, Any] = {"foveal": _spawn("foveal", image, Path(tmp) / "labels.tif", args.base_width, args.threads)}
+        runs: dict[str, Any] = {
+            "foveal": _spawn("foveal", image, Path(tmp) / "labels.tif", args.base_width, args.threads)
+        }
         print("foveal", runs["foveal"], flush=True)
         if args.monai:
             runs["monai"] = _spawn("monai", image, Path(tmp) / "monai_labels.tif", args.base_width, args.threads)
