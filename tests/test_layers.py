@@ -1,5 +1,6 @@
 """The import graph of ``src/foveal``, read with ``ast``: no circle, lower layers never import upper ones, no private
-name crosses a module boundary. Imports inside functions count like those at module level."""
+name crosses a module boundary. Imports inside functions count like those at module level; those under
+``if TYPE_CHECKING:`` (annotations only) do not."""
 
 from __future__ import annotations
 
@@ -30,9 +31,22 @@ def _base(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join([*package, *([node.module] if node.module else [])])
 
 
-def _imports(module: str, path: Path, tree: ast.Module, known: set[str]) -> Iterator[tuple[str, str, ast.stmt]]:
-    """Yield ``(imported module, imported name or "", node)`` for every foveal import in ``tree``."""
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the nodes inside ``if TYPE_CHECKING:`` blocks (imports for annotations only, never run)."""
+    hidden: set[int] = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            hidden.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
+    return hidden
+
+
+def _imports(module: str, path: Path, tree: ast.Module, known: set[str]) -> Iterator[tuple[str, str, ast.stmt]]:
+    """Yield ``(imported module, imported name or "", node)`` for every foveal import in ``tree`` that runs
+    (at module level or inside a function; not those for type checkers only)."""
+    hidden = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in hidden:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("foveal"):
