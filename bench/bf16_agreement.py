@@ -29,7 +29,17 @@ from foveal.config import CONFIG_DIR, load_config
 from foveal.engine.allocator import keep_freed_memory
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.upsample import grid_of, upsample_maps
-from foveal.tasks import classify, detect, detect_eval, explain, segment, segment_eval
+from foveal.tasks import (
+    classify,
+    classify_train,
+    detect,
+    detect_eval,
+    detect_train,
+    explain,
+    segment,
+    segment_eval,
+    segment_train,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs/bench-bf16")
@@ -133,14 +143,14 @@ def main() -> int:
     fashion = "fashion-mnist" if FULL_FASHION.is_dir() else "fashion-mnist-sample"
     minutes = {
         "classify": _train(
-            classify,
+            classify_train,
             classify.ClassifyConfig,
             "classify_cpu",
             RUNS / "classify",
             [f"data.train={fashion}", cap, "train.epochs=1"],
         ),
-        "segment": _train(segment, segment.SegmentConfig, "segment_cpu", RUNS / "segment", [cap]),
-        "detect": _train(detect, detect.DetectConfig, "detect_demo", RUNS / "detect", [cap]),
+        "segment": _train(segment_train, segment.SegmentConfig, "segment_cpu", RUNS / "segment", [cap]),
+        "detect": _train(detect_train, detect.DetectConfig, "detect_demo", RUNS / "detect", [cap]),
     }
     result = {
         "what": "fp32 against bf16 inference (foveal's BatchNorm-folded channels-last copy) with the same weights",

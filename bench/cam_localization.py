@@ -51,7 +51,7 @@ from foveal.data.localization_set import LocalizationData, build_localization_se
 from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.checkpoint import latest_checkpoint
 from foveal.explain.boxes import PAPER_THRESHOLD
-from foveal.tasks import classify
+from foveal.tasks import classify, classify_train
 from foveal.tasks.explain import MapFn, localization_eval
 from foveal.tasks.localize_eval import LocalizationReport, evaluate_canvases
 
@@ -94,7 +94,7 @@ def _train(cfg_overrides: list[str], run: Path, reuse: bool) -> tuple[Path, dict
     if not (reuse and latest_checkpoint(run) is not None):
         cfg = load_config(classify.ClassifyConfig, CONFIG_DIR / "localize_cpu.yaml", cfg_overrides)
         started = time.perf_counter()
-        classify.train(cfg, run_dir=run)
+        classify_train.train(cfg, run_dir=run)
         wall = time.perf_counter() - started
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_top1" in r]

@@ -50,7 +50,7 @@ from foveal.engine.distributed import DistInfo
 from foveal.engine.optim import build_optimizer, build_schedule
 from foveal.engine.trainer import EpochBatches
 from foveal.metrics.detection import DetectionResult, coco_evaluate
-from foveal.tasks import detect, detect_eval
+from foveal.tasks import detect, detect_eval, detect_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = Path(detect.__file__).resolve().parent.parent / "configs" / "detect_cpu.yaml"
@@ -181,7 +181,7 @@ def main() -> None:
 
     print("training foveal's RetinaNet (detect_cpu.yaml)")
     t0 = time.perf_counter()
-    metrics = detect.train(cfg, run_dir=args.out / "foveal")
+    metrics = detect_train.train(cfg, run_dir=args.out / "foveal")
     ours_train_s = time.perf_counter() - t0
     steps = int(metrics["step"])
     final = latest_checkpoint(args.out / "foveal")

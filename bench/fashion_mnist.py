@@ -18,7 +18,7 @@ import torch
 
 from _common import write_result
 from foveal.config import CONFIG_DIR, load_config
-from foveal.tasks import classify
+from foveal.tasks import classify, classify_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,7 +33,7 @@ def main() -> int:
         return 1
     cfg = load_config(classify.ClassifyConfig, CONFIG_DIR / "classify_cpu.yaml", args.overrides)
     started = time.perf_counter()
-    metrics = classify.train(cfg, run_dir=args.out)
+    metrics = classify_train.train(cfg, run_dir=args.out)
     wall = time.perf_counter() - started
     run = Path(args.out)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

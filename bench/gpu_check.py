@@ -300,7 +300,7 @@ def _training(quick: bool) -> dict[str, Any]:
     from foveal.config import CONFIG_DIR, load_config
     from foveal.data.detection_set import build_detection_set
     from foveal.data.synthetic import write_cells_folder
-    from foveal.tasks import classify, detect, segment
+    from foveal.tasks import classify, classify_train, detect, detect_train, segment, segment_train
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,7 +312,7 @@ def _training(quick: bool) -> dict[str, Any]:
             [f"train.max_steps={steps}", "train.progress=false", "data.limit=512"],
         )
         start = time.perf_counter()
-        metrics = classify.train(cfg, run_dir=root / "classify")
+        metrics = classify_train.train(cfg, run_dir=root / "classify")
         out["classify"] = {"seconds": time.perf_counter() - start, "val_top1": metrics.get("top1")}
         for precision in ("bf16", "fp16") if torch.cuda.is_available() else ("bf16",):
             amp = load_config(
@@ -321,7 +321,7 @@ def _training(quick: bool) -> dict[str, Any]:
                 [f"train.max_steps={steps}", "train.progress=false", "data.limit=512", f"train.precision={precision}"],
             )
             start = time.perf_counter()
-            metrics = classify.train(amp, run_dir=root / f"classify-{precision}")
+            metrics = classify_train.train(amp, run_dir=root / f"classify-{precision}")
             out[f"classify_{precision}"] = {"seconds": time.perf_counter() - start, "val_top1": metrics.get("top1")}
 
         write_cells_folder(root / "cells", 4, (96, 96), n_cells=10)
@@ -341,7 +341,7 @@ def _training(quick: bool) -> dict[str, Any]:
             ],
         )
         start = time.perf_counter()
-        segment.train(cfg_s, run_dir=root / "segment")
+        segment_train.train(cfg_s, run_dir=root / "segment")
         out["segment"] = {"seconds": time.perf_counter() - start}
 
         canvases = build_detection_set(root / "canvas", source="fashion-mnist-sample", n_train=16, n_val=8, seed=0)
@@ -351,7 +351,7 @@ def _training(quick: bool) -> dict[str, Any]:
             [f"data.train={canvases}", f"train.max_steps={steps}", "train.progress=false"],
         )
         start = time.perf_counter()
-        detect.train(cfg_d, run_dir=root / "detect")
+        detect_train.train(cfg_d, run_dir=root / "detect")
         out["detect"] = {"seconds": time.perf_counter() - start}
     return out
 

@@ -25,7 +25,7 @@ import torch
 from _common import write_result
 from foveal.config import CONFIG_DIR, load_config
 from foveal.engine.checkpoint import latest_checkpoint
-from foveal.tasks import segment, segment_eval
+from foveal.tasks import segment, segment_eval, segment_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,7 +52,7 @@ def run_once(w0: float, out: Path, extra: list[str], eval_only: bool) -> dict[st
     minutes = None
     if not eval_only:
         start = time.perf_counter()
-        segment.train(cfg, run_dir=run)
+        segment_train.train(cfg, run_dir=run)
         minutes = round((time.perf_counter() - start) / 60, 2)
     final = latest_checkpoint(run)
     if final is None:

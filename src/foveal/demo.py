@@ -133,7 +133,7 @@ def _report(folder: Path, out: Path) -> str:
 def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.inference.export import check_onnx, export_onnx
     from foveal.report.tables import format_metrics, format_table, write_csv, write_json
-    from foveal.tasks import classify
+    from foveal.tasks import classify, classify_train
 
     quick_cut = ["train.max_steps=12", "data.limit=384", "data.val_limit=200"] if quick else []
     overrides = [*CLASSIFY_SHORT, *quick_cut]
@@ -141,7 +141,7 @@ def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     stage = out / "classify"
     run_dir = stage / "run"
     print(f"[classify] training {cfg.model.name} (phi={cfg.model.phi}) on the bundled Fashion-MNIST sample")
-    classify.train(cfg, run_dir=run_dir, device=place.device)
+    classify_train.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[classify] evaluating on the sample's 1000 test images")
     result = classify.evaluate_checkpoint(run_dir, None, "test", stage / "eval", **place.inference)
@@ -258,7 +258,7 @@ def _explain_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
 def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.segmentation import NUCLEI_SAMPLE
     from foveal.engine.logging import write_json
-    from foveal.tasks import segment, segment_eval
+    from foveal.tasks import segment, segment_eval, segment_train
 
     stage = out / "segment"
     print("[segment] drawing the border weight map of the nuclei labels (the paper's Fig. 3)")
@@ -268,7 +268,7 @@ def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     cfg = load_config(segment.SegmentConfig, CONFIG_DIR / "segment_demo.yaml", overrides)
     run_dir = stage / "run"
     print(f"[segment] training a U-Net (base width {cfg.model.base_width}) on the left 384 columns of the nuclei image")
-    segment.train(cfg, run_dir=run_dir, device=place.device)
+    segment_train.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[segment] evaluating on the right 128 columns")
     result = segment_eval.evaluate_checkpoint(run_dir, None, stage / "eval", **place.inference)
@@ -298,7 +298,7 @@ def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
 def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.coco import open_coco
     from foveal.engine.logging import write_json
-    from foveal.tasks import detect
+    from foveal.tasks import detect, detect_train
     from foveal.tasks.detect_eval import evaluate_checkpoint, format_predictions, predict
 
     stage = out / "detect"
@@ -306,7 +306,7 @@ def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     cfg = load_config(detect.DetectConfig, CONFIG_DIR / "detect_demo.yaml", overrides)
     run_dir = stage / "run"
     print(f"[detect] a short training of a RetinaNet ({cfg.model.backbone}-FPN) on the bundled canvas sample")
-    detect.train(cfg, run_dir=run_dir, device=place.device)
+    detect_train.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[detect] evaluating the bundled detector on the sample's validation canvases (COCO AP)")
     result = evaluate_checkpoint(DETECTOR, "fashion-canvas-sample", "val", stage / "eval", **place.inference)

@@ -511,10 +511,3 @@ def _write_mistakes(dataset: Any, outcomes: list[Any], classes: list[str], out: 
         row = {"index": i, "true": classes[true], "predicted": classes[pred], "confidence": round(conf, 4)}
         records.append({**row, "thumbnail": str(thumb.relative_to(out))})
     write_json(out / "mistakes.json", {"errors": len(wrong), "samples": len(outcomes), "shown": records})
-
-
-def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """The former place of :func:`foveal.tasks.classify_train.train`, forwarding to it."""
-    from foveal.tasks.classify_train import train as train_classifier
-
-    return train_classifier(*args, **kwargs)

@@ -338,10 +338,3 @@ def check_task(ckpt: ckpt_io.Checkpoint) -> None:
     task = ckpt.meta.get("task")
     if task != TASK:
         raise FovealError(f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a detector; pass a detect checkpoint")
-
-
-def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """The former place of :func:`foveal.tasks.detect_train.train`, forwarding to it."""
-    from foveal.tasks.detect_train import train as train_detector
-
-    return train_detector(*args, **kwargs)

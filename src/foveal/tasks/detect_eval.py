@@ -86,7 +86,9 @@ def load_detector(
     return LoadedDetector(model, classes, categories, *geometry, mean, std, config, ckpt.meta)
 
 
-def _read_record(meta: dict[str, Any]) -> tuple[Any, ...]:
+def _read_record(
+    meta: dict[str, Any],
+) -> tuple[list[str], list[dict[str, Any]], DetectConfig, tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
     """Classes, categories, config, input geometry (channels, min_size, max_size), mean and std of a detection
     checkpoint's record."""
     inp = meta["input"]

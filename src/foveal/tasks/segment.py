@@ -369,10 +369,3 @@ def _read_record(meta: dict[str, Any]) -> tuple[list[str], SegmentConfig, tuple[
     inp = meta["input"]
     config = from_dict(SegmentConfig, meta["config"])
     return list(meta["classes"]), config, (int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]))
-
-
-def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """The former place of :func:`foveal.tasks.segment_train.train`, forwarding to it."""
-    from foveal.tasks.segment_train import train as train_segmenter
-
-    return train_segmenter(*args, **kwargs)

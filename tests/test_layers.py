@@ -1,0 +1,138 @@
+"""The import graph of ``src/foveal``, read with ``ast``: no circle, lower layers never import upper ones, no private
+name crosses a module boundary. Imports inside functions count like those at module level; those under
+``if TYPE_CHECKING:`` (annotations only) do not."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+LOWER = ("foveal.data", "foveal.models", "foveal.engine", "foveal.losses")
+UPPER = ("foveal.tasks", "foveal.report", "foveal.cli", "foveal.demo", "foveal.api")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, tuple[Path, ast.Module]]:
+    return {_module_name(p): (p, ast.parse(p.read_text(), filename=str(p))) for p in sorted(SRC.rglob("*.py"))}
+
+
+def _base(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    package = package[: len(package) - node.level + 1]
+    return ".".join([*package, *([node.module] if node.module else [])])
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the nodes inside ``if TYPE_CHECKING:`` blocks (imports for annotations only, never run)."""
+    hidden: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            hidden.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
+    return hidden
+
+
+def _imports(module: str, path: Path, tree: ast.Module, known: set[str]) -> Iterator[tuple[str, str, ast.stmt]]:
+    """Yield ``(imported module, imported name or "", node)`` for every foveal import in ``tree`` that runs
+    (at module level or inside a function; not those for type checkers only)."""
+    hidden = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in hidden:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("foveal"):
+                    yield alias.name, "", node
+        elif isinstance(node, ast.ImportFrom):
+            base = _base(node, module, path.name == "__init__.py")
+            if not base.startswith("foveal"):
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                yield (sub, "", node) if sub in known else (base, alias.name, node)
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, (path, tree) in modules.items():
+        for target, _, _ in _imports(name, path, tree, known):
+            if target in known and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_cycle_finder_sees_long_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_lower_layers_never_import_upper_ones() -> None:
+    arrows = sorted(
+        (src, dst) for src, targets in _graph().items() if _within(src, LOWER) for dst in targets if _within(dst, UPPER)
+    )
+    assert arrows == []
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    modules = _modules()
+    known = set(modules)
+    crossing = sorted(
+        (name, target, imported)
+        for name, (path, tree) in modules.items()
+        for target, imported, _ in _imports(name, path, tree, known)
+        if imported.startswith("_") and not imported.startswith("__") and target != name
+    )
+    assert crossing == []
