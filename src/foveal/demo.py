@@ -72,7 +72,7 @@ class Placement:
     precision: str = "fp32"
 
     @property
-    def inference(self) -> dict[str, str]:
+    def inference(self) -> dict[str, Any]:
         """The ``device`` / ``precision`` keywords of the evaluate, predict and explain functions."""
         return {"device": self.device, "precision": self.precision}
 
