@@ -198,3 +198,31 @@ def test_interrupted_writes_cleared_at_the_next_start(tmp_path: Path) -> None:
     trainer.fit()
     assert not [p for p in run.rglob(".*")]
     assert _steps(run)[-1] == "step-00000008"
+
+
+def test_fp16_gradient_scaler_state_is_saved_and_resumed(tmp_path: Path) -> None:
+    # fp16 runs on CUDA only; the same scaler on the CPU exercises the save / resume path. Its scale doubles after
+    # every 3 finite steps, so a resumed run ends with the uninterrupted run's scale only if the state came back.
+    def scaler() -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=3)
+
+    full = _trainer(tmp_path / "full")
+    full.scaler = scaler()
+    full.fit()
+    assert full.scaler.get_scale() == 16.0 * 2 ** (16 // 3)  # 16 steps
+    middle = ckpt_io.load_checkpoint(tmp_path / "full" / "checkpoints" / "step-00000008", with_state=True)
+    assert middle.meta["grad_scaler"]["scale"] == 16.0 * 2 ** (8 // 3)
+    assert middle.meta["grad_scaler"]["_growth_tracker"] == 8 % 3
+    resumed = _trainer(tmp_path / "resumed")
+    resumed.scaler = scaler()
+    resumed.resume(middle)
+    assert resumed.scaler.get_scale() == middle.meta["grad_scaler"]["scale"]
+    resumed.fit()
+    assert resumed.scaler.state_dict() == full.scaler.state_dict()
+    assert torch.equal(resumed.model.weight, full.model.weight)
+    # a disabled scaler (fp32, bf16) leaves no record
+    plain = _trainer(tmp_path / "plain", epochs=0.5)
+    plain.fit()
+    assert "grad_scaler" not in json.loads(
+        (tmp_path / "plain" / "checkpoints" / "step-00000002" / "checkpoint.json").read_text()
+    )

@@ -113,6 +113,7 @@ def save_checkpoint(
     ema: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     with_rng: bool = True,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
@@ -123,6 +124,8 @@ def save_checkpoint(
         ema: EMA copy of the model; when given, its weights become the inference weights.
         optimizer: stored for resuming.
         with_rng: store python / numpy / torch RNG states for exact resumption.
+        grad_scaler: fp16 training's gradient scaler; its state (scale, growth tracker: numbers only) goes into the
+            record when it is enabled.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,8 @@ def save_checkpoint(
         opt_tensors, opt_record = _optimizer_split(optimizer)
         state.update(_contiguous(opt_tensors))
         record["optimizer"] = opt_record
+    if grad_scaler is not None and grad_scaler.is_enabled():
+        record["grad_scaler"] = grad_scaler.state_dict()
     if with_rng:
         rng_record, rng_tensors = rng_state()
         state.update(rng_tensors)
@@ -309,9 +314,13 @@ def load_weights_into(model: nn.Module, weights: dict[str, Tensor], source: str)
 
 
 def restore_training(
-    ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None
+    ckpt: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: nn.Module | None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Put model, EMA, optimizer and RNG states back as they were when ``ckpt`` was written."""
+    """Put model, EMA, optimizer, gradient scaler (fp16) and RNG states back as they were when ``ckpt`` was written."""
     raw = {k[4:]: v for k, v in ckpt.state.items() if k.startswith("raw.")}
     if ckpt.meta.get("ema"):
         load_weights_into(model, raw, f"checkpoint {ckpt.path}")
@@ -321,6 +330,8 @@ def restore_training(
         load_weights_into(model, ckpt.weights, f"checkpoint {ckpt.path}")
     if "optimizer" in ckpt.meta:
         optimizer.load_state_dict(_optimizer_join(ckpt.state, ckpt.meta["optimizer"]))
+    if grad_scaler is not None and grad_scaler.is_enabled() and ckpt.meta.get("grad_scaler"):
+        grad_scaler.load_state_dict(ckpt.meta["grad_scaler"])
     restore_rng(ckpt.meta.get("rng", {}), ckpt.state)
 
 

@@ -178,6 +178,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, optim, batch_size)
         self.schedule = build_schedule(optim, batch_size, self.steps_per_epoch, self.total_steps)
         self.ema = ModelEMA(model, train.ema_decay) if train.ema_decay else None
+        self.scaler = self.precision.grad_scaler()  # fp16 only; its scale is part of the resume state
         self.eval_interval = max(1, int(round(train.eval_every * self.steps_per_epoch)))
         self.step = 0
         self.best: float | None = None
@@ -188,7 +189,9 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------------------------------
     def resume(self, ckpt: ckpt_io.Checkpoint) -> None:
         """Restore everything from ``ckpt`` (written by this trainer) so the run continues exactly."""
-        ckpt_io.restore_training(ckpt, self.model, self.optimizer, self.ema.module if self.ema else None)
+        ckpt_io.restore_training(
+            ckpt, self.model, self.optimizer, self.ema.module if self.ema else None, grad_scaler=self.scaler
+        )
         self.step = ckpt.step
         self.best = ckpt.meta.get("best_score")
         if self.ema is not None:
@@ -211,6 +214,7 @@ class Trainer:
             ema=self.ema.module if self.ema else None,
             optimizer=self.optimizer if resumable else None,
             with_rng=resumable,
+            grad_scaler=self.scaler if resumable else None,
         )
         if name.startswith("step-"):
             self._promote()
@@ -330,7 +334,7 @@ class Trainer:
     def _fit(self, log: MetricLog | None) -> dict[str, Any]:
         cfg = self.cfg
         self.model.train()
-        scaler = self.precision.grad_scaler()
+        scaler = self.scaler
         started, wall_started, first_step = time.perf_counter(), time.time(), self.step
         metrics: dict[str, Any] = {}
         last_eval_step = self.step if self.step > 0 else -1
