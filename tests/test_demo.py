@@ -63,14 +63,15 @@ def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, Any, Any]], mod
 def test_demo_quick_honours_the_placement_and_links_every_stage(tmp_path, capsys, monkeypatch):
     """Every stage trains on the given device and evaluates, predicts and explains on it in the given precision; the
     demo's report links every stage's reports and the demo ends by printing its path."""
-    from foveal.tasks import classify, detect, detect_eval, explain, segment, segment_eval
+    from foveal.tasks import classify, classify_train, detect_eval, detect_train, explain, segment_eval, segment_train
 
     calls: list[tuple[str, Any, Any]] = []
     for module, names in (
-        (classify, ("train", "evaluate_checkpoint", "predict")),
-        (segment, ("train",)),
+        (classify_train, ("train",)),
+        (classify, ("evaluate_checkpoint", "predict")),
+        (segment_train, ("train",)),
         (segment_eval, ("evaluate_checkpoint", "predict")),
-        (detect, ("train",)),
+        (detect_train, ("train",)),
         (detect_eval, ("evaluate_checkpoint", "predict")),
         (explain, ("explain",)),
     ):
