@@ -142,7 +142,7 @@ def _report(folder: Path, out: Path) -> str:
 # -- classification --------------------------------------------------------------------------------------------------
 def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.inference.export import check_onnx, export_onnx
-    from foveal.report.tables import format_metrics, format_table, write_csv, write_json
+    from foveal.report.tables import format_metrics, format_table, write_csv, write_predictions_json
     from foveal.tasks import classify, classify_train
 
     quick_cut = ["train.max_steps=12", "data.limit=384", "data.val_limit=200"] if quick else []
@@ -161,7 +161,7 @@ def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     print("[classify] predicting a few test images")
     images = _save_sample_images(stage / "images", 8)
     preds = classify.predict(run_dir, [str(p) for p in images], top_k=3, **place.inference)
-    write_json(preds, stage / "predictions.json")
+    write_predictions_json(preds, stage / "predictions.json")
     write_csv(preds, stage / "predictions.csv")
     print(format_table(preds))
 
@@ -228,7 +228,7 @@ def localization_outcomes(
 def _explain_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from PIL import Image
 
-    from foveal.engine.logging import write_json
+    from foveal.io import write_json
     from foveal.tasks.explain import explain, format_records
 
     stage = out / "explain"
@@ -267,7 +267,7 @@ def _explain_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
 # -- segmentation ----------------------------------------------------------------------------------------------------
 def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.segmentation import NUCLEI_SAMPLE
-    from foveal.engine.logging import write_json
+    from foveal.io import write_json
     from foveal.tasks import segment, segment_eval, segment_train
 
     stage = out / "segment"
@@ -307,7 +307,7 @@ def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
 # -- detection -------------------------------------------------------------------------------------------------------
 def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.coco import open_coco
-    from foveal.engine.logging import write_json
+    from foveal.io import write_json
     from foveal.tasks import detect, detect_train
     from foveal.tasks.detect_eval import evaluate_checkpoint, format_predictions, predict
 

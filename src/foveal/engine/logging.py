@@ -9,7 +9,6 @@ from typing import Any
 
 from foveal import io
 from foveal.io import atomic_output
-from foveal.io import write_json as write_json  # re-exported for callers not yet moved to foveal.io
 
 
 class MetricLog:

@@ -128,8 +128,6 @@ def write_predictions_json(preds: Sequence[Prediction], path: str | os.PathLike[
     return Path(path)
 
 
-write_json = write_predictions_json  # the former name, kept for callers not yet moved
-
 CSV_HEADER = ("file", "rank", "class_index", "class", "probability")
 
 
