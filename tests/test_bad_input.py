@@ -130,6 +130,17 @@ def test_bad_option_values(capsys, ckpt_run: Path, tmp_path: Path) -> None:
     assert onnx.read_bytes() == b"an earlier export"
 
 
+def test_explain_options_follow_the_library_rule(capsys, ckpt_run: Path, tmp_path: Path) -> None:
+    """The CLI checks explain's options with the library's one rule (threshold in [0, 1]), before loading a model or
+    making --out."""
+    out = tmp_path / "cams"
+    fail(
+        capsys, ["explain", str(ckpt_run), "x.png", "--threshold", "1.5", "--out", str(out)], "threshold=1.5", "[0, 1]"
+    )
+    fail(capsys, ["explain", str(ckpt_run), "x.png", "--top-k", "0", "--out", str(out)], "top_k=0", "--top-k 5")
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------------------ datasets
 
 

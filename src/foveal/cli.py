@@ -198,12 +198,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from foveal.tasks.explain import format_records
+    from foveal.tasks.explain_common import check_options
 
-    if args.top_k < 1:
-        raise FovealError(f"--top-k {args.top_k}: use a positive number of classes, e.g. --top-k 5")
-    if not 0.0 < args.threshold < 1.0:
-        raise FovealError(f"--threshold {args.threshold}: use a fraction between 0 and 1, e.g. 0.2 (the paper's)")
     options = ("top_k", "method", "threshold", "relative_to", "score_thresh", "map_stride", "map_scales", "flip")
+    check_options(**{k: getattr(args, k) for k in options})  # the library's one rule, before any model is loaded
     records = _load(args).explain(args.inputs, args.out, **{k: getattr(args, k) for k in options})
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")
