@@ -40,6 +40,8 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
+from _common import environment
+
 THREADS = 2
 TILE = 516
 WINDOW = 512
@@ -176,6 +178,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
         "torch": torch.__version__,
         "note": args.note,
+        "environment": environment(),
     }
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     results[f"{args.size}{'_monai' if args.monai else ''}"] = entry

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.runinfo import set_command
-from foveal.errors import FovealError
+from foveal.errors import FovealError, rank_prefix
 
 
 class _Parser(argparse.ArgumentParser):
@@ -506,15 +506,15 @@ def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> in
             _check_placement(args)
             return int(args.func(args))
     except FovealError as exc:
-        print(f"foveal: error: {exc}", file=sys.stderr)
+        print(f"foveal: error: {rank_prefix()}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"foveal: interrupted{_resume_hint(args, started)}", file=sys.stderr)
         return 130
     except MemoryError:
         print(
-            f"foveal: error: {_what(args)} ran out of memory: use smaller inputs or batches (data.batch_size, "
-            "--max-pixels)",
+            f"foveal: error: {rank_prefix()}{_what(args)} ran out of memory: use smaller inputs or batches "
+            "(data.batch_size, --max-pixels)",
             file=sys.stderr,
         )
         return 2
@@ -523,8 +523,8 @@ def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> in
             traceback.print_exc()
         message = str(exc).splitlines()[0] if str(exc).strip() else "no message"
         print(
-            f"foveal: error: {_what(args)} failed unexpectedly ({type(exc).__name__}: {message}); check that input, "
-            "rerun with FOVEAL_DEBUG=1 for the traceback and report it if the input is valid",
+            f"foveal: error: {rank_prefix()}{_what(args)} failed unexpectedly ({type(exc).__name__}: {message}); "
+            "check that input, rerun with FOVEAL_DEBUG=1 for the traceback and report it if the input is valid",
             file=sys.stderr,
         )
         return 1

@@ -63,7 +63,10 @@ def _run(argv: list[str]) -> None:
         assert main(argv) == 0
 
 
-def test_python_entry_on_ray_equals_one_process(local_ray, kit, tiny_checkpoints, tmp_path):
+def test_python_entry_on_ray_equals_one_process(local_ray, kit, tiny_checkpoints, tmp_path, monkeypatch):
+    from foveal.inference import ray_predict
+
+    monkeypatch.setattr(ray_predict, "CHUNK_ROWS", 4)  # three Ray datasets in a row, as a long stream makes
     images = tmp_path / "images"
     kit.gray_images(images, 10)
     kit.truncate(images / "img004.png")  # listed in errors.jsonl by either path

@@ -48,6 +48,17 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+_TRANSPORT_FAILURES = ("Connection closed by peer", "Connection reset by peer", "NCCL error", "ncclRemoteError")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says that another process of the job died or cannot be reached (gloo raises a plain
+    RuntimeError naming its transport; c10d raises ``DistError``), not a fault of this process."""
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _TRANSPORT_FAILURES)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

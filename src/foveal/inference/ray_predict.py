@@ -1,19 +1,21 @@
 """Batch prediction on Ray Data: the predictor and writer of :mod:`foveal.inference.batch_predict` mapped over a Ray
 dataset of image paths, on one machine or a cluster (the optional extra ``foveal[ray]``).
 
-``ray.data.from_items`` holds one row per image (index, path, file stem); ``map_batches`` runs a callable class that
-builds the task's predictor once per actor and, per batch, prepares, predicts and writes the images' files into the
-staging folder, returning their records. The driver appends the records in stream order to the same
-``.records.jsonl``, so resume, ``errors.jsonl`` and the final files are those of :func:`predict_stream`, and the
-outputs equal a single-process run. On a cluster the ``--out`` folder must be on a file system every node mounts at
-the same path (images are read and label files written by the workers).
+The stream of image paths is cut into chunks of :data:`CHUNK_ROWS` images, so that the driver's memory does not grow
+with the number of images; each chunk is a Ray dataset (``ray.data.from_items``, one row per image: index, path, file
+stem), and ``map_batches`` runs a callable class that builds the task's predictor once per actor and, per batch,
+prepares, predicts and writes the images' files into the staging folder, returning their records. The driver
+appends the records in stream order to the same ``.records.jsonl``, so resume, ``errors.jsonl`` and the final files
+are those of :func:`predict_stream`, and the outputs equal a single-process run. On a cluster the ``--out`` folder
+must be on a file system every node mounts at the same path (images are read and label files written by the
+workers).
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,10 @@ from foveal.inference.batch_predict import (
     unique_stems,
 )
 from foveal.io import StagedOutput
+
+CHUNK_ROWS = 50_000
+"""Images per Ray dataset: the driver holds one chunk's rows (some MB), whatever the length of the stream; each chunk
+starts its actors (and loads the model) once."""
 
 Factory = Callable[[], tuple[Predictor, Writer]]
 """Builds a task's predictor and writer (picklable: it is sent to every Ray actor)."""
@@ -115,10 +121,16 @@ def predict_on_ray(
     done, last_file = recorded(records_path, batch_size, total)
     stream = unique_stems(iter_paths(inputs))
     skip_done(stream, done, last_file, out)
-    rows = [{"index": it.index, "path": str(it.path), "stem": it.stem} for it in islice(stream, None)]
     started = _connect(address)
     try:
-        _run(factory, rows, out, records_path, batch_size, actors, strict, (total, done, progress))
+        with open(records_path, "a", encoding="utf-8") as handle, progress_bar(total, done, progress) as bar:
+
+            def append(records: list[dict[str, Any]]) -> None:
+                append_records(handle, records, strict)
+                bar.update(len(records))
+
+            for rows in _chunks(stream):
+                _run(factory, rows, out, batch_size, actors, append)
     finally:
         if started:
             import ray
@@ -128,21 +140,24 @@ def predict_on_ray(
     return StreamSummary(total, done, count_errors(records_path), out.final)
 
 
+def _chunks(stream: Iterator[Item]) -> Iterator[list[dict[str, Any]]]:
+    """The stream's rows, :data:`CHUNK_ROWS` at a time."""
+    while rows := [{"index": it.index, "path": str(it.path), "stem": it.stem} for it in islice(stream, CHUNK_ROWS)]:
+        yield rows
+
+
 def _run(
     factory: Factory,
     rows: list[dict[str, Any]],
     out: StagedOutput,
-    records_path: Path,
     batch_size: int,
     actors: int | None,
-    strict: bool,
-    bar_args: tuple[int, int, bool | None],
+    append: Callable[[list[dict[str, Any]]], None],
 ) -> None:
+    """Predict one chunk of ``rows`` on Ray, handing their records to ``append`` in stream order."""
     import ray
     import ray.data
 
-    if not rows:
-        return
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     n_actors = actors or max(1, min(cpus, -(-len(rows) // batch_size)))
@@ -155,14 +170,12 @@ def _run(
     )
     pending: list[tuple[int, str]] = []
     expected = rows[0]["index"]
-    with open(records_path, "a", encoding="utf-8") as handle, progress_bar(*bar_args) as bar:
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            for index, record in zip(batch["index"], batch["record"], strict=True):
-                heapq.heappush(pending, (int(index), str(record)))
-            ready = []
-            while pending and pending[0][0] == expected:  # records in stream order, whatever order Ray returns
-                ready.append(json.loads(heapq.heappop(pending)[1]))
-                expected += 1
-            if ready:
-                append_records(handle, ready, strict)
-                bar.update(len(ready))
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for index, record in zip(batch["index"], batch["record"], strict=True):
+            heapq.heappush(pending, (int(index), str(record)))
+        ready = []
+        while pending and pending[0][0] == expected:  # records in stream order, whatever order Ray returns
+            ready.append(json.loads(heapq.heappop(pending)[1]))
+            expected += 1
+        if ready:
+            append(ready)

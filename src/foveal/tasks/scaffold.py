@@ -24,9 +24,16 @@ from torch.utils.data import Dataset
 from foveal.config import from_dict, to_dict
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.device import resolve_device, resolve_precision, to_device, training_device
-from foveal.engine.distributed import DistInfo, convert_batchnorm, init_distributed, shutdown_distributed
+from foveal.engine.distributed import (
+    DistInfo,
+    convert_batchnorm,
+    init_distributed,
+    is_peer_failure,
+    shutdown_distributed,
+)
 from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import EvalFn, LossFn, TrainConfig, Trainer
+from foveal.errors import FovealError
 from foveal.inference.fast import inference_model
 from foveal.io import write_json
 from foveal.models.registry import rebuild
@@ -124,8 +131,22 @@ def run_training(
         try:
             _apply(cfg.train)
             return body(TrainingRun(cfg, run, checkpoint, dist_info, where))
+        except (RuntimeError, torch.distributed.DistError) as exc:
+            if dist_info.enabled and is_peer_failure(exc):
+                raise _lost_peer(exc, command, run if dist_info.is_main else None) from None
+            raise
         finally:
             shutdown_distributed()
+
+
+def _lost_peer(exc: BaseException, command: str, run: Path | None) -> FovealError:
+    """The error of a rank whose peer died: what happened and how to continue the job."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = str(run) if run is not None else "RUN (the run directory that rank 0 writes)"
+    return FovealError(
+        f"another process of the job stopped or cannot be reached ({first[:200]}); its node's log says why. When "
+        f"every node is up again, continue from the last checkpoint with '{command} --resume {where}' on each node"
+    )
 
 
 def _apply(tcfg: TrainConfig) -> None:
