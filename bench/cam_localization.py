@@ -22,7 +22,8 @@ Usage: python bench/cam_localization.py [--quick] [--reuse] [--map-stride 2] [--
    scale) with the scales and mirroring chosen among ``SCALE_CANDIDATES`` × (no mirror, mirror) on the validation
    canvases, never on the test canvases (``--no-map-scales`` leaves them out).
 
-``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs). The
+``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs) and
+keeps the rows that the results JSON already holds for the same checkpoint, canvases and protocol. The
 process keeps freed memory, as the ``foveal`` command does. The JSON is written after every row (``"complete":
 false`` until the last), so an interrupted run keeps what it measured.
 
@@ -159,6 +160,9 @@ def _evaluate(
 ) -> None:
     """Evaluate each plan on ``test`` into ``rows``, calling ``save()`` after each."""
     for name, method, stride, views in plans:
+        if name in rows:  # measured by an earlier run on the same weights and canvases (--reuse)
+            print(f"  {name:<32} {_line(rows[name])}  (kept)", flush=True)
+            continue
         scales, flip = views or (None, False)
         if method == "peer":
             method = _peer_maps(classify.load_classifier(checkpoint).model)
@@ -169,6 +173,21 @@ def _evaluate(
         rows[name] = _row(report, time.perf_counter() - started)
         print(f"  {name:<32} {_line(rows[name])}", flush=True)
         save()
+
+
+def _earlier_rows(path: Path, name: str, info: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The rows of ``name`` that the JSON at ``path`` holds for the same checkpoint, canvases and protocol."""
+    if not path.exists():
+        return {}
+    before = json.loads(path.read_text())
+    same = all(before.get(k) == result[k] for k in ("canvases", "protocol", "objects_from"))
+    if not same or before.get("training", {}).get(name, {}).get("checkpoint") != info["checkpoint"]:
+        return {}
+    return {
+        k: v
+        for k, v in before.get("results", {}).get(name, {}).items()
+        if k != "averaged_maps_validation_top1_loc_error"
+    }
 
 
 def _averaged_name(scales: tuple[float, ...], flip: bool) -> str:
@@ -311,7 +330,7 @@ def main() -> int:
         checkpoint, info = _train([*overrides, *extra], out / name, args.reuse)
         trainings[name] = info
         print(f"[{name}] {info['training_minutes_incl_eval']:.2f} min, {info['steps']} steps; evaluating", flush=True)
-        rows: dict[str, Any] = {}
+        rows: dict[str, Any] = _earlier_rows(path, name, info, result) if args.reuse else {}
         evaluations[name] = rows
         _evaluate(checkpoint, test, _plans(name, name == "gap", args.map_stride, None), rows, save)
         if name == "gap" and not args.no_map_scales:

@@ -10,8 +10,9 @@ One loop serves every task through two small objects (see :class:`Predictor` and
   assembles the task's summary files (a COCO results JSON, a CSV) from the records.
 
 State of a run lives in the output's staging folder (:func:`foveal.io.staged_output`): ``.records.jsonl`` (one
-line per image, in input order, fsync'd after every batch) and ``.run.json`` (what was asked). A killed run loses
-at most the batch in flight; ``resume`` skips the images already recorded and the final outputs equal those of an
+line per image, in input order, fsync'd after every batch) and ``.run.json`` (what was asked). One batch's files
+and records are written in a thread while the next batch runs through the model, so a killed run loses at most
+those two batches; ``resume`` skips the images already recorded and the final outputs equal those of an
 uninterrupted run. At the end ``predictions.jsonl`` (the records) and, when some image could not be read,
 ``errors.jsonl`` are written beside the task's files. :func:`predict_on_ray` maps the same predictor and writer
 over a Ray dataset (:mod:`foveal.inference.ray_predict`).
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,16 +198,27 @@ def run_batch(
 ) -> list[dict[str, Any]]:
     """Predict one batch and write its outputs; returns one record per item (``{"index", "file", …}``, or with
     ``"error"`` for an unreadable image), in order."""
+    return write_batch(writer, items, prepared, predict_good(predictor, prepared), out)
+
+
+def predict_good(predictor: Predictor, prepared: Sequence[Any]) -> dict[int, Any]:
+    """The predictor's results for the readable images of a batch, by position in the batch."""
     good = [i for i, p in enumerate(prepared) if not isinstance(p, Unreadable)]
     results = predictor.predict_batch([prepared[i] for i in good]) if good else []
-    by_position = dict(zip(good, results, strict=True))
+    return dict(zip(good, results, strict=True))
+
+
+def write_batch(
+    writer: Writer, items: Sequence[Item], prepared: Sequence[Any], results: dict[int, Any], out: StagedOutput
+) -> list[dict[str, Any]]:
+    """Write a predicted batch's outputs (``results`` from :func:`predict_good`); one record per item, in order."""
     records = []
     for position, (item, data) in enumerate(zip(items, prepared, strict=True)):
         head = {"index": item.index, "file": str(item.path)}
         if isinstance(data, Unreadable):
             records.append({**head, "error": data.message})
         else:
-            records.append({**head, **writer.write(item, data, by_position[position], out)})
+            records.append({**head, **writer.write(item, data, results[position], out)})
     return records
 
 
@@ -325,13 +338,25 @@ def predict_stream(
     batches = _PreparedBatches(list(inputs), predictor.prepare, batch_size, done)
     loader = DataLoader(batches, batch_size=None, num_workers=n_workers, collate_fn=_no_collate)
     with open(records_path, "a", encoding="utf-8") as handle, progress_bar(total, done, progress) as bar:
-        for batch in loader:
-            items = [next(stream) for _ in batch]
-            for item, (index, _, _) in zip(items, batch, strict=True):
-                assert item.index == index, "workers must hand batches back in stream order"
-            records = run_batch(predictor, writer, items, [p for _, _, p in batch], out)
-            append_records(handle, records, strict)
-            bar.update(len(batch))
+
+        def write(items: list[Item], prepared: list[Any], results: dict[int, Any]) -> None:
+            append_records(handle, write_batch(writer, items, prepared, results, out), strict)
+            bar.update(len(items))
+
+        # one batch's files are written in a thread while the next batch runs through the model
+        with ThreadPoolExecutor(1, thread_name_prefix="foveal-writer") as pool:
+            writing: Future[None] | None = None
+            for batch in loader:
+                items = [next(stream) for _ in batch]
+                for item, (index, _, _) in zip(items, batch, strict=True):
+                    assert item.index == index, "workers must hand batches back in stream order"
+                prepared = [p for _, _, p in batch]
+                results = predict_good(predictor, prepared)
+                if writing is not None:
+                    writing.result()  # in order, and an error of the writer (--strict) stops the stream here
+                writing = pool.submit(write, items, prepared, results)
+            if writing is not None:
+                writing.result()
     finish(writer, records_path, out)
     return StreamSummary(total, done, count_errors(records_path), out.final)
 
