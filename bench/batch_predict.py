@@ -97,9 +97,11 @@ def _forward(checkpoint: Path, task: str, folder: Path, batch: int) -> Callable[
         x = torch.stack(prepared).contiguous(memory_format=torch.channels_last)
     else:
         from foveal.data.box_transforms import collate_detection
+        from foveal.engine.device import to_device, uses_channels_last
 
         model = predictor.det.model  # type: ignore[attr-defined]
-        x = collate_detection([sample for _, sample in prepared]).images
+        images = collate_detection([sample for _, sample in prepared]).images
+        x = to_device(images, torch.device("cpu"), torch.float32, uses_channels_last(model))  # as detect_batch does
 
     def run() -> Any:
         with torch.inference_mode():
