@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from foveal.demo import DETECTOR, LOCALIZER, demo_canvases, localization_outcomes, run_demo
+from foveal.demo import DETECTOR, LOCALIZER, SHOW_SCORE, demo_canvases, localization_outcomes, run_demo
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,29 @@ def test_bundled_detector_ap50_on_the_demo_validation_canvases():
 
     result = evaluate_checkpoint(DETECTOR, "fashion-canvas-sample", "val")
     assert result.ap50 >= 0.55
+
+
+def test_the_demo_detection_figures_show_mostly_right_boxes():
+    """On the four validation canvases the demo draws, most boxes drawn (score ≥ SHOW_SCORE, one box per object as
+    the figures do) have the right class at IoU ≥ 0.5 with a garment of that class."""
+    from torchvision.ops import box_iou
+
+    from foveal.data.coco import open_coco
+    from foveal.tasks.detect_eval import DetectPredictor, _shown
+
+    val = open_coco("fashion-canvas-sample", split="val")
+    predictor = DetectPredictor(DETECTOR, device="cpu")
+    drawn = right = 0
+    for i in range(4):
+        det = predictor.predict_batch([predictor.prepare(val.images[i].path)])[0]
+        keep = _shown(det, SHOW_SCORE)
+        truth = val.get(i)[1]
+        iou = box_iou(det["boxes"][keep], truth["boxes"])
+        same_class = det["labels"][keep][:, None] == truth["labels"][None, :]
+        drawn += len(keep)
+        right += int(((iou >= 0.5) & same_class).any(1).sum())
+    assert drawn >= 8  # two garments a canvas or more: the figures are not emptied to look right
+    assert right > drawn / 2, f"{right} of {drawn} drawn boxes right"
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, Any, Any]], module: Any, name: str) -> None:
