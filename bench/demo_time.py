@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_result
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,8 +51,7 @@ def main() -> None:
         "torch_threads": info["environment"].get("torch_threads"),
         "note": args.note,
     }
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(Path(args.results), result)
     print(json.dumps(result, indent=2))
 
 
