@@ -38,22 +38,13 @@ SEGMENT = {
 }
 # ResNet-18-FPN with 16 channels and one conv per subnet, one epoch on six 64-px canvases.
 DETECT = [
-    "model.backbone=resnet18",
-    "model.fpn_channels=16",
-    "model.head_convs=1",
-    "model.anchor_sizes=[8,16,32,64,128]",
-    "data.min_size=64",
-    "data.max_size=64",
+    "--config",
+    str(Path(__file__).parent / "configs" / "detect_tiny.yaml"),
     "data.mean=[0.12]",
     "data.std=[0.26]",
-    "data.batch_size=2",
     "data.eval_batch_size=4",
     "optim.lr=0.01",
     "optim.lr_batch=2",
-    "optim.milestones=[]",
-    "optim.warmup_epochs=0",
-    "train.epochs=1",
-    "train.progress=false",
     "inference.score_thresh=0.01",  # an untrained detector's scores are low: keep enough detections to compare
 ]
 

@@ -26,18 +26,9 @@ SEGMENT = [
     "train.progress=false",
 ]
 DETECT = [
-    "model.backbone=resnet18",
-    "model.fpn_channels=16",
-    "model.head_convs=1",
-    "model.anchor_sizes=[8,16,32,64,128]",
-    "data.min_size=64",
-    "data.max_size=64",
-    "data.batch_size=2",
+    "--config",
+    str(Path(__file__).resolve().parents[1] / "configs" / "detect_tiny.yaml"),
     "data.eval_batch_size=4",
-    "optim.milestones=[]",
-    "optim.warmup_epochs=0",
-    "train.epochs=1",
-    "train.progress=false",
     # an untrained detector's scores sit at the prior (0.01): keep them so that the figures show boxes
     "inference.score_thresh=0.0",
 ]

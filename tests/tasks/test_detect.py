@@ -22,28 +22,18 @@ from foveal.models.retinanet import RetinaNet, batch_images, boxes_to_original, 
 from foveal.tasks import detect, detect_eval, detect_train, explain
 from foveal.tasks.explain_detect import detection_gradcam
 
-# resnet18-FPN with 16 channels and one conv per subnet; anchors for 64-px canvases
+# tests/configs/detect_tiny.yaml (resnet18-FPN with 16 channels, one conv per subnet, anchors for 64-px canvases)
+TINY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "detect_tiny.yaml"
 TINY = [
-    "model.backbone=resnet18",
-    "model.fpn_channels=16",
-    "model.head_convs=1",
-    "model.anchor_sizes=[8,16,32,64,128]",
-    "data.min_size=64",
-    "data.max_size=64",
     "data.mean=[0.12]",
     "data.std=[0.26]",
-    "data.batch_size=2",
     "data.eval_batch_size=4",
     "optim.lr=0.01",
     "optim.lr_batch=2",
-    "optim.milestones=[]",
-    "optim.warmup_epochs=0",
-    "train.epochs=1",
     "train.eval_every=1",
     "train.checkpoint_every=1",
     "train.keep_last=5",
     "train.channels_last=false",
-    "train.progress=false",
     "train.log_every=1",
 ]
 
@@ -85,7 +75,7 @@ def canvases(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(canvases, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "run"
-    cfg = load_config(detect.DetectConfig, None, [f"data.train={canvases}", *TINY])
+    cfg = load_config(detect.DetectConfig, TINY_RECIPE, [f"data.train={canvases}", *TINY])
     metrics = detect_train.train(cfg, run_dir=run)
     return run, metrics
 
@@ -230,7 +220,7 @@ def test_training_set_without_boxes_is_an_error_and_keeps_the_run(trained, canva
     shutil.copytree(canvases, empty)
     _empty_first_images(empty, "train", 6)
     before = (run / "checkpoints" / "best" / "model.safetensors").read_bytes()
-    cfg = load_config(detect.DetectConfig, None, [f"data.train={empty}", *TINY])
+    cfg = load_config(detect.DetectConfig, TINY_RECIPE, [f"data.train={empty}", *TINY])
     with pytest.raises(FovealError, match="holds no boxes"):
         detect_train.train(cfg, run_dir=run)
     assert (run / "checkpoints" / "best" / "model.safetensors").read_bytes() == before
@@ -248,7 +238,7 @@ def test_other_channel_count_and_other_task_are_errors(trained, canvases, tmp_pa
     rgb = _rgb_copy(canvases, tmp_path / "rgb")
     with pytest.raises(FovealError, match="3-channel images but the model takes 1"):
         detect_eval.evaluate_checkpoint(run, str(rgb), "val")
-    cfg = load_config(detect.DetectConfig, None, [f"data.train={rgb}", *TINY])
+    cfg = load_config(detect.DetectConfig, TINY_RECIPE, [f"data.train={rgb}", *TINY])
     with pytest.raises(FovealError, match="data.channels"):
         detect_train.train(cfg, run_dir=tmp_path / "r")
     other = save_checkpoint(
@@ -264,7 +254,7 @@ def test_other_channel_count_and_other_task_are_errors(trained, canvases, tmp_pa
 
 def test_weights_from_a_detect_checkpoint_and_a_mismatch(trained, canvases, tmp_path):
     run, _ = trained
-    cfg = load_config(detect.DetectConfig, None, [f"data.train={canvases}", *TINY, f"model.weights={run}"])
+    cfg = load_config(detect.DetectConfig, TINY_RECIPE, [f"data.train={canvases}", *TINY, f"model.weights={run}"])
     model = detect.build_detector(cfg.model, 10, 1)
     detect.init_weights(model, cfg.model)
     trained_model = detect_eval.load_detector(run, fast=False).model
@@ -275,7 +265,7 @@ def test_weights_from_a_detect_checkpoint_and_a_mismatch(trained, canvases, tmp_
     assert torch.equal(fewer.fpn.p6.weight, trained_model.fpn.p6.weight)
     with pytest.raises(FovealError, match="1-channel images but this data has 3"):
         detect.init_weights(detect.build_detector(cfg.model, 10, 3), cfg.model)
-    wide = load_config(detect.DetectConfig, None, [*TINY, f"model.weights={run}", "model.fpn_channels=8"])
+    wide = load_config(detect.DetectConfig, TINY_RECIPE, [*TINY, f"model.weights={run}", "model.fpn_channels=8"])
     with pytest.raises(FovealError, match="does not fit this model"):
         detect.init_weights(detect.build_detector(wide.model, 10, 1), wide.model)
 
@@ -287,7 +277,7 @@ def test_weights_from_torchvision_files(tmp_path):
     resnet = torchvision.models.resnet18()
     resnet.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
-    cfg = load_config(detect.DetectConfig, None, [*TINY, f"model.weights={tmp_path / 'resnet18.pth'}"])
+    cfg = load_config(detect.DetectConfig, TINY_RECIPE, [*TINY, f"model.weights={tmp_path / 'resnet18.pth'}"])
     model = detect.build_detector(cfg.model, 10, 1)
     head = model.cls_head.out.weight.clone()
     detect.init_weights(model, cfg.model)
@@ -296,7 +286,7 @@ def test_weights_from_torchvision_files(tmp_path):
     assert torch.equal(model.cls_head.out.weight, head)  # a backbone file leaves the rest as it was
     fake = {"head.classification_head.cls_logits.weight": torch.zeros(9, 256, 3, 3)}
     torch.save(fake, tmp_path / "tv.pth")
-    tv = load_config(detect.DetectConfig, None, [*TINY, f"model.weights={tmp_path / 'tv.pth'}"])
+    tv = load_config(detect.DetectConfig, TINY_RECIPE, [*TINY, f"model.weights={tmp_path / 'tv.pth'}"])
     with pytest.raises(FovealError, match="model.p6_from=p5"):
         detect.init_weights(model, tv.model)
     with pytest.raises(FovealError, match="not found"):
