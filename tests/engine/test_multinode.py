@@ -88,28 +88,37 @@ def _relative_disagreement(one: Path, two: Path, step: int) -> float:
     return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in keys)) / update)
 
 
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rank 0's run directory of an uninterrupted two-node job of STEPS steps (each node names its own directory:
+    the one of the node that gets rank 1 must stay empty, which the first test checks)."""
+    root = tmp_path_factory.mktemp("two-nodes")
+    cfg = [*CFG, f"train.max_steps={STEPS}"]
+    _both(_free_port(), "two-nodes", ["--out", str(root / "a"), *cfg], ["--out", str(root / "b"), *cfg])
+    written = [d for d in ("a", "b") if (root / d / "checkpoints").is_dir()]
+    assert len(written) == 1, written
+    return root / written[0]
+
+
 @pytest.mark.slow
-def test_two_nodes_train_like_one_process_and_only_rank_0_writes(tmp_path):
-    cfg = [*CFG, "train.max_steps=2"]
+def test_two_nodes_train_like_one_process_and_only_rank_0_writes(two_nodes, tmp_path):
     single = subprocess.run(
-        [sys.executable, "-m", "foveal", "train", "classify", "--out", str(tmp_path / "one"), *cfg],
+        [sys.executable, "-m", "foveal", "train", "classify", "--out", str(tmp_path / "one"), *CFG]
+        + [f"train.max_steps={STEPS}"],
         capture_output=True,
         timeout=600,
         env=ENV,
     )
     assert single.returncode == 0, single.stderr.decode()[-3000:]
-    # each node names its own run directory: the one of the node that gets rank 1 must stay empty
-    port = _free_port()
-    _both(port, "two-nodes", ["--out", str(tmp_path / "a"), *cfg], ["--out", str(tmp_path / "b"), *cfg])
-    written = [d for d in ("a", "b") if (tmp_path / d / "checkpoints").is_dir()]
-    assert len(written) == 1, written
-    rank0 = tmp_path / written[0]
-    other = tmp_path / ("b" if written == ["a"] else "a")
+    other = two_nodes.parent / ("b" if two_nodes.name == "a" else "a")
     assert not (other / "metrics.jsonl").exists() and not (other / "config.json").exists()
-    steps = [line for line in (rank0 / "metrics.jsonl").read_text().splitlines() if '"train_loss"' in line]
-    assert len(steps) == 2  # one writer: each step logged once
+    steps = [line for line in (two_nodes / "metrics.jsonl").read_text().splitlines() if '"train_loss"' in line]
+    assert len(steps) == STEPS  # one writer: each step logged once
     # the same global batch of 16 split over two nodes: the same weights up to float rounding (see the DDP test)
-    assert _relative_disagreement(tmp_path / "one", rank0, 2) < 2e-2
+    assert _relative_disagreement(tmp_path / "one", two_nodes, 2) < 2e-2
 
 
 def _descendants(pid: int) -> list[int]:
@@ -151,18 +160,15 @@ def _wait_for(paths: list[Path], nodes: list[subprocess.Popen[bytes]], timeout: 
 
 
 @pytest.mark.slow
-def test_a_node_killed_mid_run_fails_the_job_and_resumes_to_the_uninterrupted_weights(tmp_path):
-    cfg = [*CFG, "train.max_steps=6"]
-    _both(_free_port(), "whole", ["--out", str(tmp_path / "wa"), *cfg], ["--out", str(tmp_path / "wb"), *cfg])
-    whole = next(tmp_path / d for d in ("wa", "wb") if (tmp_path / d / "checkpoints").is_dir())
-
+def test_a_node_killed_mid_run_fails_the_job_and_resumes_to_the_uninterrupted_weights(two_nodes, tmp_path):
+    cfg = [*CFG, f"train.max_steps={STEPS}"]
     port = _free_port()
     nodes = {d: _node(port, "killed", "--out", str(tmp_path / d), *cfg, store_host=d == "ka") for d in ("ka", "kb")}
     step2 = [tmp_path / d / "checkpoints" / "step-00000002" for d in ("ka", "kb")]
     _wait_for(step2, list(nodes.values()))
     rank0 = "ka" if step2[0].exists() else "kb"  # only rank 0 writes
     _kill_node(nodes["kb"])  # never the node holding the rendezvous store; kb may hold rank 0 or rank 1
-    last = tmp_path / rank0 / "checkpoints" / "step-00000006"
+    last = tmp_path / rank0 / "checkpoints" / f"step-{STEPS:08d}"
     assert not last.exists(), "the run ended before the kill: nothing was tested"
     _, err = nodes["ka"].communicate(timeout=600)
     message = err.decode()
@@ -175,4 +181,4 @@ def test_a_node_killed_mid_run_fails_the_job_and_resumes_to_the_uninterrupted_we
     # on restart every node is given rank 0's run directory (on a cluster: a shared file system)
     run = str(tmp_path / rank0)
     _both(_free_port(), "resumed", ["--resume", run], ["--resume", run])
-    assert _relative_disagreement(whole, tmp_path / rank0, 6) < 1e-4
+    assert _relative_disagreement(two_nodes, tmp_path / rank0, STEPS) < 1e-4
