@@ -1,11 +1,12 @@
-"""Fixtures shared by the CLI tests (one tiny trained classifier run, and a copy of it a test may damage); tests
-marked ``cuda`` skip on machines without a CUDA device."""
+"""Fixtures shared by the tests (one tiny trained classifier run, a copy of it a test may damage, one torch thread for
+modules of tiny networks); tests marked ``cuda`` skip on machines without a CUDA device."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ TINY_TRAIN = [
     "data.batch_size=16",
     "train.progress=false",
 ]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny networks run
+    fastest on one thread, and a second OpenMP thread only adds synchronisation, which stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,10 @@ import json
 from typing import Any
 
 import pytest
-import torch
 
 from foveal.demo import DETECTOR, LOCALIZER, SHOW_SCORE, demo_canvases, localization_outcomes, run_demo
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bundled_localizer_maps_peak_inside_the_garment(tmp_path):

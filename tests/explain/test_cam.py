@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torchvision
@@ -14,14 +12,7 @@ from foveal.explain.cam import CAM, ClassTarget, GradCAM, MaskTarget, normalize_
 from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.models.efficientnet import efficientnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small convolutions run fastest on one thread, and much faster than on two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _efficientnet() -> nn.Module:

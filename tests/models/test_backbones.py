@@ -41,13 +41,7 @@ class MobileNetBackbone(nn.Module):
         return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks: a second OpenMP thread adds only synchronisation, which stalls on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(model: nn.Module, loss_of, steps: int = 3) -> list[float]:

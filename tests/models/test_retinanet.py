@@ -26,13 +26,7 @@ from foveal.models.retinanet import (
 K = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these networks see tiny images: a second OpenMP thread adds only synchronisation, which stalls on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
