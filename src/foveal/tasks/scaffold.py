@@ -131,7 +131,7 @@ def run_training(
         try:
             _apply(cfg.train)
             return body(TrainingRun(cfg, run, checkpoint, dist_info, where))
-        except (RuntimeError, torch.distributed.DistError) as exc:
+        except RuntimeError as exc:  # torch.distributed.DistError is one too
             if dist_info.enabled and is_peer_failure(exc):
                 raise _lost_peer(exc, command, run if dist_info.is_main else None) from None
             raise
