@@ -381,7 +381,7 @@ def _image_folder(json_path: Path, records: list[tuple[int, str, int, int]], spl
     candidates = list(dict.fromkeys([here, here / "images", here / name, here.parent / name, here.parent / "images"]))
     first = records[0][1]
     for folder in candidates:
-        if (folder / first).is_file():
+        if _is_file(folder / first):
             return folder
     tried = ", ".join(str(c) for c in candidates)
     raise FovealError(
@@ -391,13 +391,22 @@ def _image_folder(json_path: Path, records: list[tuple[int, str, int, int]], spl
 
 
 def _check_files(images: list[ImageRecord], root: Path, json_path: Path) -> None:
-    missing = [r.file_name for r in images if not r.path.is_file()]
+    missing = [r.file_name for r in images if not _is_file(r.path)]
     if missing:
         shown = ", ".join(missing[:_SHOW]) + (f" and {len(missing) - _SHOW} more" if len(missing) > _SHOW else "")
         raise FovealError(
             f"{len(missing)} of {len(images)} images listed in {json_path} are missing from {root}: {shown} "
             "(restore them or remove their entries)"
         )
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False where the OS refuses the name (too long for the file system, …) instead of an
+    OSError: such an image is missing, and reported as such."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _majority_channels(paths: list[Path]) -> int:
