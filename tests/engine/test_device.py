@@ -41,7 +41,7 @@ def test_precision_names_and_fp16_only_on_cuda():
     assert resolve_precision(None, cpu).dtype == torch.float32
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16 and resolve_precision("BF16", cpu).reduced
     assert resolve_precision("fp16", torch.device("cuda", 0)).dtype == torch.float16
-    with pytest.raises(FovealError, match="fp16 runs on CUDA only: use --precision bf16 on the CPU"):
+    with pytest.raises(FovealError, match="fp16 runs on CUDA only: use --precision auto or fp32 on the CPU"):
         resolve_precision("fp16", cpu)
     with pytest.raises(FovealError, match="unknown precision 'int8'"):
         resolve_precision("int8", cpu)
