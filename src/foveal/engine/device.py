@@ -115,11 +115,11 @@ def _cpu_bf16() -> tuple[bool, str]:
         return False, f"emulated on this CPU ({capability}, no AMX or AVX512-BF16)"
     if capability != "AVX512":
         aten = os.environ.get("ATEN_CPU_CAPABILITY")
-        limit = f" (ATEN_CPU_CAPABILITY={aten})" if aten else ""
-        return False, f"emulated: torch runs this {unit} CPU's kernels at {capability}{limit}"
-    limit = _onednn_limit()
-    if limit is not None:
-        return False, f"emulated: {limit} keeps oneDNN below this CPU's {unit}"
+        lowered = f" (ATEN_CPU_CAPABILITY={aten})" if aten else ""
+        return False, f"emulated: torch runs this {unit} CPU's kernels at {capability}{lowered}"
+    onednn = _onednn_limit()
+    if onednn is not None:
+        return False, f"emulated: {onednn} keeps oneDNN below this CPU's {unit}"
     return True, f"native on this CPU ({unit})"
 
 
