@@ -281,9 +281,10 @@ def test_bomb_refused_from_header_through_predict(ckpt_run: Path, tmp_path: Path
     line = _one_error_line(_foveal("predict", str(ckpt_run), str(bomb), "--strict"))
     assert "too large" in line and "100000 × 100000" in line and "--max-pixels 10000000000" in line
     assert "corrupt" not in line and "truncated" not in line
-    # without --strict the stream goes on: the bomb is skipped and listed as too large, not as corrupt
+    # without --strict the stream goes on: the bomb is skipped and listed as too large, not as corrupt (alone it would
+    # leave nothing predicted, which is an error)
     out = tmp_path / "out"
-    result = _foveal("predict", str(ckpt_run), str(bomb), "--out", str(out))
+    result = _foveal("predict", str(ckpt_run), str(bomb), str(_gray(tmp_path / "good.png")), "--out", str(out))
     assert result.returncode == 0, result.stderr
     (error,) = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert "too large" in error["error"] and "corrupt" not in error["error"]

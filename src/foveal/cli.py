@@ -155,14 +155,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from foveal.tasks.predict import PredictRequest, run_predict
 
     options = {k: getattr(args, k) for k in ("top_k", "tile", "probabilities", "tta", "batch_size", "workers")}
-    options |= {k: getattr(args, k) for k in ("resume", "strict", "json", "csv", "ray", "out")}
+    options |= {k: getattr(args, k) for k in ("resume", "strict", "overwrite", "json", "csv", "ray", "out")}
     fmt = "tif" if args.format == "tiff" else args.format
     request = PredictRequest(args.checkpoint, tuple(args.inputs), fmt=fmt, **options, **_placement(args))
     done = run_predict(request)
+    if done.finished_before:
+        print(f"nothing to resume in {done.out}: its run had finished; its outputs are unchanged")
     if done.table:
         print(done.table)
-    print(done.summary.format())
-    if done.out is not None:
+    for reason in done.reasons:  # no folder keeps errors.jsonl: the reasons are said here
+        print(f"foveal: skipped: {reason}", file=sys.stderr)
+    print(done.summary.format(lasting=done.out is not None))
+    if done.out is not None and not done.finished_before:
         print(f"{TASKS[done.task].writes} written to {done.out}")
     return 0
 
@@ -330,6 +334,12 @@ VERBS: dict[str, Verb] = {
             _opt("--workers", type=int, help="processes decoding images ahead of the model (default: spare cores)"),
             _opt("--resume", action="store_true", help="continue the interrupted run in --out (skips what is done)"),
             _opt("--strict", action="store_true", help="stop at the first unreadable image (default: skip, list)"),
+            _opt(
+                "--overwrite",
+                action="store_true",
+                help="write into an --out folder that holds another model's predictions (replaced when this run "
+                "succeeds) or another command's outputs",
+            ),
             _opt(
                 "--ray",
                 nargs="?",

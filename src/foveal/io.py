@@ -1,7 +1,9 @@
 """Writing files so that a reader never sees half of one, and earlier files survive a failure or a power loss.
 
 Output folders change as one unit too: :func:`staged_output` locks an ``--out`` folder (``.foveal.lock``), stages a
-command's files in ``.foveal-staging/`` inside it and moves them in only when the command succeeds.
+command's files in ``.foveal-staging/`` inside it and moves them in only when the command succeeds. An output folder
+belongs to one command and one model: ``.foveal-output.json`` records which, and a command that would mix its outputs
+with another's is refused unless the caller overwrites them (:func:`folder_owner`).
 
 Every writer in foveal goes through these helpers: the bytes go to a temporary file (or folder) beside the target,
 are flushed to the disk (``fsync`` of the file, then of its folder), and only then take the target's name in one
@@ -20,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,7 +33,22 @@ PathLike = str | os.PathLike[str]
 
 LOCK_NAME = ".foveal.lock"
 STAGING_NAME = ".foveal-staging"
+OWNER_NAME = ".foveal-output.json"  # which command and model wrote the folder's outputs
 _COMMIT_MARK = ".commit"  # written into the staging folder once every file is complete: the move may begin
+_STAGED_OWNER = ".owner.json"  # the owner record, moved to OWNER_NAME with the outputs
+_DROP = ".drop"  # earlier outputs that the command's success removes (JSON strings, one a line)
+_DROPPING = ".dropping"  # the same, less the names the command writes itself: settled before the move begins
+
+#: Files that show which command wrote a folder without an owner record (None: run_info.json's "kind" says).
+_SIGNS: tuple[tuple[str, str | None], ...] = (
+    ("run_info.json", None),
+    ("checkpoints", "train"),
+    ("checkpoint.json", "train"),
+    ("predictions.jsonl", "predict"),
+    ("metrics.json", "eval"),
+    ("explanations.json", "explain"),
+)
+_OUTPUTS = {"train": "a training run", "eval": "an evaluation", "explain": "explanations", "demo": "the demo"}
 
 
 def umask() -> int:
@@ -277,11 +294,14 @@ class StagedOutput:
         final: the user's ``--out`` folder.
         staging: the folder inside it that receives this command's files.
         resumed: whether ``staging`` holds the files of an interrupted run that this one continues.
+        replaces: the owner record (see :func:`folder_owner`) of another command's or model's outputs in ``final``
+            that this command overwrites; None when the folder was empty or this command's own.
     """
 
     final: Path
     staging: Path
     resumed: bool
+    replaces: dict[str, Any] | None = None
 
     def staged(self, name: str) -> Path:
         """Where to write the output file ``name`` now."""
@@ -299,11 +319,102 @@ class StagedOutput:
         except ValueError:
             return str(p)
 
+    def drop(self, names: Iterable[str]) -> None:
+        """Remove these earlier outputs (files or folders directly in ``final``) when the command succeeds, except
+        those it writes itself."""
+        with open(self.staging / _DROP, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(n) + "\n" for n in names)
+
+    def own(self, record: Mapping[str, Any]) -> None:
+        """Record ``record`` (``{"command", "model", …}``) as the owner of the folder once the command succeeds."""
+        with atomic_output(self.staging / _STAGED_OWNER) as handle:
+            json.dump(dict(record), handle, sort_keys=True)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def folder_owner(folder: PathLike) -> dict[str, Any] | None:
+    """Who wrote the outputs in ``folder``: its owner record (``{"command", "model", …}``, written by
+    :func:`staged_output`), else for a folder written before owner records what its files show (``{"command",
+    "found"}``); None when it holds no output of foveal."""
+    p = Path(folder)
+    marker = p / OWNER_NAME
+    record = _read_record(marker) if marker.is_file() else None
+    if record is not None and isinstance(record.get("command"), str):
+        return record
+    for name, command in _SIGNS:
+        if (p / name).exists():
+            if command is None:
+                info = _read_record(p / name) or {}
+                command = str(info.get("kind", "train"))
+            return {"command": command, "found": name}
+    if marker.exists():
+        return {"command": "unknown", "found": OWNER_NAME}
+    return None
+
+
+def _same_owner(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.get("command") == b.get("command") and a.get("model") == b.get("model")
+
+
+def _describe(record: Mapping[str, Any]) -> str:
+    command = str(record.get("command"))
+    what = "predictions" if command == "predict" else _OUTPUTS.get(command, f"the outputs of 'foveal {command}'")
+    if record.get("model"):
+        return f"{what} of the model {record['model']}"
+    return f"{what} ({record['found']})" if record.get("found") else what
+
+
+def _check_owner(final: Path, owner: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
+    """Refuse to mix ``owner``'s outputs into a folder that holds another command's or model's."""
+    if previous is None or _same_owner(previous, owner):
+        return
+    fix = "replace them" if previous.get("command") == owner.get("command") else "write into it anyway"
+    raise FovealError(
+        f"output folder {final} already holds {_describe(previous)}: choose another --out for the "
+        f"{_describe(owner)}, or pass --overwrite to {fix}"
+    )
+
+
+def _names(path: Path) -> list[str]:
+    """The JSON strings of a drop list, one a line (none when there is no list)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _settle_drops(staging: Path) -> None:
+    """The earlier outputs to remove: those named by :meth:`StagedOutput.drop` that lie directly in the folder and
+    that the command does not write itself (decided before any file moves, so that finishing an interrupted move
+    never removes a file it moved)."""
+    names = [n for n in dict.fromkeys(_names(staging / _DROP)) if isinstance(n, str)]
+    plain = [n for n in names if n and n == Path(n).name and not n.startswith(".") and n not in ("..", ".")]
+    with atomic_output(staging / _DROPPING) as handle:
+        handle.writelines(json.dumps(n) + "\n" for n in plain if not os.path.lexists(staging / n))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink(missing_ok=True)
+
 
 def _publish(staging: Path, final: Path) -> None:
-    """Move every visible file of ``staging`` into ``final`` (same relative path), then remove ``staging``."""
-    (staging / _COMMIT_MARK).touch()
-    fsync_dir(staging)
+    """Remove the earlier outputs the command replaces, move every visible file of ``staging`` into ``final`` (same
+    relative path) and the owner record beside them, then remove ``staging``."""
+    if not (staging / _COMMIT_MARK).exists():
+        _settle_drops(staging)
+        (staging / _COMMIT_MARK).touch()
+        fsync_dir(staging)
+    for name in _names(staging / _DROPPING):
+        _remove(final / name)
     for src in sorted(staging.rglob("*")):
         rel = src.relative_to(staging)
         if not src.is_file() or any(part.startswith(".") for part in rel.parts):
@@ -311,13 +422,19 @@ def _publish(staging: Path, final: Path) -> None:
         dst = final / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
+    if (staging / _STAGED_OWNER).exists():
+        os.replace(staging / _STAGED_OWNER, final / OWNER_NAME)
     fsync_dir(final)
     shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def staged_output(
-    out: str | os.PathLike[str], resume: bool = False, keep_on_error: bool = False
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    keep_on_error: bool = False,
+    owner: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Iterator[StagedOutput]:
     """Write one command's outputs into ``out`` as one unit, under the folder's lock.
 
@@ -326,6 +443,11 @@ def staged_output(
         resume: continue the staging folder an interrupted run left (an error when there is none); otherwise a
             leftover staging folder is discarded.
         keep_on_error: keep the staging folder when the block fails (for commands that ``resume`` can continue).
+        owner: who writes (``{"command", "model", …}``): a folder that holds the outputs of another command or
+            model (:func:`folder_owner`) is refused, and ``owner`` is recorded there when the block succeeds. None:
+            no check, no record.
+        overwrite: write into a folder that holds another command's or model's outputs (see
+            :attr:`StagedOutput.replaces`).
 
     Yields:
         A :class:`StagedOutput`; when the block succeeds its files are fsync'd and moved into ``out`` (each with
@@ -333,7 +455,7 @@ def staged_output(
 
     Raises:
         FovealError: another process writes to ``out``; ``out`` is a file or cannot be created; ``resume`` without
-            an interrupted run.
+            an interrupted run; ``out`` holds another command's or model's outputs and not ``overwrite``.
     """
     with locked_folder(out) as final:
         staging = final / STAGING_NAME
@@ -344,11 +466,21 @@ def staged_output(
             raise FovealError(
                 f"nothing to resume in {final}: no interrupted run left its files there; run without --resume"
             )
+        previous = folder_owner(final) if owner is not None else None
+        if owner is not None and previous is not None and not _same_owner(previous, owner):
+            accepted = _read_record(staging / _STAGED_OWNER) if leftover and resume else None  # when it started
+            if not (overwrite or (accepted is not None and _same_owner(accepted, owner))):
+                _check_owner(final, owner, previous)
+        else:
+            previous = None
         if leftover and not resume:
             shutil.rmtree(staging)
         staging.mkdir(exist_ok=True)
+        staged = StagedOutput(final, staging, resumed=leftover and resume, replaces=previous)
         try:
-            yield StagedOutput(final, staging, resumed=leftover and resume)
+            if owner is not None:
+                staged.own(owner)
+            yield staged
         except BaseException as exc:
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
             if not (keep_on_error or interrupted):

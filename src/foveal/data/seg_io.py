@@ -139,6 +139,11 @@ def check_options(normalize: str, channels: int | None) -> None:
 
 def to_float(pixels: np.ndarray, path: Path, normalize: str) -> Tensor:
     """(C, H, W) float32 of one (H, W, C) page, normalised as :mod:`foveal.data.segmentation` describes."""
+    if pixels.dtype.kind not in "biuf":
+        raise FovealError(
+            f"image {path} holds {pixels.dtype} values, not pixel intensities: pass an image of integer, "
+            "floating-point or boolean pixels"
+        )
     if pixels.dtype == np.uint8:
         x = pixels.astype(np.float32) / 255.0
     else:

@@ -14,12 +14,17 @@ line per image, in input order, fsync'd after every batch) and ``.run.json`` (wh
 and records are written in a thread while the next batch runs through the model, so a killed run loses at most
 those two batches; ``resume`` skips the images already recorded and the final outputs equal those of an
 uninterrupted run. At the end ``predictions.jsonl`` (the records) and, when some image could not be read,
-``errors.jsonl`` are written beside the task's files. :func:`predict_on_ray` maps the same predictor and writer
+``errors.jsonl`` are written beside the task's files.
+
+An image that cannot be used (unreadable, another channel count, a name the file system refuses) is skipped and
+listed, by ``prepare`` or by the writer; a stream in which no image could be predicted is an error, so a command
+that produced nothing never reports success. :func:`predict_on_ray` maps the same predictor and writer
 over a Ray dataset (:mod:`foveal.inference.ray_predict`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -74,7 +79,8 @@ class Writer(Protocol):
     """A task's outputs: per-image files and records, and the summary files at the end."""
 
     def write(self, item: Item, prepared: Any, result: Any, out: StagedOutput) -> dict[str, Any]:
-        """Write the image's files under ``out.staging`` and return its JSON record (paths as published)."""
+        """Write the image's files under ``out.staging`` and return its JSON record (paths as published), or
+        ``{"error": message}`` for an image found unusable while it was written (none of its files kept)."""
         ...
 
     def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: StagedOutput) -> None:
@@ -91,10 +97,19 @@ class StreamSummary:
     failed: int
     out: Path
 
-    def format(self) -> str:
-        done = f"{self.total} images" + (f" ({self.resumed_from} done before the resume)" if self.resumed_from else "")
-        bad = f"; {self.failed} could not be read, listed in {self.out / ERRORS}" if self.failed else ""
-        return f"predicted {done}{bad}"
+    @property
+    def predicted(self) -> int:
+        """Images with a prediction (the failed ones not counted)."""
+        return self.total - self.failed
+
+    def format(self, lasting: bool = True) -> str:
+        """One line: ``predicted 8 of 11 images; 3 failed, listed in …/errors.jsonl``. ``lasting``: whether ``out``
+        outlives the command (else the failed images are said to be named on stderr, where the caller prints them)."""
+        n = f"{self.predicted} of {self.total}" if self.failed else f"{self.total}"
+        done = f"{n} image{'s' if self.total != 1 else ''}"
+        done += f" ({self.resumed_from} done before the resume)" if self.resumed_from else ""
+        where = f"listed in {self.out / ERRORS}" if lasting else "each named on stderr with the reason"
+        return f"predicted {done}" + (f"; {self.failed} failed, {where}" if self.failed else "")
 
 
 def default_workers(total: int, batch_size: int) -> int:
@@ -148,13 +163,35 @@ class StemSet:
         return self._count
 
 
+#: The longest file-name stem (UTF-8 bytes) outputs are named by: with the longest suffix a writer adds
+#: (``_probabilities.zarr``) and the marks of a temporary name, a name stays far below the 255 bytes file systems allow.
+STEM_BYTES = 100
+
+
+def short_stem(stem: str) -> str:
+    """``stem``, or when longer than :data:`STEM_BYTES` its start, ``~`` and 8 hex digits of its BLAKE2b digest (the
+    same in every process, so a resumed run names the files as the interrupted one did)."""
+    data = stem.encode("utf-8", "surrogateescape")
+    if len(data) <= STEM_BYTES:
+        return stem
+    head, size = [], 0
+    for ch in stem:  # whole characters only
+        size += len(ch.encode("utf-8", "surrogateescape"))
+        if size > STEM_BYTES - 9:
+            break
+        head.append(ch)
+    return "".join(head) + "~" + hashlib.blake2b(data, digest_size=4).hexdigest()
+
+
 def unique_stems(paths: Iterator[Path]) -> Iterator[Item]:
-    """Number the paths and give each a file-name stem not used before in the stream (``name``, ``name_2``, …)."""
+    """Number the paths and give each a file-name stem not used before in the stream (``name``, ``name_2``, …),
+    shortened by :func:`short_stem`."""
     used = StemSet()
     for index, path in enumerate(paths):
-        stem, n = path.stem, 2
+        base = short_stem(path.stem)
+        stem, n = base, 2
         while stem in used:
-            stem, n = f"{path.stem}_{n}", n + 1
+            stem, n = f"{base}_{n}", n + 1
         used.add(stem)
         yield Item(index, path, stem)
 
@@ -311,6 +348,7 @@ def predict_stream(
     workers: int | None = None,
     strict: bool = False,
     progress: bool | None = None,
+    resumable: bool = True,
 ) -> StreamSummary:
     """Predict every image of ``inputs`` (files, folders, globs, list files) into ``out``'s staging folder.
 
@@ -323,6 +361,11 @@ def predict_stream(
         workers: DataLoader worker processes that decode ahead of the model (None: :func:`default_workers`).
         strict: stop at the first unreadable image (FovealError) instead of listing it in ``errors.jsonl``.
         progress: tqdm bar with rate and ETA (None: when stderr is a terminal).
+        resumable: whether ``--resume`` can continue the run after an error writing its outputs (said so then).
+
+    Raises:
+        FovealError: a bad option; the inputs changed since the interrupted run; no image could be predicted (the
+            reasons of the first ones in the message); an output could not be written (a full disk: named).
     """
     if batch_size < 1:
         raise FovealError(f"--batch-size {batch_size}: use a positive number of images per forward pass, e.g. 32")
@@ -340,7 +383,10 @@ def predict_stream(
     with open(records_path, "a", encoding="utf-8") as handle, progress_bar(total, done, progress) as bar:
 
         def write(items: list[Item], prepared: list[Any], results: dict[int, Any]) -> None:
-            append_records(handle, write_batch(writer, items, prepared, results, out), strict)
+            try:
+                append_records(handle, write_batch(writer, items, prepared, results, out), strict)
+            except OSError as exc:  # a full disk, a quota, an I/O error: the run stops, --resume continues it
+                raise FovealError(write_failed(exc, out, resumable)) from None
             bar.update(len(items))
 
         # one batch's files are written in a thread while the next batch runs through the model
@@ -357,8 +403,30 @@ def predict_stream(
                 writing = pool.submit(write, items, prepared, results)
             if writing is not None:
                 writing.result()
+    failed = count_errors(records_path)
+    if failed == total:
+        raise FovealError(nothing_predicted(records_path, total))
     finish(writer, records_path, out)
-    return StreamSummary(total, done, count_errors(records_path), out.final)
+    return StreamSummary(total, done, failed, out.final)
+
+
+def write_failed(exc: OSError, out: StagedOutput, resumable: bool) -> str:
+    """The message of an error writing a stream's outputs: the disk or folder, the problem, how to go on."""
+    again = "continue with --resume (the images done so far are kept)" if resumable else "run the command again"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {out.final} is full ({exc.strerror}): free space there, then {again}"
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write the predictions into {out.final}:{where} {exc.strerror or exc}: fix that, then {again}"
+
+
+def nothing_predicted(records_path: Path, total: int, shown: int = 10) -> str:
+    """The message of a stream in which every image failed: the reasons of the first ``shown``."""
+    reasons = [str(r["error"]) for r in iter_records(records_path) if "error" in r]
+    if total == 1:
+        return f"no image could be predicted: {reasons[0]}"
+    more = f"\n  … and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    lines = "".join(f"\n  {r}" for r in reasons[:shown])
+    return f"none of the {total} images could be predicted (fix or remove them):{lines}{more}"
 
 
 def skip_done(stream: Iterator[Item], done: int, last_file: str | None, out: StagedOutput) -> None:
@@ -401,12 +469,13 @@ def finish(writer: Writer, records_path: Path, out: StagedOutput) -> None:
     with atomic_output(out.staged(PREDICTIONS)) as handle:
         for r in good():
             handle.write(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n")
-    errors = [r for r in iter_records(records_path) if "error" in r][:1]
-    if errors:
+    if any("error" in r for r in iter_records(records_path)):
         with atomic_output(out.staged(ERRORS)) as handle:
             for r in iter_records(records_path):
                 if "error" in r:
                     handle.write(json.dumps({"file": r["file"], "error": r["error"]}) + "\n")
+    else:
+        out.drop([ERRORS])  # an earlier run's list would describe images this run predicted
     writer.finish(good, out)
 
 

@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from foveal.data.images import ZARR_SUFFIXES, is_zarr_path
+from foveal.data.images import ZARR_SUFFIXES, check_tiff_series, is_zarr_path
 from foveal.data.seg_io import PERCENTILES, check_options
 from foveal.errors import FovealError
 from foveal.inference.tiling import TileGeometry, check_tile, net_device, reflect_indices
@@ -53,6 +53,12 @@ _ALPHA_SAMPLES = (1, 2)
 
 
 # ------------------------------------------------------------------------------------------------------------ sources
+
+
+class SourceError(FovealError):
+    """The image being streamed cannot be used: missing, corrupt or truncated (found while opening or reading it), not
+    a 2-D image of numbers, or not the model's channel count. A caller streaming many images skips that one; an error
+    writing the outputs (a full disk) is a plain :class:`FovealError`."""
 
 
 @dataclass
@@ -92,7 +98,12 @@ def _layout(shape: tuple[int, ...], channels: int | None, name: str) -> str:
             return "CYX"
         if channels is None:
             return "YXC" if shape[-1] <= 4 else "CYX"
-    raise FovealError(
+        if min(shape[0], shape[-1]) <= 4:
+            c = min(shape[0], shape[-1])
+            raise SourceError(
+                f"image {name} of shape {shape} has {c} channel(s) but the model takes {channels}: convert it"
+            )
+    raise SourceError(
         f"image {name} has shape {shape}: expected (H, W), (H, W, C) or (C, H, W)"
         + (f" with C = {channels} channels" if channels is not None else "")
     )
@@ -102,11 +113,16 @@ def _array_source(arr: Any, axes: str, name: str, alpha: int = 0, close: Callabl
     """A :class:`Source` over an array-like with named axes (Y and X, optionally S / C; other axes of size 1)."""
     shape = tuple(int(s) for s in arr.shape)
     if "Y" not in axes or "X" not in axes:
-        raise FovealError(f"image {name} has axes {axes} (shape {shape}): a 2-D image needs Y and X axes")
+        raise SourceError(f"image {name} has axes {axes} (shape {shape}): a 2-D image needs Y and X axes")
     extra = [a for a, s in zip(axes, shape, strict=True) if a not in "YXSC" and s > 1]
     if extra:
-        raise FovealError(
+        raise SourceError(
             f"image {name} has axes {axes} of shape {shape}: a stack cannot be streamed; pass a single 2-D image"
+        )
+    if np.dtype(arr.dtype).kind not in "biuf":
+        raise SourceError(
+            f"image {name} holds {np.dtype(arr.dtype)} values, not pixel intensities: pass an image of integer, "
+            "floating-point or boolean pixels"
         )
     chan = [i for i, a in enumerate(axes) if a in "SC"]
     n_chan = int(np.prod([shape[i] for i in chan])) if chan else 1
@@ -120,7 +136,15 @@ def _array_source(arr: Any, axes: str, name: str, alpha: int = 0, close: Callabl
         index[y_axis] = slice(y0, y1)
         for i in others:
             index[i] = 0
-        block = np.asarray(arr[tuple(index)])
+        try:
+            block = np.asarray(arr[tuple(index)])
+        except MemoryError:
+            raise
+        except Exception as exc:  # decoders raise their own types (zlib, imagecodecs, tifffile, zarr)
+            raise SourceError(
+                f"cannot read rows {y0}…{y1 - 1} of image {name}: {str(exc) or type(exc).__name__} (the file is "
+                "corrupt or truncated)"
+            ) from None
         dims = [i for i in range(len(axes)) if i not in others]
         block = block.transpose([dims.index(i) for i in order]).reshape(y1 - y0, shape[x_axis], n_chan)
         block = block[..., :keep]
@@ -135,10 +159,11 @@ def _tiff_source(path: Path) -> Source:
     try:
         tif = tifffile.TiffFile(path)
     except (OSError, tifffile.TiffFileError, ValueError) as exc:
-        raise FovealError(f"cannot read image {path}: {exc} (the TIFF file is corrupt or truncated)") from None
+        raise SourceError(f"cannot read image {path}: {exc} (the TIFF file is corrupt or truncated)") from None
     try:
         if not tif.series:
-            raise FovealError(f"image {path} holds no image data: fix or remove it")
+            raise SourceError(f"image {path} holds no image data: fix or remove it")
+        check_tiff_series(tif, path, error=SourceError)
         series = tif.series[0]
         axes = series.axes
         extras = tuple(getattr(series.keyframe, "extrasamples", ()) or ())
@@ -152,7 +177,7 @@ def _tiff_source(path: Path) -> Source:
         raise
     except (OSError, tifffile.TiffFileError, ValueError, KeyError) as exc:
         tif.close()
-        raise FovealError(f"cannot read image {path}: {exc} (the TIFF file is corrupt or truncated)") from None
+        raise SourceError(f"cannot read image {path}: {exc} (the TIFF file is corrupt or truncated)") from None
     return _array_source(arr, axes, str(path), alpha, tif.close)
 
 
@@ -162,10 +187,10 @@ def _zarr_source(path: Path, channels: int | None) -> Source:
     try:
         node = zarr.open(str(path), mode="r")
     except (OSError, ValueError, KeyError) as exc:
-        raise FovealError(f"cannot open zarr store {path}: {exc}") from None
+        raise SourceError(f"cannot open zarr store {path}: {exc}") from None
     if not hasattr(node, "shape"):
         if "0" not in node:
-            raise FovealError(f"zarr store {path} is a group without an array '0': pass the image array's path")
+            raise SourceError(f"zarr store {path} is a group without an array '0': pass the image array's path")
         node = node["0"]
     return _array_source(node, _layout(node.shape, channels, str(path)), str(path))
 
@@ -181,9 +206,9 @@ def open_source(src: str | Path | np.ndarray | Any, channels: int | None = None)
         if is_zarr_path(p):
             return _zarr_source(p, channels)
         if not p.exists():
-            raise FovealError(f"image not found: {p} (check the path)")
+            raise SourceError(f"image not found: {p} (check the path)")
         if p.suffix.lower() not in (".tif", ".tiff"):
-            raise FovealError(f"image {p} cannot be streamed: pass a TIFF / BigTIFF file or a zarr array")
+            raise SourceError(f"image {p} cannot be streamed: pass a TIFF / BigTIFF file or a zarr array")
         source = _tiff_source(p)
     else:
         source = _array_source(src, _layout(tuple(src.shape), channels, "array"), "array")
@@ -310,7 +335,7 @@ def _min_max(source: Source) -> tuple[np.ndarray, np.ndarray]:
     for band in _row_bands(source):
         x = band.astype(np.float32)
         if not np.isfinite(x).all():
-            raise FovealError(f"image {source.name} holds NaN or infinite values: fix or remove it")
+            raise SourceError(f"image {source.name} holds NaN or infinite values: fix or remove it")
         lo, hi = np.minimum(lo, x.min(axis=(0, 1))), np.maximum(hi, x.max(axis=(0, 1)))
     return lo, hi
 
@@ -329,7 +354,7 @@ def normalizer(source: Source, normalize: str) -> Callable[[np.ndarray], np.ndar
     lo_v, hi_v = _min_max(source)
     if normalize == "dtype":
         if lo_v.min() < 0.0 or hi_v.max() > 1.0:
-            raise FovealError(
+            raise SourceError(
                 f"float image {source.name} holds values in [{lo_v.min():g}, {hi_v.max():g}], outside [0, 1], so "
                 "normalize='dtype' cannot scale it: use normalize='percentile' or 'minmax'"
             )
@@ -346,7 +371,7 @@ def normalizer(source: Source, normalize: str) -> Callable[[np.ndarray], np.ndar
     def scale_band(raw: np.ndarray) -> np.ndarray:
         x = raw.astype(np.float32)
         if not np.isfinite(x).all():
-            raise FovealError(f"image {source.name} holds NaN or infinite values: fix or remove it")
+            raise SourceError(f"image {source.name} holds NaN or infinite values: fix or remove it")
         return (x - offset) / divisor
 
     return scale_band
@@ -830,12 +855,18 @@ def segment_large(
     return StreamResult(*shape, objects, fg / (shape[0] * shape[1]), path, prob_path)
 
 
+def check_source(src: str | Path, channels: int | None) -> None:
+    """Open ``src`` as :func:`segment_large` will and close it: a :class:`SourceError` for an image that cannot be
+    streamed into a model of ``channels`` (read from the header alone, before any pixel)."""
+    _open_for_model(src, channels).close()
+
+
 def _open_for_model(src: str | Path | np.ndarray | Any, channels: int | None) -> Source:
     """:func:`open_source`, and an error naming the fix when the image has not the model's ``channels``."""
     source = open_source(src, channels)
     if channels is not None and source.channels != channels:
         source.close()
-        raise FovealError(
+        raise SourceError(
             f"image {source.name} has {source.channels} channel(s) but the model takes {channels}: convert it"
         )
     return source

@@ -5,6 +5,13 @@ into the ``--out`` folder as one unit (:func:`foveal.io.staged_output`).
 Outputs per task (beside ``predictions.jsonl``, one record per image, and ``errors.jsonl`` when an image could not be
 read): classify — ``predictions.csv``; segment — ``<stem>_labels.tif|png`` and ``<stem>_overlay.png`` per image;
 detect — ``<stem>_detections.png`` per image, ``detections.json`` (COCO results) and ``images.json``.
+
+An image that fails is skipped and listed (``errors.jsonl``; without an ``--out`` folder the reasons come back in
+:attr:`PredictOutcome.reasons` for the caller to print): the run succeeds when at least one image was predicted and
+its summary counts only those; when none could be, it fails and publishes nothing. An ``--out`` folder belongs to one
+model: predicting into a folder that holds another model's predictions, or another command's outputs, is refused
+unless ``overwrite`` (the other model's predictions are then removed when the run succeeds); ``--resume`` of a run
+that had finished reports it and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,15 +25,18 @@ from typing import Any
 
 from foveal.errors import FovealError
 from foveal.inference.batch_predict import (
+    ERRORS,
     PREDICTIONS,
+    RECORDS,
     Predictor,
     StreamSummary,
     Writer,
     iter_records,
+    nothing_predicted,
     predict_stream,
     write_json_array,
 )
-from foveal.io import staged_output
+from foveal.io import STAGING_NAME, folder_owner, staged_output
 
 #: Images per forward pass when ``batch_size`` is not given: small classifier inputs batch well; a detector's large
 #: inputs less so; a U-Net predicts each image by overlap-tile batches of its own.
@@ -45,6 +55,8 @@ class PredictRequest:
         top_k: classify: classes per image. tile, fmt, tta: segment (see :class:`SegmentPredictor`).
         batch_size: images per forward pass (None: :data:`DEFAULT_BATCH`). workers: decoding processes.
         resume: continue the interrupted run in ``out``. strict: stop at the first unreadable image.
+        overwrite: write into an ``out`` that holds another model's predictions (replaced) or another command's
+            outputs.
         json, csv: also write the records as a JSON array / (classify) a CSV file here, atomically.
         ray: run on Ray Data: "local" (a local instance) or a cluster address; None: this process.
         device, precision: where and in which number format the network runs (:mod:`foveal.engine.device`).
@@ -62,6 +74,7 @@ class PredictRequest:
     workers: int | None = None
     resume: bool = False
     strict: bool = False
+    overwrite: bool = False
     json: str | None = None
     csv: str | None = None
     ray: str | None = None
@@ -107,6 +120,11 @@ def _check(task: str, req: PredictRequest) -> None:
         raise FovealError("--resume continues the run in an --out folder: pass the --out of the interrupted run")
     if req.ray is not None and req.workers is not None:
         raise FovealError("--workers applies to this process; with --ray, Ray runs one predictor per CPU")
+    for flag, path in (("--json", req.json), ("--csv", req.csv)):
+        if path is not None and Path(path).is_dir():
+            raise FovealError(
+                f"{flag} {path} is a folder: give a file name, e.g. {Path(path) / 'predictions'}{flag[1:]}"
+            )
 
 
 def _settings(task: str, req: PredictRequest) -> dict[str, Any]:
@@ -123,12 +141,16 @@ def _settings(task: str, req: PredictRequest) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PredictOutcome:
-    """What a ``foveal predict`` run did: the stream's summary and, for short streams, a table of the results."""
+    """What a ``foveal predict`` run did: the stream's summary, for short streams a table of the results, and without
+    an ``--out`` folder the reasons of the images that failed (one line each; with one they are in ``errors.jsonl``).
+    ``finished_before``: a ``--resume`` found the run finished and changed nothing."""
 
     task: str
     summary: StreamSummary
     table: str
     out: str | None
+    reasons: tuple[str, ...] = ()
+    finished_before: bool = False
 
 
 def run_predict(req: PredictRequest) -> PredictOutcome:
@@ -137,11 +159,21 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
 
     task = checkpoint_task(req.checkpoint)
     _check(task, req)
+    out = req.out if req.out is not None or task == "classify" else "predictions"
+    settings = _settings(task, req)
+    owner = {"command": "predict", "model": settings["checkpoint"], "task": task}
+    finished = _finished_run(task, req, out, settings)
+    if finished is not None:
+        return finished
     predictor, writer = build(task, req)
     batch = req.batch_size or DEFAULT_BATCH[task]
-    out = req.out if req.out is not None or task == "classify" else "predictions"
-    with _folder(out) as folder, staged_output(folder, resume=req.resume, keep_on_error=out is not None) as staged:
-        settings = _settings(task, req)
+    lasting = out is not None
+    with (
+        _folder(out) as folder,
+        staged_output(folder, req.resume, keep_on_error=lasting, owner=owner, overwrite=req.overwrite) as staged,
+    ):
+        if staged.replaces is not None and staged.replaces.get("command") == "predict":
+            staged.drop(_predictions_in(staged.final))
         if req.ray is not None:
             from foveal.inference.ray_predict import predict_on_ray
 
@@ -157,6 +189,8 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
                 strict=req.strict,
                 progress=req.progress,
             )
+            if summary.failed == summary.total:
+                raise FovealError(nothing_predicted(staged.staged(RECORDS), summary.total))
         else:
             summary = predict_stream(
                 predictor,
@@ -168,7 +202,9 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
                 workers=req.workers,
                 strict=req.strict,
                 progress=req.progress,
+                resumable=lasting,
             )
+        staged.own({**owner, "settings": settings, "total": summary.total, "failed": summary.failed})
         records = staged.staged(PREDICTIONS)
         if req.json:
             write_json_array(req.json, iter_records(records))
@@ -177,7 +213,42 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
 
             write_predictions_csv(iter_records(records), req.csv)
         table = format_records(task, iter_records(records)) if summary.total <= _TABLE_LIMIT else ""
-    return PredictOutcome(task, summary, table, out)
+        reasons = () if lasting or not summary.failed else tuple(_reasons(staged.staged(ERRORS)))
+    return PredictOutcome(task, summary, table, out, reasons)
+
+
+def _finished_run(task: str, req: PredictRequest, out: str | None, settings: dict[str, Any]) -> PredictOutcome | None:
+    """For ``--resume`` into a folder whose run of the same command had finished: what it did (nothing is left)."""
+    if not req.resume or out is None or (Path(out) / STAGING_NAME).exists():
+        return None
+    owner = folder_owner(out)
+    if owner is None or owner.get("settings") != settings:
+        return None
+    total, failed = int(owner["total"]), int(owner["failed"])
+    return PredictOutcome(task, StreamSummary(total, 0, failed, Path(out)), "", out, finished_before=True)
+
+
+def _predictions_in(folder: Path) -> Iterator[str]:
+    """The files of another model's predictions in ``folder`` (which ``--overwrite`` replaces): the summary files
+    and the per-image files its records name."""
+    yield from (PREDICTIONS, ERRORS, "predictions.csv", "detections.json", "images.json")
+    if not (folder / PREDICTIONS).is_file():
+        return
+    for record in iter_records(folder / PREDICTIONS):
+        for key in ("labels", "overlay", "figure"):
+            if isinstance(record.get(key), str) and record[key]:
+                yield Path(record[key]).name
+        labels = Path(str(record.get("labels") or ""))
+        if labels.stem.endswith("_labels"):
+            stem = labels.stem[: -len("_labels")]
+            yield from (f"{stem}_probabilities.tif", f"{stem}_probabilities.zarr")
+
+
+def _reasons(errors: Path) -> Iterator[str]:
+    """One line per image of an errors list: the message, led by the file when the message does not name it."""
+    for r in iter_records(errors):
+        file, error = str(r["file"]), str(r["error"]).splitlines()[0]
+        yield error if file in error else f"{file}: {error}"
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ mirrored context at the image border, the same result as one pass over the whole
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -281,7 +282,8 @@ def streams(path: Path, fmt: str) -> bool:
 
 class _PrepareSegment:
     """Path → (C, H, W) float image normalised as the model was trained (runs in DataLoader workers), or
-    :class:`Streamed` for an image that is streamed."""
+    :class:`Streamed` for an image that is streamed (its header checked: an image that cannot be streamed into the
+    model is an error here, so the stream skips and lists it before the model runs)."""
 
     def __init__(self, channels: int, normalize: str, fmt: str = "tif") -> None:
         self.channels, self.normalize, self.fmt = channels, normalize, fmt
@@ -290,6 +292,9 @@ class _PrepareSegment:
         from foveal.data.seg_io import load_seg_image
 
         if streams(path, self.fmt):
+            from foveal.inference.stream import check_source
+
+            check_source(path, self.channels)
             return Streamed(path)
         return load_seg_image(path, channels=self.channels, normalize=self.normalize)
 
@@ -378,14 +383,15 @@ class SegmentPredictor:
             min_size=post.min_size,
             expand=post.expand,
             probabilities=probabilities,
-            progress=True,
+            progress=sys.stderr.isatty(),  # a bar of tiles where someone watches, no noise in a log
         )
 
 
 class SegmentWriter:
     """Per image ``<stem>_labels.<fmt>`` (TIFF, 16-bit PNG or zarr), ``<stem>_overlay.png`` (not for streamed
     images), with ``probabilities`` ``<stem>_probabilities.tif|zarr`` (H, W, K) float32, and the record of a
-    :class:`SegPrediction` (paths as published). ``streamer`` segments :class:`Streamed` images."""
+    :class:`SegPrediction` (paths as published). ``streamer`` segments :class:`Streamed` images; one found unreadable
+    while streamed gives the record ``{"error"}`` (skipped and listed)."""
 
     def __init__(
         self, instances: bool, fmt: str = "tif", probabilities: bool = False, streamer: SegmentPredictor | None = None
@@ -430,9 +436,14 @@ class SegmentWriter:
             )
         if self.streamer is None:
             raise FovealError(f"image {item.path} is streamed, but this writer has no segmenter to stream it with")
+        from foveal.inference.stream import SourceError
+
         names = self._names(item.stem)
         probs = out.staged(names[2]) if self.probabilities else None
-        done = self.streamer.stream(result.path, out.staged(names[0]), probs)
+        try:
+            done = self.streamer.stream(result.path, out.staged(names[0]), probs)
+        except SourceError as exc:  # found while reading it (a corrupt tile): skipped and listed, nothing of it kept
+            return {"error": str(exc)}
         size = (done.height, done.width)
         row = SegPrediction(str(item.path), size, done.objects, done.foreground, str(out.published(names[0])), "")
         return {k: v for k, v in asdict(row).items() if k != "file"}
