@@ -60,7 +60,26 @@ def _cpu() -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+        **_bf16("cpu"),
     }
+
+
+def _bf16(device: str) -> dict[str, Any]:
+    """Whether ``device`` computes bf16 natively, and why (:func:`foveal.engine.device.native_bf16`): a bf16 figure
+    from a machine that emulates it (an AVX2-only CPU) measures the emulation, several times slower than fp32."""
+    from foveal.engine.device import native_bf16
+
+    native, reason = native_bf16(device)
+    return {"bf16_native": native, "bf16": reason}
+
+
+def bf16_note(device: str = "cpu") -> str | None:
+    """A line for the console when ``device`` emulates bf16 (its bf16 timings then say little about foveal), else
+    None."""
+    info = _bf16(device)
+    if info["bf16_native"]:
+        return None
+    return f"note: bf16 is {info['bf16']}: the bf16 figures measure the emulation (goals assume native bf16)"
 
 
 def environment() -> dict[str, Any]:
@@ -79,6 +98,7 @@ def environment() -> dict[str, Any]:
     return {
         "cpu": _cpu(),
         "gpu": gpus or None,
+        **({"gpu_bf16": _bf16("cuda")} if gpus else {}),
         "versions": versions,
         "note": "taken on a shared machine; other jobs may have been running",
     }

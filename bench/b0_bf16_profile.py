@@ -19,6 +19,7 @@ the depthwise convolutions and element-wise passes, which are limited by memory 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from _common import write_result
+from _common import bf16_note, write_result
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
 from foveal.models.efficientnet import efficientnet_variant
@@ -149,6 +150,8 @@ def main() -> int:
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
+    if (note := bf16_note()) is not None:
+        print(note, file=sys.stderr, flush=True)
     torch.manual_seed(0)
     x = torch.randn(8, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     ours = inference_model(efficientnet_variant("b0").eval(), dtype=BF16)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torchvision.ops import box_iou
 
-from _common import write_result
+from _common import bf16_note, write_result
 from foveal.config import CONFIG_DIR, load_config
 from foveal.demo import DETECTOR, LOCALIZER
 from foveal.engine.allocator import keep_freed_memory
@@ -150,6 +150,8 @@ def main() -> int:
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
+    if (note := bf16_note()) is not None:
+        print(note, file=sys.stderr, flush=True)
     from foveal.data.classification import open_dataset
     from foveal.data.localization_set import build_localization_set
 

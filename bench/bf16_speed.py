@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from _common import measure, spread, write_result
+from _common import bf16_note, measure, spread, write_result
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
 from foveal.inference.tiling import predict_tiled
@@ -125,6 +125,8 @@ def main() -> int:
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
+    if (note := bf16_note()) is not None:
+        print(note, file=sys.stderr, flush=True)
     reps = 2 if args.quick else args.reps
     started = time.perf_counter()
     result: dict[str, Any] = {

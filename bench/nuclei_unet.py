@@ -62,12 +62,15 @@ def run_once(w0: float, out: Path, extra: list[str], eval_only: bool) -> dict[st
         minutes = json.loads((run / "train_time.json").read_text())["minutes"]
     else:
         (run / "train_time.json").write_text(json.dumps({"minutes": minutes}))
+    info = run / "run_info.json"  # the precision that ran and why (bf16 autocast only where the CPU has bf16 units)
+    precision = json.loads(info.read_text()).get("precision") if info.is_file() else None
     one_pass = segment_eval.evaluate_checkpoint(final, None, run / "final-eval")
     dihedral = segment_eval.evaluate_checkpoint(final, None, run / "final-eval-dihedral", tta="dihedral")
     return {
         "w0": w0,
         "train_minutes": minutes,
         "steps": record["step"],
+        "precision": precision,
         **_scores(one_pass),
         "dihedral": _scores(dihedral),
         "config": record["config"],

@@ -57,6 +57,7 @@ import copy
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import measure, write_result
+from _common import bf16_note, measure, write_result
 from foveal.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
@@ -253,6 +254,8 @@ def main() -> None:
         args.sizes, args.train_size, args.reps, args.train_reps = [192], 192, 2, 2
 
     torch.set_num_threads(THREADS)
+    if (note := bf16_note()) is not None:
+        print(note, file=sys.stderr, flush=True)
     started = time.perf_counter()
     g = torch.Generator().manual_seed(0)
     tv = _torchvision_model()

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from foveal.cli import main
+from foveal.engine.device import native_bf16
 from foveal.tasks import classify
 
 TINY = ["train.max_steps=2", "data.limit=64", "data.val_limit=32", "data.batch_size=16", "train.progress=false"]
@@ -70,7 +71,7 @@ def test_fp16_is_for_cuda_only(run, images, capsys):
     if torch.cuda.is_available():
         pytest.skip("fp16 is allowed on CUDA")
     err = _error(capsys, ["predict", str(run), str(images / "img0.png"), "--precision", "fp16"])
-    assert "fp16 runs on CUDA only: use --precision bf16 on the CPU" in err
+    assert "fp16 runs on CUDA only: use --precision auto or fp32 on the CPU" in err
 
 
 def test_bf16_predict_and_eval_agree_with_fp32_where_fp32_is_clear(run, images, tmp_path, capsys):
@@ -107,6 +108,8 @@ def test_training_precision_key(tmp_path, capsys):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([*base, "--out", str(tmp_path / "bf16"), "train.precision=bf16"]) == 0
     assert (tmp_path / "bf16" / "checkpoints" / "best").is_dir()
+    warned = "bf16 is emulated" in capsys.readouterr().err  # said where the CPU has no bf16 units
+    assert warned == (not native_bf16("cpu")[0])
     if not torch.cuda.is_available():
         err = _error(capsys, [*base, "--out", str(tmp_path / "fp16"), "train.precision=fp16"])
         assert "fp16 runs on CUDA only" in err

@@ -101,7 +101,8 @@ def test_demo_quick_honours_the_placement_and_links_every_stage(tmp_path, capsys
 
     info = json.loads((out / "run_info.json").read_text())
     assert [s["name"] for s in info["stages"]] == ["classify", "explain", "segment", "detect"]
-    assert (info["device"], info["precision"]) == ("cpu", "bf16")
+    assert (info["device"], info["precision"]["name"], info["precision"]["requested"]) == ("cpu", "bf16", "bf16")
+    assert "bf16 is" in info["precision"]["reason"]  # native or emulated on this CPU, and why
     html = (out / "report.html").read_text()
     for stage in info["stages"]:
         assert stage["seconds"]["wall"] > 0

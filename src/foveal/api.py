@@ -49,14 +49,17 @@ class Model:
         path: the checkpoint folder or run directory it was loaded from.
         task: "classify", "segment" or "detect".
         device: where the network runs (``torch.device``).
-        precision: "fp32", "bf16" or "fp16": the format of the network's weights (inputs and results stay fp32).
+        precision: "fp32", "bf16" or "fp16": the format the network's weights run in (inputs and results stay fp32).
+        precision_reason: why that format runs, in words (e.g. "auto: bf16 is emulated on this CPU (AVX2, …)").
     """
 
     task: ClassVar[str]
     noun: ClassVar[str]
     batch_size: ClassVar[int]
 
-    def __init__(self, path: str | Path, device: str | torch.device = "auto", precision: str = "fp32") -> None:
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "auto", precision: str | torch.dtype = "auto"
+    ) -> None:
         from foveal.engine.allocator import keep_freed_memory
         from foveal.engine.checkpoint import checkpoint_task
         from foveal.engine.device import resolve_device, resolve_precision
@@ -69,7 +72,9 @@ class Model:
             )
         self.path = Path(path)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device).name
+        placed = resolve_precision(precision, self.device)
+        self.precision, self.precision_reason = placed.name, placed.reason
+        self._asked = placed.requested  # what the loaders resolve again ("auto" keeps its reason in their records)
         self._loaded: Any = None
         self.metrics: dict[str, Any] | None = None  # the final validation metrics of a model made by train()
         keep_freed_memory()
@@ -157,7 +162,7 @@ class Model:
                 map_scales=map_scales,
                 flip=flip,
                 device=self.device,
-                precision=self.precision,
+                precision=self._asked,
             )
         return [
             replace(r, file=names.get(r.file, r.file), figures=r.figures if out is not None else []) for r in records
@@ -231,7 +236,7 @@ class Classifier(Model):
                 raise FovealError("box_format, map_stride, map_scales and flip apply to localization: pass boxes")
             from foveal.tasks.classify import evaluate_checkpoint
 
-            return evaluate_checkpoint(self.path, data, split, out, device=self.device, precision=self.precision)
+            return evaluate_checkpoint(self.path, data, split, out, device=self.device, precision=self._asked)
         if data is None:
             raise FovealError("--boxes needs --data FOLDER: the folder that holds the box file's images")
         from foveal.tasks.localize_eval import localization_eval_folder
@@ -259,7 +264,7 @@ class Classifier(Model):
     def _load(self) -> Any:
         from foveal.tasks.classify import load_classifier
 
-        return load_classifier(self.path, fuse=True, device=self.device, precision=self.precision)
+        return load_classifier(self.path, fuse=True, device=self.device, precision=self._asked)
 
     def _predictor(self, top_k: int = 5) -> Any:  # type: ignore[override]
         from foveal.tasks.classify import ClassifyPredictor
@@ -303,7 +308,7 @@ class Segmenter(Model):
         """
         from foveal.tasks.segment_eval import evaluate_checkpoint
 
-        return evaluate_checkpoint(self.path, data, out, tta=tta, device=self.device, precision=self.precision)
+        return evaluate_checkpoint(self.path, data, out, tta=tta, device=self.device, precision=self._asked)
 
     def export_spec(self) -> ExportSpec:
         """The U-Net at its evaluation tile's input (any valid input edge with ``size``); one output, "logits"."""
@@ -317,7 +322,7 @@ class Segmenter(Model):
     def _load(self) -> Any:
         from foveal.tasks.segment import load_segmenter
 
-        return load_segmenter(self.path, fast=True, device=self.device, precision=self.precision)
+        return load_segmenter(self.path, fast=True, device=self.device, precision=self._asked)
 
     def _predictor(  # type: ignore[override]
         self, tile: int | None = None, tta: str | None = None, probabilities: bool = False
@@ -372,7 +377,7 @@ class Detector(Model):
         """
         from foveal.tasks.detect_eval import evaluate_checkpoint
 
-        return evaluate_checkpoint(self.path, data, split, out, device=self.device, precision=self.precision)
+        return evaluate_checkpoint(self.path, data, split, out, device=self.device, precision=self._asked)
 
     def export_spec(self) -> ExportSpec:
         """The network without post-processing: outputs cls_logits (N, A, K), box_deltas (N, A, 4), anchors (A, 4)."""
@@ -389,7 +394,7 @@ class Detector(Model):
     def _load(self) -> Any:
         from foveal.tasks.detect_eval import load_detector
 
-        return load_detector(self.path, device=self.device, precision=self.precision)
+        return load_detector(self.path, device=self.device, precision=self._asked)
 
     def _predictor(self, score_thresh: float | None = None) -> Any:  # type: ignore[override]
         from foveal.tasks.detect_eval import DetectPredictor
@@ -436,19 +441,22 @@ class _OutputTile:
 MODELS: dict[str, type[Model]] = {"classify": Classifier, "segment": Segmenter, "detect": Detector}
 
 
-def load(path: str | Path, device: str | torch.device = "auto", precision: str = "fp32") -> Model:
+def load(path: str | Path, device: str | torch.device = "auto", precision: str | torch.dtype = "auto") -> Model:
     """The model of a checkpoint folder or run directory (its best, else latest, checkpoint).
 
     Args:
         path: checkpoint folder or run directory.
         device: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, ``bf16`` (CPUs with AVX512-BF16 / AMX, GPUs) or ``fp16`` (CUDA) for the network.
+        precision: ``auto`` (fp32), ``fp32``, ``bf16`` (fast on CPUs with AMX / AVX512-BF16 and on GPUs; warned
+            about where it is emulated) or ``fp16`` (CUDA) for the network; ``torch.float32`` / ``bfloat16`` /
+            ``float16`` name the same.
 
     Returns:
         A :class:`Classifier`, :class:`Segmenter` or :class:`Detector`, by the checkpoint's task.
 
     Raises:
-        FovealError: no checkpoint there, a damaged one, or one of another task; a device this machine lacks.
+        FovealError: no checkpoint there, a damaged one, or one of another task; a device this machine lacks; an
+            unknown precision (also one that is not a name or a torch dtype).
     """
     from foveal.engine.checkpoint import checkpoint_task
 
@@ -502,8 +510,9 @@ def plan_training(
     device: str | None = None,
 ) -> TrainPlan:
     """Check a training before it starts: the config (a YAML path or a bundled recipe such as ``classify_cpu``, with
-    ``key=value`` overrides), the config's ``train.device`` when no ``device`` is given, and the run directory
-    (``out``, default the config's ``out``); ``resume`` continues the run in that directory with its stored config."""
+    ``key=value`` overrides), the config's ``train.device`` when no ``device`` is given, ``train.precision``, and the
+    run directory (``out``, default the config's ``out``); ``resume`` continues the run in that directory with its
+    stored config."""
     import importlib
 
     from foveal.config import load_config, recipe_path
@@ -518,10 +527,11 @@ def plan_training(
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
         return TrainPlan(task, config_cls(), Path(resume), resume=True)
     cfg = load_config(config_cls, recipe_path(None if config is None else str(config), task), list(overrides))
-    if device is None:  # the config's train.device, checked before the run directory is made
-        from foveal.engine.device import resolve_device
+    from foveal.engine.device import resolve_device, resolve_precision
 
-        resolve_device(cfg.train.device)
+    # the device (the config's train.device when none is given) and the precision, checked before the run directory
+    # is made (a bf16 the device emulates is warned about here)
+    resolve_precision(cfg.train.precision_name, resolve_device(device or cfg.train.device), training=True)
     run_dir = Path(out or cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FovealError(f"run directory {run_dir} is a file: pass a folder with --out (it is created if missing)")

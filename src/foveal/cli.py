@@ -97,7 +97,7 @@ def _write_report(folder: str | Path) -> None:
 
 def _placement(args: argparse.Namespace) -> dict[str, Any]:
     """``device`` and ``precision`` keywords of the inference verbs (``--device``, ``--precision``)."""
-    return {"device": args.device or "auto", "precision": getattr(args, "precision", "fp32")}
+    return {"device": args.device or "auto", "precision": getattr(args, "precision", None) or "auto"}
 
 
 def _check_placement(args: argparse.Namespace) -> None:
@@ -246,10 +246,11 @@ _TTA = _opt("--tta", choices=["none", "dihedral"], help="segmentation: average o
 _DEVICE = "auto (CUDA when there is one), cpu, cuda or cuda:N"
 _PRECISION = _opt(
     "--precision",
-    choices=["fp32", "bf16", "fp16"],
-    default="fp32",
-    help="number format of the network: fp32 (default), bf16 (fast on CPUs with AVX512-BF16 / AMX and on GPUs), fp16 "
-    "(CUDA only); inputs, boxes and metrics stay fp32",
+    choices=["auto", "fp32", "bf16", "fp16"],
+    default="auto",
+    help="number format of the network: auto (default: fp32, so results do not depend on the machine), fp32, bf16 "
+    "(faster on CPUs with AMX / AVX512-BF16 and on GPUs; emulated, and several times slower, elsewhere, which is "
+    "warned about), fp16 (CUDA only); inputs, boxes and metrics stay fp32. The run record says which ran and why",
 )
 _MAX_PIXELS = _opt(
     "--max-pixels",

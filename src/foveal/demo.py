@@ -81,10 +81,11 @@ def _slug(name: str) -> str:
 @dataclass(frozen=True)
 class Placement:
     """Where the demo's networks run: ``device`` for training and inference, ``precision`` for evaluation,
-    prediction and explanation (training keeps its recipe's number format)."""
+    prediction and explanation (training keeps its recipe's number format, ``auto``: bf16 only where the device
+    computes it natively)."""
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
 
     @property
     def inference(self) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def run_demo(
     quick: bool = False,
     stages: tuple[str, ...] = ("classify", "explain", "segment", "detect"),
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Path:
     """Run the demo's ``stages`` into ``out``, write ``out/report.html`` linking every stage, and return ``out``.
 
@@ -106,12 +107,12 @@ def run_demo(
     Raises:
         FovealError: a device or precision this machine lacks (before anything is written), or ``out`` is a file.
     """
-    from foveal.engine.device import resolve_device, resolve_precision
+    from foveal.engine.device import placement, resolve_device, resolve_precision
     from foveal.engine.runinfo import write_run_info
     from foveal.report.build import write_report
 
     where = resolve_device(device)  # a device the machine lacks is an error before anything is written
-    place = Placement(str(where), resolve_precision(precision, where).name)
+    place = Placement(str(where), resolve_precision(precision, where).requested)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FovealError(f"demo output {out} exists and is not a folder: choose another --out")
@@ -132,7 +133,7 @@ def run_demo(
             f"{record['seconds']['wall']:.0f} s / {record['seconds']['cpu']:.0f} s"
         )
         records.append(record)
-    write_run_info(out, "demo", started, stages=records, quick=quick, device=place.device, precision=place.precision)
+    write_run_info(out, "demo", started, stages=records, quick=quick, **placement(place.device, place.precision))
     print(f"[demo] report: {write_report(out)}")
     return out
 

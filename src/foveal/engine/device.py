@@ -20,6 +20,7 @@ import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -244,6 +245,18 @@ def resolve_precision(name: str | torch.dtype | None, device: torch.device, trai
     if not native:
         _warn_emulated(device, why, training)
     return Precision(name, device, name, f"asked for; bf16 is {why}")
+
+
+def placement(
+    device: str | torch.device | None, precision: str | torch.dtype | None, training: bool = False
+) -> dict[str, Any]:
+    """What a run record keeps of where a network ran and in which format, and why:
+    ``{"device": "cpu", "precision": {"name": "fp32", "requested": "auto", "reason": "auto: bf16 is emulated …"}}``.
+
+    Resolves ``device`` and ``precision`` as the loaders did (the same answer; a warning is not repeated).
+    """
+    where = resolve_device(device)
+    return {"device": str(where), "precision": resolve_precision(precision, where, training).record()}
 
 
 def _auto(device: torch.device, native: bool, why: str, training: bool) -> Precision:

@@ -2,7 +2,8 @@
 
 A task hands the trainer a model, a dataset of training samples, a collate function, a loss function and an
 evaluation function; the trainer owns the rest: data order, learning-rate schedule, warm-up, gradient clipping, EMA,
-bf16 autocast, distributed data-parallel, progress bars, metric logs, curves and atomic checkpoints with exact resume.
+mixed precision (bf16 / fp16 autocast), distributed data-parallel, progress bars, metric logs, curves and atomic
+checkpoints with exact resume.
 
 Safety: the configs' ranges are checked before anything runs; a fresh run into a folder that holds an earlier run is
 trained in a staging folder inside it and replaces the earlier run only once it has written its first checkpoint, so
@@ -47,8 +48,10 @@ class TrainConfig:
     ``max_steps`` stops the run early without changing the schedule (which is planned for ``epochs``);
     ``max_minutes`` stops it after that much wall-clock training time. ``checkpoint_every`` (steps) adds resume points
     between evaluations. ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``;
-    ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast with a gradient scaler, CUDA only);
-    ``bf16: true`` is the older spelling of ``precision: bf16``.
+    ``precision``: ``auto`` (bf16 autocast where the device computes bf16 natively, else fp32; see
+    :func:`foveal.engine.device.resolve_precision`), ``fp32``, ``bf16`` (autocast; warned about where it is emulated)
+    or ``fp16`` (autocast with a gradient scaler, CUDA only); ``bf16: true`` is the older spelling of
+    ``precision: bf16`` (a bf16 asked for, also where it is emulated).
     """
 
     epochs: Annotated[float, POSITIVE] = 350.0
@@ -67,12 +70,12 @@ class TrainConfig:
     workers: Annotated[int, between(0, 256)] = 0
     threads: Annotated[int | None, between(1, 1024)] = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
 
     @property
     def precision_name(self) -> str:
-        """``precision``, with the older ``bf16: true`` read as ``bf16``."""
-        return "bf16" if self.bf16 and self.precision == "fp32" else self.precision
+        """``precision``, with the older ``bf16: true`` read as ``bf16`` where ``precision`` is left at ``auto``."""
+        return "bf16" if self.bf16 and self.precision.strip().lower() == "auto" else self.precision
 
 
 class EpochBatches:
@@ -157,7 +160,7 @@ class Trainer:
         check_ranges(optim, "optim.")
         self.dist = dist_info or DistInfo()
         self.device = device or torch.device("cpu")
-        self.precision = resolve_precision(train.precision_name, self.device)
+        self.precision = resolve_precision(train.precision_name, self.device, training=True)
         self.fixed_shapes = fixed_shapes  # every batch the same shape: let cuDNN pick its fastest kernels once
         self.model, self.train_set, self.collate = model, train_set, collate
         self.loss_fn, self.evaluate = loss_fn, evaluate
@@ -438,4 +441,6 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             resumed=first_step > 0,
             processes=self.dist.world_size,
+            device=str(self.device),
+            precision=self.precision.record(),
         )

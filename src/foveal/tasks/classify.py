@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
 from foveal.data.box_transforms import normalize
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import to_device, uses_channels_last
+from foveal.engine.device import placement, to_device, uses_channels_last
 from foveal.engine.optim import OptimConfig
 from foveal.engine.runinfo import write_run_info
 from foveal.engine.trainer import TrainConfig, seeded
@@ -329,13 +329,14 @@ def check_task(ckpt: ckpt_io.Checkpoint) -> None:
 
 
 def load_classifier(
-    path: str | Path, fuse: bool = False, device: str | torch.device = "cpu", precision: str = "fp32"
+    path: str | Path, fuse: bool = False, device: str | torch.device = "cpu", precision: str = "auto"
 ) -> LoadedClassifier:
     """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fuse``).
 
     Args:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
-        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format; bf16 / fp16 imply ``fuse``.
+        precision: ``auto`` (fp32 for inference), ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format (see
+            :func:`foveal.engine.device.resolve_precision`); bf16 / fp16 imply ``fuse``.
     """
     model, (classes, resolution, channels, mean, std), ckpt = load_for_inference(
         path, check_task, _read_record, fast=fuse, device=device, precision=precision
@@ -378,7 +379,7 @@ class ClassifyPredictor:
         checkpoint: str | Path | LoadedClassifier,
         top_k: int = 5,
         device: str | torch.device = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> None:
         if top_k < 1:
             raise FovealError(f"--top-k {top_k}: use a positive number of classes, e.g. --top-k 5")
@@ -431,7 +432,7 @@ def predict(
     top_k: int = 5,
     batch_size: int = 32,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[Any]:
     """Top-k classes with probabilities for each image of ``inputs`` (files, folders, globs), in memory.
 
@@ -456,7 +457,7 @@ def evaluate_checkpoint(
     split: str,
     out: str | Path | None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Any:
     """Evaluate a checkpoint on a dataset (default: its own validation data); write metrics and confusion PNG.
 
@@ -491,7 +492,8 @@ def evaluate_checkpoint(
         plot_confusion(result.confusion, clf.classes, out / "confusion.png")
         _write_mistakes(dataset, outcomes, clf.classes, out)
         data_info = {"data": {"spec": spec, "split": split, "samples": len(dataset)}}
-        write_run_info(out, "eval", started, task=TASK, checkpoint=str(path), **data_info)
+        where = placement(device, precision)
+        write_run_info(out, "eval", started, task=TASK, checkpoint=str(path), **data_info, **where)
     return result
 
 

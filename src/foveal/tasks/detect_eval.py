@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from foveal.config import from_dict
 from foveal.data.box_transforms import DetectionTransform, collate_detection
-from foveal.engine.device import to_device, uses_channels_last
+from foveal.engine.device import placement, to_device, uses_channels_last
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.io import staged_output, writable_dir, write_json
@@ -68,7 +68,7 @@ def load_detector(
     fast: bool = True,
     bf16: bool = False,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> LoadedDetector:
     """Load a detection checkpoint (a checkpoint folder or a run directory) for inference.
 
@@ -77,9 +77,10 @@ def load_detector(
         fast: fold BatchNorm into the convolutions and use channels-last (:func:`inference_model`).
         bf16: bfloat16 weights, the same as ``precision="bf16"`` (with ``fast``; see :func:`inference_model`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
-        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) weights; anchors, box decoding and NMS stay fp32.
+        precision: ``auto`` (fp32 for inference), ``fp32``, ``bf16`` or ``fp16`` (CUDA) weights; anchors, box
+            decoding and NMS stay fp32.
     """
-    precision = "bf16" if bf16 and precision == "fp32" else precision
+    precision = "bf16" if bf16 and precision in ("auto", "fp32") else precision
     model, (classes, categories, config, geometry, mean, std), ckpt = load_for_inference(
         path, check_task, _read_record, fast=fast, device=device, precision=precision
     )
@@ -196,7 +197,7 @@ def evaluate_checkpoint(
     split: str | None = None,
     out: str | Path | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> DetectionResult:
     """Evaluate a detection checkpoint with COCO's protocol, the network on ``device`` in ``precision`` (see
     :func:`load_detector`).
@@ -238,7 +239,8 @@ def evaluate_checkpoint(
         plot_pr_curve(result, folder / "pr_curve.png")
         write_json(folder / "per_image.json", _image_figures(dataset, detections, det.classes, folder))
         data_info = {"spec": spec, "split": split or cfg.val_split, "images": len(dataset)}
-        write_run_info(folder, "eval", started, task="detect", checkpoint=str(path), data=data_info)
+        where = placement(device, precision)
+        write_run_info(folder, "eval", started, task="detect", checkpoint=str(path), data=data_info, **where)
     return result
 
 
@@ -275,7 +277,7 @@ class DetectPredictor:
         score_thresh: float | None = None,
         bf16: bool = False,
         device: str | torch.device = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> None:
         from dataclasses import replace
 
@@ -391,7 +393,7 @@ def predict(
     batch_size: int = 4,
     bf16: bool = False,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """Detect objects in each image of ``inputs`` (files, folders, glob patterns, list files) and write
     :class:`DetectWriter`'s files to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is

@@ -37,7 +37,7 @@ from foveal.data.box_transforms import normalize
 from foveal.data.images import expand_inputs
 from foveal.data.localization_set import LocalizationData
 from foveal.engine.checkpoint import checkpoint_task
-from foveal.engine.device import resolve_device, resolve_precision
+from foveal.engine.device import placement, resolve_device, resolve_precision
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
@@ -83,7 +83,7 @@ def explain(
     flip: bool = False,
     true_boxes: Mapping[str, Sequence[Sequence[float]]] | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[ExplainRecord]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
@@ -107,8 +107,8 @@ def explain(
         true_boxes: classifiers only: image file name → its objects' boxes (x1, y1, x2, y2), drawn in green on the
             figures of that image (the paper's Fig. 6).
         device: where the network runs: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ``cuda:N``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) for the network (its BatchNorm-folded copy); maps, boxes and
-            scores are computed in fp32.
+        precision: ``auto`` (fp32 for inference), ``fp32``, ``bf16`` or ``fp16`` (CUDA) for the network (its
+            BatchNorm-folded copy); maps, boxes and scores are computed in fp32.
 
     Returns:
         One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
@@ -146,6 +146,7 @@ def _run(
             checkpoint=str(checkpoint),
             data={"images": len(files)},
             options=shown,
+            **placement(options.device, options.precision),
         )
     return records
 
@@ -161,7 +162,7 @@ def _placed(
         truth = {str(k): [[float(v) for v in b] for b in boxes] for k, boxes in true_boxes.items()}
         options = replace(options, true_boxes=truth)
     where = resolve_device(device)
-    return replace(options, device=str(where), precision=resolve_precision(precision, where).name)
+    return replace(options, device=str(where), precision=resolve_precision(precision, where).requested)
 
 
 def _explainer(checkpoint: str | Path, task: str, options: ExplainOptions) -> Explainer:
@@ -383,7 +384,7 @@ def localization_eval(
     map_scales: Sequence[float] | None = None,
     flip: bool = False,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> LocalizationResult:
     """The paper's localization protocol on canvases with ground-truth boxes.
 

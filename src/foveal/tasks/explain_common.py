@@ -72,7 +72,7 @@ class ExplainOptions:
     flip: bool = False
     true_boxes: dict[str, list[list[float]]] | None = None
     device: str | torch.device = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
 
 
 def check_options(

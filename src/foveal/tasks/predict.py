@@ -80,7 +80,7 @@ class PredictRequest:
     ray: str | None = None
     progress: bool | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
 
 
 def build(task: str, req: PredictRequest) -> tuple[Predictor, Writer]:

@@ -233,7 +233,8 @@ def load_for_inference(
             ``meta``; a missing or malformed entry is reported as a damaged record.
         fast: use :func:`foveal.inference.fast.inference_model`'s copy (BatchNorm folded, channels-last).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
-        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format; bf16 / fp16 imply ``fast``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format
+            (:func:`foveal.engine.device.resolve_precision`); bf16 / fp16 imply ``fast``.
 
     Returns:
         The model in eval mode on ``device``, what ``read`` returned, and the checkpoint.

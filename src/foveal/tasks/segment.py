@@ -348,7 +348,7 @@ def check_task(ckpt: ckpt_io.Checkpoint) -> None:
 
 
 def load_segmenter(
-    path: str | Path, fast: bool = False, device: str | torch.device = "cpu", precision: str = "fp32"
+    path: str | Path, fast: bool = False, device: str | torch.device = "cpu", precision: str = "auto"
 ) -> LoadedSegmenter:
     """Load a segmentation checkpoint for inference (eval mode) on ``device`` (``auto``, ``cpu``, ``cuda``,
     ``cuda:N``).

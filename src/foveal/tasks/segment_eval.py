@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from foveal.engine.device import placement
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.io import staged_output, writable_dir, write_json
@@ -161,7 +162,7 @@ def evaluate_checkpoint(
     out: str | Path | None,
     tta: str | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> SegEvaluation:
     """Evaluate a segmentation checkpoint on ``data`` (default: the validation part of its own training data) and
     write metrics.json to ``out``. ``tta`` overrides the checkpoint's ``post.tta`` ("none" or "dihedral"); the
@@ -202,7 +203,8 @@ def evaluate_checkpoint(
         write_json(out_dir / "per_image.json", _image_figures(kept, out_dir))
         spec = data or cfg.data.val or cfg.data.train
         data_info = {"spec": spec, "images": len(samples), "pixels": int(sum(s.target.numel() for s in samples))}
-        write_run_info(out_dir, "eval", started, task="segment", checkpoint=str(path), data=data_info)
+        where = placement(device, precision)
+        write_run_info(out_dir, "eval", started, task="segment", checkpoint=str(path), data=data_info, **where)
     return result
 
 
@@ -329,7 +331,7 @@ class SegmentPredictor:
         fmt: str = "tif",
         probabilities: bool = False,
         device: str | torch.device = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> None:
         from foveal.tasks.segment import tile_input
 
@@ -461,7 +463,7 @@ def predict(
     tta: str | None = None,
     probabilities: bool = False,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[SegPrediction]:
     """Segment each image of ``inputs`` (files, folders, globs, list files, zarr stores) and write
     :class:`SegmentWriter`'s files to ``out`` as one unit (:func:`foveal.io.staged_output`); an unreadable image is
