@@ -50,8 +50,23 @@ def _data_rows(data: Any) -> list[tuple[str, Any]]:
     return [(f"data: {k.replace('_', ' ')}", v) for k, v in data.items() if v is not None]
 
 
+def _placement_rows(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The device and the number format the network ran in, and why that format (``auto``'s choice or asked for)."""
+    rows: list[tuple[str, Any]] = []
+    if info.get("device"):
+        rows.append(("device", info["device"]))
+    precision = info.get("precision")
+    if isinstance(precision, dict) and precision.get("name"):
+        reason = precision.get("reason")
+        rows.append(("precision", f"{precision['name']} ({reason})" if reason else precision["name"]))
+    elif isinstance(precision, str):  # records written before the reason was kept
+        rows.append(("precision", precision))
+    return rows
+
+
 def provenance_section(page: Page, folder: Path, config: Any = None) -> None:
-    """How the result was made: command line, config, versions, CPU / GPU, data source and size, wall time."""
+    """How the result was made: command line, config, versions, CPU / GPU, device and precision (and why that
+    precision), data source and size, wall time."""
     info = run_info(folder)
     if not info:
         page.add("How this was made", [paragraph(_NOT_RECORDED, "note")], "provenance")
@@ -67,6 +82,7 @@ def provenance_section(page: Page, folder: Path, config: Any = None) -> None:
         ("CPU", f"{env.get('cpu')} ({env.get('cpu_cores')} cores, {env.get('torch_threads')} torch threads)"),
         ("GPU", ", ".join(gpus) if gpus else "none (CPU)"),
     ]
+    rows += _placement_rows(info)
     if info.get("checkpoint"):
         rows.append(("checkpoint", info["checkpoint"]))
     rows += _data_rows(info.get("data"))
