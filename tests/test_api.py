@@ -168,7 +168,7 @@ def test_bad_paths_and_checkpoints_are_one_clear_error(ckpt_run: Path, tmp_path:
     with pytest.raises(FovealError, match="'classify' checkpoint, not a detector"):
         foveal.Detector(ckpt_run)
     model = foveal.load(ckpt_run, device="cpu")
-    with pytest.raises(FovealError, match="input not found"):
+    with pytest.raises(FovealError, match="missing.png does not exist"):
         model.predict(tmp_path / "missing.png")
     with pytest.raises(FovealError, match="cannot read an image from a dict"):
         model.predict({"image": 1})  # type: ignore[arg-type]

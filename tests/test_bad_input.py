@@ -255,7 +255,7 @@ def test_bad_checkpoint(capsys, ckpt_run: Path, tmp_path: Path, command: str, ki
 def test_predict_bad_inputs(capsys, ckpt_run: Path, tmp_path: Path, kind: str) -> None:
     good = _gray(tmp_path / "good.png")
     if kind == "missing":
-        item, needle = str(tmp_path / "nope.png"), "input not found"
+        item, needle = str(tmp_path / "nope.png"), "nope.png does not exist"
     elif kind == "corrupt":
         item, needle = str(tmp_path / "bad.png"), "bad.png"
         (tmp_path / "bad.png").write_bytes(good.read_bytes()[:30])

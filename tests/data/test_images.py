@@ -125,7 +125,7 @@ def test_garbage_empty_missing_directory(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(FovealError, match="empty.jpg"):
         load_image(empty)
-    with pytest.raises(FovealError, match="image not found"):
+    with pytest.raises(FovealError, match="missing.png does not exist"):
         load_image(tmp_path / "missing.png")
     with pytest.raises(FovealError, match="is a folder"):
         load_image(tmp_path)
@@ -168,7 +168,7 @@ def test_expand_inputs_nothing_found(tmp_path: Path) -> None:
     _tree(tmp_path)
     with pytest.raises(FovealError, match=r"pattern '.*\*\.bmp' matches no image files"):
         expand_inputs([str(tmp_path / "*.bmp")])
-    with pytest.raises(FovealError, match="input not found"):
+    with pytest.raises(FovealError, match="missing.png does not exist"):
         expand_inputs([str(tmp_path / "missing.png")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FovealError, match="holds no images"):

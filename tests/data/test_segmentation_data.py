@@ -384,7 +384,7 @@ def test_bad_options(tmp_path: Path) -> None:
         open_segmentation("nuclei-sample", num_classes=1)
     with pytest.raises(FovealError, match="bad channels=0"):
         open_segmentation("nuclei-sample", channels=0)
-    with pytest.raises(FovealError, match="image not found: .*missing.png"):
+    with pytest.raises(FovealError, match="image .*missing.png does not exist"):
         load_seg_image(tmp_path / "missing.png")
 
 

@@ -13,7 +13,9 @@ Channel rules of :func:`load_image`:
 - with ``channels=1`` colour images become luma (ITU-R 601-2, Pillow's ``L``); with ``channels=3`` grayscale is
   repeated into three channels.
 
-EXIF orientation tags are not applied: pixels are returned as stored.
+EXIF orientation tags are not applied: pixels are returned as stored. Float images that hold NaN or infinity are
+refused (no scaling makes an image of them), and so are TIFF files of several full-resolution pages: one image per file
+is read, and page 1 alone would be a silently wrong result (thumbnails and pyramid levels do not count as pages).
 
 Size limit: an image's size is read from its header before any pixel is decoded and compared with the pixel limit
 (:data:`DEFAULT_MAX_PIXELS`, 2³⁰ ≈ 1.07 billion pixels, all pages of a stack together; ``pixel_limit`` or the
@@ -29,13 +31,14 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from foveal.errors import FovealError
-from foveal.io import not_found
+from foveal.errors import FovealError, path_note
+from foveal.io import missing_reason
 
 #: The largest image read by default, in pixels (pages × height × width).
 DEFAULT_MAX_PIXELS = 2**30
@@ -119,18 +122,84 @@ def mode_channels(mode: str) -> int:
     return 1 if mode in _GRAY_MODES or mode.startswith("I;16") else 3
 
 
-def _check_file(path: Path) -> None:
+def missing_message(what: str, path: str | Path, fix: str) -> str:
+    """``"<what> <path> does not exist: <fix>"``, or what is wrong instead (a broken symbolic link, whose target is
+    missing; a link that loops), or what the path's text hides (an invisible character, quotes) and its fix."""
+    reason = missing_reason(path)
+    text = f"{what} {path} does not exist" if reason == "not found" else f"{what} {path} {reason}"
+    note = path_note(path)
+    if note:
+        return text + note
+    return f"{text}: {'fix or remove the link' if os.path.islink(path) else fix}"
+
+
+def stack_error(path: str | Path, pages: int, role: str = "image") -> FovealError:
+    """The error for a stack of ``pages`` pages where one image per file is read."""
+    return FovealError(
+        f"{role} {path} is a stack of {pages} pages, and one image per file is read: pass single images (save each "
+        "page as its own file, e.g. with ImageJ's Image > Stacks > Stack to Images)"
+    )
+
+
+def check_tiff_series(
+    tif: Any, path: str | Path, role: str = "image", error: type[FovealError] = FovealError
+) -> None:
+    """Refuse (raise ``error``) a TIFF whose pages form several series (``tif`` is an open ``tifffile.TiffFile``):
+    pages saved one call at a time, or images of different sizes. Reading the first series alone would drop the
+    others unnoticed."""
+    series = tif.series
+    if len(series) > 1:
+        pages = sum(math.prod(n for n, a in zip(s.shape, s.axes, strict=False) if a not in "YXS") for s in series)
+        raise error(
+            f"{role} {path} holds {pages} pages in {len(series)} separate TIFF series (pages saved one at a time, or "
+            "images of different sizes), and only the first series would be read: save each page as its own file, "
+            "or all pages as one stack (tifffile.imwrite(path, numpy.stack(pages)))"
+        )
+
+
+def _tiff_pages(path: Path, frames: int) -> int:
+    """Full-resolution pages of a TIFF file that Pillow counts ``frames`` frames in: reduced-resolution pages
+    (thumbnails, pyramid levels) and transparency masks do not count."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return sum(1 for page in tif.pages if not int(getattr(page, "subfiletype", 0)) & 0b101)
+    except (tifffile.TiffFileError, *_DECODE_ERRORS):
+        return frames  # a layout tifffile cannot parse: Pillow's count
+
+
+def check_finite(values: np.ndarray, name: str | Path) -> None:
+    """Refuse float pixels holding NaN or infinity: no scaling turns them into an image."""
+    if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        raise FovealError(
+            f"image {name} holds NaN or infinite values: fix the image (e.g. numpy.nan_to_num) or leave it out"
+        )
+
+
+def _special(path: Path) -> str:
+    """What an existing path that is neither a file nor a folder is, for a message."""
+    target = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
+    return f"not a regular file but a pipe, device or socket{target}"
+
+
+def check_file(path: Path, role: str = "image") -> None:
+    """Refuse ``path`` unless it is an existing regular file, naming what it is instead (missing, a broken link, a
+    folder, a pipe or device: opening a pipe would wait for a writer forever)."""
     if not path.exists():
-        raise FovealError(f"{not_found('image', path)} (check the path)")
+        raise FovealError(missing_message(role, path, "check the path"))
     if path.is_dir():
         raise FovealError(
-            f"expected an image file but {path} is a folder: pass a file, or the folder where a folder is accepted"
+            f"expected {'an' if role[0] in 'aeiou' else 'a'} {role} file but {path} is a folder: pass a file, or the "
+            "folder where a folder is accepted"
         )
+    if not path.is_file():
+        raise FovealError(f"{role} {path} is {_special(path)}: pass an {role} file")
 
 
 def _open(path: Path) -> Image.Image:
     """The image lazily opened (header only), after its size was checked against the pixel limit."""
-    _check_file(path)
+    check_file(path)
     try:
         with pillow_unbounded():
             img = Image.open(path)
@@ -144,6 +213,9 @@ def _open(path: Path) -> Image.Image:
         raise FovealError(f"cannot read image {path}: {exc} (the file is corrupt; fix or remove it)") from None
     try:
         check_pixels(path, (img.height, img.width))
+        frames = int(getattr(img, "n_frames", 1)) if img.format == "TIFF" else 1
+        if frames > 1 and (pages := _tiff_pages(path, frames)) > 1:
+            raise stack_error(path, pages)
     except FovealError:
         img.close()
         raise
@@ -163,11 +235,12 @@ def peek_channels(path: str | Path) -> int:
         return mode_channels(img.mode)
 
 
-def _to_uint8_gray(img: Image.Image) -> np.ndarray:
-    """(H, W) uint8 from a 16-bit, 32-bit int or float grayscale image."""
+def _to_uint8_gray(img: Image.Image, name: str | Path) -> np.ndarray:
+    """(H, W) uint8 from a 16-bit, 32-bit int or float grayscale image (``name`` it in an error)."""
     arr = np.asarray(img)
     if img.mode.startswith("I;16"):
         return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    check_finite(arr, name)
     values = arr.astype(np.float64)
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
@@ -181,12 +254,16 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
-def image_pixels(img: Image.Image, channels: int | None) -> np.ndarray:
-    """(H, W) or (H, W, 3) uint8 array of a fully loaded image, by the channel rules of :func:`load_image`."""
+def image_pixels(img: Image.Image, channels: int | None, name: str | Path = "<image>") -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 array of a fully loaded image, by the channel rules of :func:`load_image`.
+
+    Raises:
+        FovealError: naming ``name`` when a float image holds NaN or infinity.
+    """
     mode = img.mode
     target = channels if channels is not None else mode_channels(mode)
     if mode.startswith("I") or mode == "F":
-        gray = _to_uint8_gray(img)
+        gray = _to_uint8_gray(img, name)
         return gray if target == 1 else np.repeat(gray[:, :, None], 3, axis=2)
     if mode in ("P", "PA"):
         img = img.convert("RGBA")  # applies palette transparency without Pillow's warning
@@ -208,7 +285,8 @@ def load_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         uint8 tensor of shape (C, H, W).
 
     Raises:
-        FovealError: naming ``path`` when it is missing, a folder, unreadable, not an image, corrupt or truncated.
+        FovealError: naming ``path`` when it is missing, a folder, unreadable, not an image, corrupt or truncated, a
+            stack of TIFF pages, or a float image holding NaN or infinity.
     """
     _check_channels(channels)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -221,7 +299,7 @@ def load_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     with _open(p) as img, pillow_unbounded():
         try:
             img.load()
-            arr = image_pixels(img, channels)
+            arr = image_pixels(img, channels, p)
         except _DECODE_ERRORS as exc:
             raise FovealError(
                 f"cannot decode image {p}: {exc} (the file is truncated or corrupt; fix or remove it)"
@@ -255,14 +333,16 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 
 
 def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
-    """Turn command-line inputs into image paths.
+    """Turn command-line inputs into image paths (all of :func:`iter_inputs`, as a list).
 
-    Each item is one of: an image file (taken as given, whatever its extension); a folder (the images directly in it,
-    sorted — sub-folders are not searched); a glob pattern such as ``photos/*.jpg`` or ``data/**/*.png`` (``**``
-    matches any depth; only files with an image extension are kept, sorted). Duplicates are dropped, keeping the first.
+    Each item is one of: an image file (taken as given, whatever its extension); a list file (``.txt`` / ``.lst``,
+    one image path per line); a folder (the images directly in it, sorted — sub-folders are not searched); a glob
+    pattern such as ``photos/*.jpg`` or ``data/**/*.png`` (``**`` matches any depth; only files with an image
+    extension are kept, sorted). A broken symbolic link found in a folder or by a pattern is kept, so that loading it
+    names it. Duplicates are dropped, keeping the first.
 
     Args:
-        items: files, folders and glob patterns.
+        items: files, list files, folders and glob patterns.
 
     Returns:
         Image paths, in the order of ``items``.
@@ -271,34 +351,7 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
         FovealError: naming the item when a file or folder does not exist, a folder holds no images, or a pattern
             matches no image; also when ``items`` is empty.
     """
-    if not items:
-        raise FovealError("no inputs given: pass image files, folders of images or glob patterns such as 'imgs/*.png'")
-    seen: set[Path] = set()
-    out: list[Path] = []
-    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-    for item in items:
-        text = str(item)
-        path = Path(text)
-        if path.is_file():
-            found = [path]
-        elif path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise FovealError(
-                    f"folder {path} holds no images (looked for {exts}, not in sub-folders): "
-                    f"pass a folder with images, or a pattern such as '{path}/**/*.png'"
-                )
-        elif _has_glob(text):
-            found = sorted(Path(m) for m in glob.glob(text, recursive=True) if is_image_file(Path(m)))
-            if not found:
-                raise FovealError(f"pattern '{text}' matches no image files (extensions {exts}): check the pattern")
-        else:
-            raise FovealError(f"{not_found('input', path)} (pass an existing image file, folder or glob pattern)")
-        for p in found:
-            if p not in seen:
-                seen.add(p)
-                out.append(p)
-    return out
+    return list(iter_inputs(items))
 
 
 #: Extensions of list files: an input ending so is read as one image path per line (blank lines and ``#`` comments
@@ -307,14 +360,18 @@ LIST_EXTENSIONS: frozenset[str] = frozenset({".txt", ".lst"})
 
 
 def _list_file(path: Path) -> Iterator[Path]:
+    """The paths of a list file: UTF-8 (a byte-order mark at its start, or at a line's, is dropped) or UTF-16 with
+    its byte-order mark (Notepad's "Unicode")."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, "rb") as probe:
+            encoding = "utf-16" if probe.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+        with open(path, encoding=encoding) as handle:
             for line in handle:
-                entry = line.strip()
+                entry = line.strip().lstrip("\ufeff").strip()
                 if entry and not entry.startswith("#"):
                     p = Path(entry)
                     yield p if p.is_absolute() else path.parent / p
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeError) as exc:
         raise FovealError(f"cannot read the list file {path}: {exc} (one image path per line, UTF-8)") from None
 
 
@@ -330,38 +387,46 @@ def is_zarr_path(path: str | Path) -> bool:
     return p.suffix.lower() in ZARR_SUFFIXES or any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
+def _listed(path: Path) -> bool:
+    """Whether a folder entry or pattern match is an input: a non-hidden entry with an image extension that is not a
+    folder. A broken symbolic link, a pipe or a device is kept, so that loading it names the problem instead of
+    dropping it unnoticed."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and not path.is_dir()
+
+
 def _expand_one(text: str) -> Iterator[Path]:
     exts = ", ".join(sorted(IMAGE_EXTENSIONS))
     path = Path(text)
+    if not text.strip():
+        raise FovealError(f"input {text!r} is an empty path: pass image files, folders, glob patterns or list files")
     if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         yield from _list_file(path)
     elif path.is_file() or is_zarr_path(path):
         yield path
     elif path.is_dir():
-        names = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))
         found = False
-        for name in names:
-            p = path / name
-            if is_image_file(p):
+        for name in sorted(e.name for e in os.scandir(path) if not e.name.startswith(".")):
+            if _listed(path / name):
                 found = True
-                yield p
+                yield path / name
         if not found:
             raise FovealError(
                 f"folder {path} holds no images (looked for {exts}, not in sub-folders): "
                 f"pass a folder with images, or a pattern such as '{path}/**/*.png'"
             )
     elif _has_glob(text):
-        found_any = False
+        found = False
         for m in sorted(glob.iglob(text, recursive=True)):
-            if is_image_file(Path(m)):
-                found_any = True
+            if _listed(Path(m)):
+                found = True
                 yield Path(m)
-        if not found_any:
+        if not found:
             raise FovealError(f"pattern '{text}' matches no image files (extensions {exts}): check the pattern")
+    elif path.exists():
+        raise FovealError(f"input {path} is {_special(path)}: pass image files, folders, glob patterns or list files")
     else:
-        raise FovealError(
-            f"{not_found('input', path)} (pass an existing image file, folder, glob pattern or list file)"
-        )
+        fix = "pass an existing image file, folder, glob pattern or list file"
+        raise FovealError(missing_message("input", path, fix))
 
 
 def iter_inputs(items: Sequence[str | Path]) -> Iterator[Path]:

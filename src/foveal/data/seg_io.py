@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 
-from foveal.data.images import check_pixels, pillow_unbounded
+from foveal.data.images import check_file, check_finite, check_pixels, check_tiff_series, pillow_unbounded, stack_error
 from foveal.errors import FovealError
 
 NORMALIZATIONS = ("percentile", "dtype", "minmax")
@@ -44,6 +44,7 @@ def _read_tiff(path: Path, role: str) -> list[np.ndarray]:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise FovealError(f"{role} {path} holds no image data: fix or remove it")
+            check_tiff_series(tif, path, role)
             series = tif.series[0]
             check_pixels(path, [n for n, a in zip(series.shape, series.axes, strict=False) if a not in "SC"], role)
             pixels = series.asarray()
@@ -114,10 +115,7 @@ def _read_pillow(path: Path, role: str, all_frames: bool = False) -> list[np.nda
 
 
 def read_pages(path: Path, role: str) -> list[np.ndarray]:
-    if not path.exists():
-        raise FovealError(f"{role} not found: {path} (check the path)")
-    if path.is_dir():
-        raise FovealError(f"expected an {role} file but {path} is a folder")
+    check_file(path, role)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return _read_tiff(path, role)
     if role == "mask" and path.suffix.lower() in _LOSSY:
@@ -148,8 +146,7 @@ def to_float(pixels: np.ndarray, path: Path, normalize: str) -> Tensor:
         x = pixels.astype(np.float32) / 255.0
     else:
         x = pixels.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise FovealError(f"image {path} holds NaN or infinite values: fix or remove it")
+        check_finite(x, path)
         if normalize == "dtype" and pixels.dtype.kind in "iu":
             x /= float(np.iinfo(pixels.dtype).max)
         elif normalize == "dtype":
@@ -217,7 +214,7 @@ def load_seg_image(path: str | Path, channels: int | None = None, normalize: str
     """
     pages = load_seg_pages(path, channels, normalize)
     if len(pages) != 1:
-        raise FovealError(f"image {path} is a stack of {len(pages)} pages: pass single images (one page each)")
+        raise stack_error(path, len(pages))
     return pages[0]
 
 
