@@ -112,7 +112,7 @@ def test_bf16_asked_for_on_an_emulating_cpu_warns_once_with_the_fix(monkeypatch)
     assert (p.name, p.requested) == ("bf16", "bf16") and "emulated" in p.reason
     with _no_warning():
         resolve_precision("BF16", CPU)  # said once per process
-    with pytest.warns(EmulatedBF16Warning, match=r"use train.precision=fp32 \(or auto, without train.bf16\)"):
+    with pytest.warns(EmulatedBF16Warning, match=r"use train.precision=fp32 or auto \(and train.bf16=false\)"):
         resolve_precision("bf16", CPU, training=True)
 
 
@@ -167,7 +167,9 @@ def test_train_records_and_reports_the_precision_and_why(ckpt_run):
 def test_training_precision_defaults_to_auto_and_reads_the_legacy_bf16_key():
     assert TrainConfig().precision_name == "auto"
     assert TrainConfig(bf16=True).precision_name == "bf16"  # segment_cpu's former `bf16: true`: bf16 asked for
-    assert TrainConfig(bf16=True, precision="fp32").precision_name == "fp32"
+    # an older checkpoint's config says `bf16: true, precision: fp32` for bf16: a resumed run keeps bf16
+    assert TrainConfig(bf16=True, precision="fp32").precision_name == "bf16"
+    assert TrainConfig(bf16=False, precision="fp32").precision_name == "fp32"
 
 
 def test_legacy_bf16_true_on_an_emulating_cpu_warns_and_is_recorded(monkeypatch, tmp_path):

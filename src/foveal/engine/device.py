@@ -271,7 +271,7 @@ def _auto(device: torch.device, native: bool, why: str, training: bool) -> Preci
 def _warn_emulated(device: torch.device, why: str, training: bool) -> None:
     """One warning line: bf16 asked for where it is emulated, the slowdown to expect and the fix."""
     where = "this GPU" if device.type == "cuda" else "this CPU"
-    fix = "train.precision=fp32 (or auto, without train.bf16)" if training else "--precision fp32 (or auto)"
+    fix = "train.precision=fp32 or auto (and train.bf16=false)" if training else "--precision fp32 (or auto)"
     message = (
         f"bf16 is {why}: expect it to run several times slower than fp32 on {where} (up to ~20x for EfficientNet "
         f"inference, ~5x for U-Net training); use {fix}"

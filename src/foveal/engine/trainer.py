@@ -51,7 +51,7 @@ class TrainConfig:
     ``precision``: ``auto`` (bf16 autocast where the device computes bf16 natively, else fp32; see
     :func:`foveal.engine.device.resolve_precision`), ``fp32``, ``bf16`` (autocast; warned about where it is emulated)
     or ``fp16`` (autocast with a gradient scaler, CUDA only); ``bf16: true`` is the older spelling of
-    ``precision: bf16`` (a bf16 asked for, also where it is emulated).
+    ``precision: bf16`` (a bf16 asked for, also where it is emulated; ``bf16: false`` turns it off).
     """
 
     epochs: Annotated[float, POSITIVE] = 350.0
@@ -74,8 +74,9 @@ class TrainConfig:
 
     @property
     def precision_name(self) -> str:
-        """``precision``, with the older ``bf16: true`` read as ``bf16`` where ``precision`` is left at ``auto``."""
-        return "bf16" if self.bf16 and self.precision.strip().lower() == "auto" else self.precision
+        """``precision``, with the older ``bf16: true`` read as ``bf16`` unless ``precision`` names bf16 or fp16 (as
+        before ``auto``: the configs stored in older checkpoints say ``bf16: true, precision: fp32`` for bf16)."""
+        return "bf16" if self.bf16 and self.precision.strip().lower() in ("auto", "fp32") else self.precision
 
 
 class EpochBatches:
