@@ -49,8 +49,10 @@ def inference_model(
     subnets and FPN outputs, most of ResNet's 3×3s, U-Net's levels from 128 channels on) use Winograd F(4×4, 3×3)
     (:mod:`foveal.inference.winograd`): outputs differ from direct convolution by ≈ 1e-5 of their range. With
     ``bf16`` (or ``dtype=torch.bfloat16`` / ``torch.float16``) the weights are in that format (about twice the speed
-    where the CPU has bf16 instructions; logits then differ from fp32 by about 1 %); callers cast the input to the
-    model's dtype and post-process in fp32 (:func:`foveal.tasks.detect_eval.detect_batch` decodes boxes with fp32
+    where the CPU has bf16 units, AMX or AVX512-BF16; several times slower where it has not and emulates bf16, see
+    :func:`foveal.engine.device.native_bf16`; logits then differ from fp32 by about 1 %); the number format is chosen
+    by :func:`foveal.engine.device.resolve_precision`, which warns about an emulated bf16. Callers cast the input to
+    the model's dtype and post-process in fp32 (:func:`foveal.tasks.detect_eval.detect_batch` decodes boxes with fp32
     anchors, so boxes keep their precision).
 
     Args:
