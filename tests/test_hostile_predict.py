@@ -69,7 +69,7 @@ def _truncated_tiled_bigtiff(path: Path) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` → its bytes (not the lock, nor the staging folder a failed run keeps for --resume)."""
+    """Every file under ``folder`` → its bytes (not the lock, nor the staging a failed run keeps for --resume)."""
     files = (p for p in sorted(folder.rglob("*")) if p.is_file() and foveal_io.STAGING_NAME not in p.parts)
     return {str(p.relative_to(folder)): p.read_bytes() for p in files if p.name != foveal_io.LOCK_NAME}
 
@@ -254,6 +254,7 @@ def test_a_folder_holding_another_models_predictions_is_refused(capsys, ckpt, tm
     err = _fail(capsys, ["predict", ckpt["detect"], image, "--out", str(out)], str(out), "--overwrite", "another --out")
     assert f"predictions of the model {Path(ckpt['classify']).resolve()}" in err
     _fail(capsys, ["predict", ckpt["detect"], image, "--out", str(out), "--resume"], str(out))
+    _fail(capsys, ["eval", ckpt["classify"], "--out", str(out)], "already holds predictions", "another --out")
     assert _snapshot(out) == before
     _ok(capsys, ["predict", ckpt["classify"], image, "--out", str(out)])  # the same model again: fine
     _ok(capsys, ["predict", ckpt["detect"], image, "--out", str(out), "--overwrite"])

@@ -125,6 +125,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = checkpoint_task(args.checkpoint)
     _tta_only_for_segmentation(args, task)
     _boxes_only_for_classifiers(args, task)
+    if args.out:
+        from foveal.io import check_unmixed
+
+        check_unmixed(args.out, "eval")  # metrics beside a run's or predictions' files would replace some of them
     model = _load(args)
     result = model.evaluate(**TASKS[model.task].eval_options(args))
     if hasattr(result, "format"):

@@ -382,6 +382,17 @@ def _check_owner(final: Path, owner: Mapping[str, Any], previous: Mapping[str, A
     )
 
 
+def check_unmixed(folder: PathLike, command: str) -> None:
+    """Refuse to write ``command``'s outputs into ``folder`` when it holds another command's (for commands that write
+    their files in place and have no ``--overwrite``: an earlier output of the same command is theirs to replace)."""
+    previous = folder_owner(folder) if Path(folder).is_dir() else None
+    if previous is not None and previous.get("command") != command:
+        raise FovealError(
+            f"output folder {folder} already holds {_describe(previous)}: choose another --out for the "
+            f"{_describe({'command': command})}"
+        )
+
+
 def _names(path: Path) -> list[str]:
     """The JSON strings of a drop list, one a line (none when there is no list)."""
     if not path.exists():

@@ -159,13 +159,13 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
 
     task = checkpoint_task(req.checkpoint)
     _check(task, req)
+    predictor, writer = build(task, req)  # another task is loaded as a classifier, which names it
     out = req.out if req.out is not None or task == "classify" else "predictions"
     settings = _settings(task, req)
     owner = {"command": "predict", "model": settings["checkpoint"], "task": task}
     finished = _finished_run(task, req, out, settings)
     if finished is not None:
         return finished
-    predictor, writer = build(task, req)
     batch = req.batch_size or DEFAULT_BATCH[task]
     lasting = out is not None
     with (
