@@ -161,7 +161,7 @@ def test_classifier_explain_and_export(ckpt_run: Path, gray_images: Path, tmp_pa
 
 
 def test_bad_paths_and_checkpoints_are_one_clear_error(ckpt_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(FovealError, match="checkpoint not found"):
+    with pytest.raises(FovealError, match="checkpoint .*nothing does not exist"):
         foveal.load(tmp_path / "nothing")
     with pytest.raises(FovealError, match="'classify' checkpoint, not a segmentation model"):
         foveal.Segmenter(ckpt_run)
@@ -170,7 +170,7 @@ def test_bad_paths_and_checkpoints_are_one_clear_error(ckpt_run: Path, tmp_path:
     model = foveal.load(ckpt_run, device="cpu")
     with pytest.raises(FovealError, match="missing.png does not exist"):
         model.predict(tmp_path / "missing.png")
-    with pytest.raises(FovealError, match="cannot read an image from a dict"):
+    with pytest.raises(FovealError, match=r"cannot read an image from .* \(type dict\)"):
         model.predict({"image": 1})  # type: ignore[arg-type]
     with pytest.raises(FovealError, match="--opset 99"):
         model.export(tmp_path / "m.onnx", opset=99)

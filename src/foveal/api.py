@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from foveal.errors import FovealError
+from foveal import api_args as args
+from foveal.errors import FovealError, path_note
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +66,8 @@ class Model:
         from foveal.engine.checkpoint import checkpoint_task
         from foveal.engine.device import resolve_device, resolve_precision
 
+        path = _checkpoint(path)
+        device = args.device(device)
         task = checkpoint_task(path)
         if task != self.task:
             raise FovealError(
@@ -113,8 +117,14 @@ class Model:
         """
         from foveal.inference.export import check_export_options, export_checked
 
-        check_export_options(opset, size)
-        return export_checked(self.export_spec(), path, size, opset)
+        path = args.path(path, "path", "model.export('model.onnx')")
+        sizes = args.numbers_of(size, "size", "size=224 or size=(224, 320)")
+        if sizes is not None and not all(v == int(v) for v in sizes):
+            raise FovealError(f"size={size!r}: give the input's H (and W) in whole pixels, e.g. size=224")
+        edges = None if sizes is None else [int(v) for v in sizes]
+        opset = args.integer(opset, "opset", 1, "opset=17")
+        check_export_options(opset, edges)
+        return export_checked(self.export_spec(), path, edges, opset)
 
     def export_spec(self) -> ExportSpec:
         """What :meth:`export` writes: the fp32 network, its input and its outputs."""
@@ -148,6 +158,15 @@ class Model:
         """
         from foveal.tasks.explain import explain
 
+        out = args.optional_path(out, "out", "out='explanations'")
+        top_k = args.integer(top_k, "top_k", 1, "top_k=5")
+        method = args.text(method, "method", ("cam", "gradcam"))
+        threshold = args.number(threshold, "threshold", "threshold=0.2")
+        relative_to = args.text(relative_to, "relative_to", ("max", "range"))
+        score_thresh = args.optional_number(score_thresh, "score_thresh", "score_thresh=0.05")
+        map_stride = args.optional_integer(map_stride, "map_stride", 1, "map_stride=2")
+        scales = args.numbers_of(map_scales, "map_scales", "map_scales=(1, 2)")
+        flip = args.flag(flip, "flip")
         with _as_files(images, self._file_pixels) as (inputs, names), _folder(out) as folder:
             records = explain(
                 self.path,
@@ -159,7 +178,7 @@ class Model:
                 relative_to=relative_to,
                 score_thresh=score_thresh,
                 map_stride=map_stride,
-                map_scales=map_scales,
+                map_scales=scales,
                 flip=flip,
                 device=self.device,
                 precision=self._asked,
@@ -168,14 +187,16 @@ class Model:
             replace(r, file=names.get(r.file, r.file), figures=r.figures if out is not None else []) for r in records
         ]
 
-    def predict(self, images: Images, **options: Any) -> list[Any]:
+    def predict(self, images: Images, batch_size: int | None = None, **options: Any) -> list[Any]:
         """Results of each image of ``images`` (files, folders, globs, list files, PIL images, arrays, tensors; see
-        :mod:`foveal.inference.inputs`), in order; see the subclass for the options and the result type."""
+        :mod:`foveal.inference.inputs`), in order, ``batch_size`` images per forward pass (default: the task's); see
+        the subclass for the options and the result type."""
         from foveal.inference.inputs import InMemory, batches, gather
 
+        size = args.optional_integer(batch_size, "batch_size", 1, "batch_size=8") or self.batch_size
         predictor = self._predictor(**options)
         results: list[Any] = []
-        for chunk in batches(gather(images), self.batch_size):
+        for chunk in batches(gather(images), size):
             prepared = [self._prepare(predictor, x) if isinstance(x, InMemory) else predictor.prepare(x) for x in chunk]
             for x, p, r in zip(chunk, prepared, predictor.predict_batch(prepared), strict=True):
                 results.append(self._result(x.name if isinstance(x, InMemory) else str(x), p, r))
@@ -205,13 +226,15 @@ class Classifier(Model):
 
     task, noun, batch_size = "classify", "classifier", 32
 
-    def predict(self, images: Images, top_k: int = 5) -> list[Classification]:  # type: ignore[override]
-        """The ``top_k`` classes of each image (see :meth:`Model.predict` for ``images``)."""
-        return super().predict(images, top_k=top_k)
+    def predict(  # type: ignore[override]
+        self, images: Images, top_k: int = 5, *, batch_size: int | None = None
+    ) -> list[Classification]:
+        """The ``top_k`` classes of each image (see :meth:`Model.predict` for ``images`` and ``batch_size``)."""
+        return super().predict(images, batch_size, top_k=args.integer(top_k, "top_k", 1, "top_k=5"))
 
     def evaluate(
         self,
-        data: str | None = None,
+        data: str | Path | None = None,
         split: str = "test",
         out: str | Path | None = None,
         *,
@@ -231,24 +254,30 @@ class Classifier(Model):
             A :class:`~foveal.metrics.classification.ClassificationResult`, or with ``boxes`` a
             :class:`~foveal.tasks.localize_eval.LocalizationReport`.
         """
+        folder, split, out = _data(data), args.text(split, "split", ("train", "val", "test")), _out(out)
+        boxes = args.optional_path(boxes, "boxes", "boxes='boxes.csv'")
+        box_format = args.optional_text(box_format, "box_format")
+        map_stride = args.optional_integer(map_stride, "map_stride", 1, "map_stride=2")
+        scales = args.numbers_of(map_scales, "map_scales", "map_scales=(1, 2)")
+        flip = args.flag(flip, "flip")
         if boxes is None:
-            if box_format is not None or map_stride is not None or map_scales is not None or flip:
+            if box_format is not None or map_stride is not None or scales is not None or flip:
                 raise FovealError("box_format, map_stride, map_scales and flip apply to localization: pass boxes")
             from foveal.tasks.classify import evaluate_checkpoint
 
-            return evaluate_checkpoint(self.path, data, split, out, device=self.device, precision=self._asked)
-        if data is None:
-            raise FovealError("--boxes needs --data FOLDER: the folder that holds the box file's images")
+            return evaluate_checkpoint(self.path, folder, split, out, device=self.device, precision=self._asked)
+        if folder is None:
+            raise FovealError("boxes needs data: pass the folder that holds the box file's images, data='images/'")
         from foveal.tasks.localize_eval import localization_eval_folder
 
         return localization_eval_folder(
             self.path,
-            data,
+            folder,
             boxes,
             box_format=box_format,
             split=split,
             map_stride=map_stride,
-            map_scales=map_scales,
+            map_scales=scales,
             flip=flip,
             out=out,
         )
@@ -288,18 +317,31 @@ class Segmenter(Model):
     task, noun, batch_size = "segment", "segmentation model", 1
 
     def predict(  # type: ignore[override]
-        self, images: Images, tile: int | None = None, tta: str | None = None, probabilities: bool = False
+        self,
+        images: Images,
+        tile: int | None = None,
+        tta: str | None = None,
+        probabilities: bool = False,
+        *,
+        batch_size: int | None = None,
     ) -> list[Segmentation]:
-        """Each image segmented by overlap-tile inference (see :meth:`Model.predict` for ``images``).
+        """Each image segmented by overlap-tile inference (see :meth:`Model.predict` for ``images`` and
+        ``batch_size``).
 
         Args:
             tile: output tile edge (default: the checkpoint's evaluation tile).
             tta: "none" or "dihedral" (average over the 8 rotations / flips; default: the checkpoint's).
             probabilities: also return the (H, W, K) soft-max probabilities.
         """
-        return super().predict(images, tile=tile, tta=tta, probabilities=probabilities)
+        return super().predict(
+            images,
+            batch_size,
+            tile=args.optional_integer(tile, "tile", 1, "tile=100"),
+            tta=args.optional_text(tta, "tta", ("none", "dihedral")),
+            probabilities=args.flag(probabilities, "probabilities"),
+        )
 
-    def evaluate(self, data: str | None = None, out: str | Path | None = None, tta: str | None = None) -> Any:
+    def evaluate(self, data: str | Path | None = None, out: str | Path | None = None, tta: str | None = None) -> Any:
         """Pixel and instance metrics on ``data`` (an images/ + masks/ folder; default: the checkpoint's validation
         part), with ``out`` also metrics.json and figures, as ``foveal eval`` writes them.
 
@@ -308,7 +350,10 @@ class Segmenter(Model):
         """
         from foveal.tasks.segment_eval import evaluate_checkpoint
 
-        return evaluate_checkpoint(self.path, data, out, tta=tta, device=self.device, precision=self._asked)
+        tta = args.optional_text(tta, "tta", ("none", "dihedral"))
+        return evaluate_checkpoint(
+            self.path, _data(data), _out(out), tta=tta, device=self.device, precision=self._asked
+        )
 
     def export_spec(self) -> ExportSpec:
         """The U-Net at its evaluation tile's input (any valid input edge with ``size``); one output, "logits"."""
@@ -360,15 +405,19 @@ class Detector(Model):
 
     task, noun, batch_size = "detect", "detector", 4
 
-    def predict(self, images: Images, score_thresh: float | None = None) -> list[Detections]:  # type: ignore[override]
-        """The detections of each image, by decreasing score (see :meth:`Model.predict` for ``images``).
+    def predict(  # type: ignore[override]
+        self, images: Images, score_thresh: float | None = None, *, batch_size: int | None = None
+    ) -> list[Detections]:
+        """The detections of each image, by decreasing score (see :meth:`Model.predict` for ``images`` and
+        ``batch_size``).
 
         Args:
             score_thresh: the lowest score kept (default: the checkpoint's inference setting, 0.05 in the paper).
         """
-        return super().predict(images, score_thresh=score_thresh)
+        thresh = args.optional_number(score_thresh, "score_thresh", "score_thresh=0.05")
+        return super().predict(images, batch_size, score_thresh=thresh)
 
-    def evaluate(self, data: str | None = None, split: str | None = None, out: str | Path | None = None) -> Any:
+    def evaluate(self, data: str | Path | None = None, split: str | None = None, out: str | Path | None = None) -> Any:
         """COCO AP / AP50 / AP75 / S / M / L on ``data`` (COCO JSON or folder; default: the checkpoint's validation
         data), with ``out`` also metrics.json, detections.json and figures, as ``foveal eval`` writes them.
 
@@ -377,7 +426,8 @@ class Detector(Model):
         """
         from foveal.tasks.detect_eval import evaluate_checkpoint
 
-        return evaluate_checkpoint(self.path, data, split, out, device=self.device, precision=self._asked)
+        folder, split = _data(data), args.optional_text(split, "split")
+        return evaluate_checkpoint(self.path, folder, split, _out(out), device=self.device, precision=self._asked)
 
     def export_spec(self) -> ExportSpec:
         """The network without post-processing: outputs cls_logits (N, A, K), box_deltas (N, A, 4), anchors (A, 4)."""
@@ -460,6 +510,8 @@ def load(path: str | Path, device: str | torch.device = "auto", precision: str |
     """
     from foveal.engine.checkpoint import checkpoint_task
 
+    path = _checkpoint(path)
+    device = args.device(device)
     task = checkpoint_task(path)
     cls = MODELS.get(task)
     if cls is None:
@@ -518,8 +570,8 @@ def plan_training(
     from foveal.config import load_config, recipe_path
     from foveal.io import writable_dir
 
-    if task not in TRAINERS:
-        raise FovealError(f"unknown task '{task}': train one of {', '.join(TRAINERS)}")
+    if not isinstance(task, str) or task not in TRAINERS:
+        raise FovealError(f"unknown task {task!r}: train one of {', '.join(TRAINERS)}")
     trainer = TRAINERS[task]
     config_cls = getattr(importlib.import_module(trainer.config_module), trainer.config)
     if resume is not None:
@@ -580,7 +632,12 @@ def train(
 
         model = foveal.train("classify", "classify_cpu", out="runs/x", train__max_steps=200)
     """
-    pairs = [f"{k.replace('__', '.')}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    task = args.text(task, "task", tuple(TRAINERS))
+    config = args.optional_path(config, "config", "config='classify_cpu' or config='my_recipe.yaml'")
+    out = args.optional_path(out, "out", "out='runs/classify'")
+    resume = args.optional_path(resume, "resume", "resume='runs/classify'")
+    device, overwrite = args.device(device), args.flag(overwrite, "overwrite")
+    pairs = [_override(k, v) for k, v in overrides.items()]
     plan = plan_training(task, config, out, resume=resume, overwrite=overwrite, overrides=pairs, device=device)
     metrics = run_training(plan, device=device)
     model = load(metrics.get("run_dir", plan.run_dir), device=device or "auto")
@@ -589,6 +646,42 @@ def train(
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
+def _checkpoint(path: Any) -> Path:
+    """The checkpoint path argument, checked: a path that exists."""
+    return args.existing(path, "path", "checkpoint", "foveal.load('runs/classify-cpu')")
+
+
+def _data(data: Any) -> str | None:
+    """The ``data`` argument of ``evaluate``: a dataset name or folder (None: the checkpoint's validation data)."""
+    folder = args.optional_path(data, "data", "data='my_images/'")
+    if folder is not None and not folder.exists() and path_note(folder):
+        raise FovealError(f"data {folder} does not exist{path_note(folder)}")
+    return None if folder is None else str(folder)
+
+
+def _out(out: Any) -> Path | None:
+    return args.optional_path(out, "out", "out='eval'")
+
+
+def _scalar(value: Any) -> Any:
+    """A numpy or torch number as a Python one, for JSON."""
+    if isinstance(value, numbers.Number) and hasattr(value, "item"):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+def _override(key: str, value: Any) -> str:
+    """``train(**overrides)``'s ``key=value`` as the command line's ``section.key=value``."""
+    if isinstance(value, str):
+        return f"{key.replace('__', '.')}={value}"
+    try:
+        return f"{key.replace('__', '.')}={json.dumps(value, default=_scalar)}"
+    except (TypeError, ValueError):
+        raise FovealError(
+            f"{key}={value!r:.60} ({type(value).__name__}): pass a str, number, bool, None, or a list of them"
+        ) from None
+
+
 @contextlib.contextmanager
 def _as_files(
     images: Images, pixels_of: Callable[[InMemory], np.ndarray]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from foveal.api_args import number
 from foveal.report.tables import ClassScore
 from foveal.tasks.explain import ExplainRecord as Explanation
 
@@ -106,7 +107,7 @@ class Detections:
         return int(len(self.scores))
 
     def above(self, score: float) -> Detections:
-        """The detections of score ≥ ``score``."""
-        keep = self.scores >= score
+        """The detections of score ≥ ``score`` (a number)."""
+        keep = self.scores >= number(score, "score", "detections.above(0.5)")
         names = tuple(n for n, k in zip(self.names, keep.tolist(), strict=True) if k)
         return Detections(self.source, self.size, self.boxes[keep], self.scores[keep], self.labels[keep], names)

@@ -8,7 +8,9 @@ memory is read as an image file holding the same pixels would be:
 - a numpy array is (H, W) or (H, W, C) with channels last, RGB order (a 4-D array is a batch (N, H, W, C));
 - a tensor is (C, H, W) with channels first, as torchvision's (a 4-D tensor is a batch (N, C, H, W));
 - uint8 values are 0…255; for classifiers and detectors float values in 0…1 are scaled by 255 and 16-bit grayscale
-  by 1/257, as for image files; segmenters normalise them as the checkpoint says (``normalize``).
+  by 1/257, as for image files; segmenters normalise them as the checkpoint says (``normalize``);
+- pixels must be numbers (bool, integer or float) and finite: an array of NaN, infinity, complex numbers, strings or
+  objects is refused naming the image, as an image file holding them is.
 """
 
 from __future__ import annotations
@@ -38,30 +40,37 @@ class InMemory:
     pixels: Image.Image | np.ndarray
 
 
+_END = object()  # the end of the items (None is an item: a caller's mistake that must be named)
+
+
 def gather(images: Any) -> list[Path | InMemory]:
     """The images of ``images`` in order: paths (folders, globs and list files expanded) and in-memory images."""
-    from foveal.data.images import expand_inputs
+    from foveal.data.images import check_finite, expand_inputs
 
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     out: list[Path | InMemory] = []
     paths: list[str | Path] = []  # consecutive paths are expanded together, as the command line expands its inputs
-    for x in [*items, None]:
-        if isinstance(x, (str, os.PathLike)):
-            paths.append(Path(x))
+    for i, x in enumerate([*items, _END]):
+        if isinstance(x, (str, os.PathLike)) and not isinstance(x, bytes):
+            paths.append(x if isinstance(x, str) else Path(x))
             continue
         if paths:
             out.extend(expand_inputs(paths))
             paths = []
-        if x is None:
+        if x is _END:
             break
         if isinstance(x, Image.Image):
             out.append(InMemory(f"<image {len(out)}>", x))
         elif isinstance(x, (np.ndarray, Tensor)):
-            out.extend(InMemory(f"<image {len(out) + i}>", a) for i, a in enumerate(_hwc_arrays(x)))
+            for a in _hwc_arrays(x):
+                name = f"<image {len(out)}>"
+                check_finite(a, name)
+                out.append(InMemory(name, a))
         else:
+            where = f", item {i + 1} of {len(items)}" if len(items) > 1 else ""
             raise FovealError(
-                f"cannot read an image from a {type(x).__name__}: pass paths, PIL images, numpy arrays (H, W, C) or "
-                "tensors (C, H, W)"
+                f"cannot read an image from {x!r:.60} (type {type(x).__name__}{where}): pass paths (str or "
+                "pathlib.Path), PIL images, numpy arrays (H, W, C) or tensors (C, H, W), or a list of them"
             )
     if not out:
         raise FovealError("no images given: pass an image, a folder, a glob pattern or a list of them")
@@ -72,6 +81,7 @@ def _hwc_arrays(x: np.ndarray | Tensor) -> list[np.ndarray]:
     """(H, W, C) arrays of one image or a batch: numpy channels last, tensors channels first."""
     if isinstance(x, Tensor):
         a = x.detach().cpu()
+        a = a.float() if a.dtype == torch.bfloat16 else a  # numpy has no bfloat16
         a = a.unsqueeze(0) if a.ndim == 2 else a
         arr = (a.movedim(-3, -1) if a.ndim in (3, 4) else a).numpy()
     else:
@@ -79,6 +89,11 @@ def _hwc_arrays(x: np.ndarray | Tensor) -> list[np.ndarray]:
     if arr.ndim not in (3, 4) or min(arr.shape) < 1:
         what = "tensor (C, H, W) or (N, C, H, W)" if isinstance(x, Tensor) else "array (H, W, C) or (N, H, W, C)"
         raise FovealError(f"an image of shape {tuple(x.shape)} cannot be read: pass an {what}")
+    if arr.dtype.kind not in "biuf":
+        raise FovealError(
+            f"an image of {arr.dtype} values cannot be read: pass pixels of bool, integer or float type (e.g. uint8 "
+            "0…255, or float 0…1)"
+        )
     return list(arr) if arr.ndim == 4 else [arr]
 
 
@@ -88,7 +103,7 @@ def uint8_pixels(item: InMemory, channels: int) -> Tensor:
     from foveal.data.images import image_pixels
 
     image = item.pixels if isinstance(item.pixels, Image.Image) else _as_pil(item.pixels, item.name)
-    arr = image_pixels(image, channels)
+    arr = image_pixels(image, channels, item.name)
     chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.array(chw, dtype=np.uint8, order="C"))
 
