@@ -143,8 +143,9 @@ def test_summary_counts_the_predicted_images_and_prints_the_reasons_without_out(
 def test_summary_with_out_names_the_error_list(capsys, ckpt, tmp_path):
     inputs = [_gray(tmp_path / "a.png"), _corrupt(tmp_path / "b.png"), _gray(tmp_path / "c.png", 9)]
     out = tmp_path / "out"
-    text, _ = _ok(capsys, ["predict", ckpt["detect"], *map(str, inputs), "--out", str(out)])
+    text, err = _ok(capsys, ["predict", ckpt["detect"], *map(str, inputs), "--out", str(out)])
     assert f"predicted 2 of 3 images; 1 failed, listed in {out / 'errors.jsonl'}" in text
+    assert err.startswith(f"foveal: skipped: {inputs[1]}") and len(err.splitlines()) == 1  # the reason said too
     assert [e["file"] for e in _errors(out)] == [str(inputs[1])]
     assert len(json.loads((out / "images.json").read_text())) == 2
     # the same model again, every image good: the earlier list of failures goes
@@ -261,6 +262,12 @@ def test_a_folder_holding_another_models_predictions_is_refused(capsys, ckpt, tm
     assert not (out / "predictions.csv").exists() and (out / "detections.json").is_file()
     owner = foveal_io.folder_owner(out)
     assert owner is not None and owner["model"] == str(Path(ckpt["detect"]).resolve())
+    _ok(capsys, ["predict", ckpt["segment"], image, "--out", str(out), "--overwrite"])  # per-image files go too
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "a_labels.tif",
+        "a_overlay.png",
+        "predictions.jsonl",
+    ]
 
 
 def test_a_folder_holding_another_commands_outputs_is_refused(capsys, ckpt, tmp_path):

@@ -167,8 +167,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"nothing to resume in {done.out}: its run had finished; its outputs are unchanged")
     if done.table:
         print(done.table)
-    for reason in done.reasons:  # no folder keeps errors.jsonl: the reasons are said here
+    for reason in done.reasons:
         print(f"foveal: skipped: {reason}", file=sys.stderr)
+    if done.summary.failed > len(done.reasons) and not done.finished_before:
+        print(f"foveal: skipped {done.summary.failed - len(done.reasons)} more (see errors.jsonl)", file=sys.stderr)
     print(done.summary.format(lasting=done.out is not None))
     if done.out is not None and not done.finished_before:
         print(f"{TASKS[done.task].writes} written to {done.out}")

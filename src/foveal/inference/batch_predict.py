@@ -16,16 +16,17 @@ those two batches; ``resume`` skips the images already recorded and the final ou
 uninterrupted run. At the end ``predictions.jsonl`` (the records) and, when some image could not be read,
 ``errors.jsonl`` are written beside the task's files.
 
-An image that cannot be used (unreadable, another channel count, a name the file system refuses) is skipped and
-listed, by ``prepare`` or by the writer; a stream in which no image could be predicted is an error, so a command
-that produced nothing never reports success. :func:`predict_on_ray` maps the same predictor and writer
-over a Ray dataset (:mod:`foveal.inference.ray_predict`).
+An image that cannot be used (unreadable, another channel count, a corrupt tile found while it is streamed) is
+skipped and listed, by ``prepare`` or by the writer; output names are shortened to what file systems take; a stream
+in which no image could be predicted is an error, so a command that produced nothing never reports success.
+:func:`predict_on_ray` maps the same predictor and writer over a Ray dataset (:mod:`foveal.inference.ray_predict`).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -373,6 +374,8 @@ def predict_stream(
         raise FovealError(f"--workers {workers}: use 0 (decode in this process) or a positive number of workers")
     check_run(out, settings)
     total = count_inputs(inputs)
+    if total == 0:
+        raise FovealError(f"{', '.join(inputs)}: no images there; pass image files, folders, globs or list files")
     records_path = out.staging / RECORDS
     done, last_file = recorded(records_path, batch_size, total)
     stream = unique_stems(iter_paths(inputs))
@@ -420,13 +423,14 @@ def write_failed(exc: OSError, out: StagedOutput, resumable: bool) -> str:
 
 
 def nothing_predicted(records_path: Path, total: int, shown: int = 10) -> str:
-    """The message of a stream in which every image failed: the reasons of the first ``shown``."""
-    reasons = [str(r["error"]) for r in iter_records(records_path) if "error" in r]
+    """The message of a stream in which every image failed: the reasons of the first ``shown``, one a line (the first
+    on the line of the message)."""
+    reasons = list(itertools.islice((str(r["error"]) for r in iter_records(records_path) if "error" in r), shown))
     if total == 1:
         return f"no image could be predicted: {reasons[0]}"
-    more = f"\n  … and {len(reasons) - shown} more" if len(reasons) > shown else ""
-    lines = "".join(f"\n  {r}" for r in reasons[:shown])
-    return f"none of the {total} images could be predicted (fix or remove them):{lines}{more}"
+    more = f"\n  … and {total - shown} more" if total > shown else ""
+    lines = "\n  ".join(reasons)
+    return f"none of the {total} images could be predicted (fix or remove them): {lines}{more}"
 
 
 def skip_done(stream: Iterator[Item], done: int, last_file: str | None, out: StagedOutput) -> None:

@@ -6,17 +6,18 @@ Outputs per task (beside ``predictions.jsonl``, one record per image, and ``erro
 read): classify — ``predictions.csv``; segment — ``<stem>_labels.tif|png`` and ``<stem>_overlay.png`` per image;
 detect — ``<stem>_detections.png`` per image, ``detections.json`` (COCO results) and ``images.json``.
 
-An image that fails is skipped and listed (``errors.jsonl``; without an ``--out`` folder the reasons come back in
-:attr:`PredictOutcome.reasons` for the caller to print): the run succeeds when at least one image was predicted and
-its summary counts only those; when none could be, it fails and publishes nothing. An ``--out`` folder belongs to one
-model: predicting into a folder that holds another model's predictions, or another command's outputs, is refused
-unless ``overwrite`` (the other model's predictions are then removed when the run succeeds); ``--resume`` of a run
-that had finished reports it and changes nothing.
+An image that fails is skipped and listed (``errors.jsonl``; its reason comes back in :attr:`PredictOutcome.reasons`
+for the caller to print, for every such image when no ``--out`` folder keeps the list): the run succeeds when at least
+one image was predicted and its summary counts only those; when none could be, it fails and publishes nothing. An
+``--out`` folder belongs to one model: predicting into a folder that holds another model's predictions, or another
+command's outputs, is refused unless ``overwrite`` (the other model's predictions are then removed when the run
+succeeds); ``--resume`` of a run that had finished reports it and changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from foveal.io import STAGING_NAME, folder_owner, staged_output
 #: inputs less so; a U-Net predicts each image by overlap-tile batches of its own.
 DEFAULT_BATCH = {"classify": 32, "detect": 4, "segment": 1}
 _TABLE_LIMIT = 50  # longer streams print a summary line instead of a table
+_REASONS_SHOWN = 10  # failed images named with the reason when errors.jsonl lists them all
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,9 @@ def _settings(task: str, req: PredictRequest) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PredictOutcome:
-    """What a ``foveal predict`` run did: the stream's summary, for short streams a table of the results, and without
-    an ``--out`` folder the reasons of the images that failed (one line each; with one they are in ``errors.jsonl``).
-    ``finished_before``: a ``--resume`` found the run finished and changed nothing."""
+    """What a ``foveal predict`` run did: the stream's summary, for short streams a table of the results, and the
+    reasons of the images that failed (one line each): all of them without an ``--out`` folder, else the first few
+    (``errors.jsonl`` lists all). ``finished_before``: a ``--resume`` found the run finished and changed nothing."""
 
     task: str
     summary: StreamSummary
@@ -213,7 +215,8 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
 
             write_predictions_csv(iter_records(records), req.csv)
         table = format_records(task, iter_records(records)) if summary.total <= _TABLE_LIMIT else ""
-        reasons = () if lasting or not summary.failed else tuple(_reasons(staged.staged(ERRORS)))
+        shown = _REASONS_SHOWN if lasting else None  # all of them when no errors.jsonl lasts
+        reasons = tuple(itertools.islice(_reasons(staged.staged(ERRORS)), shown)) if summary.failed else ()
     return PredictOutcome(task, summary, table, out, reasons)
 
 
