@@ -216,6 +216,14 @@ def test_list_files_with_a_byte_order_mark(
     assert _predicted(tmp_path / "out") == ["g0.png", "g1.png", "g2.png"]
 
 
+def test_a_list_file_without_paths_says_so(capsys: pytest.CaptureFixture[str], ckpt_run: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("\ufeff# just a comment\n\n", encoding="utf-8")
+    fail(capsys, ["predict", str(ckpt_run), str(listing)], "list.txt holds no image paths")
+    with pytest.raises(FovealError, match="list.txt holds no image paths"):
+        foveal.load(ckpt_run, device="cpu").predict(listing)
+
+
 def test_a_missing_path_says_it_does_not_exist_and_names_invisible_characters(
     capsys: pytest.CaptureFixture[str], ckpt_run: Path, tmp_path: Path
 ) -> None:

@@ -61,7 +61,7 @@ def pixel_limit(limit: float | None) -> Iterator[int]:
     global _max_pixels
     if limit is None:
         limit = DEFAULT_MAX_PIXELS
-    if not (math.isfinite(limit) and limit >= 1):
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not (math.isfinite(limit) and limit >= 1):
         raise FovealError(f"--max-pixels {limit:g}: use a positive number of pixels, e.g. --max-pixels {2**30}")
     before, _max_pixels = _max_pixels, int(limit)
     try:
@@ -141,9 +141,7 @@ def stack_error(path: str | Path, pages: int, role: str = "image") -> FovealErro
     )
 
 
-def check_tiff_series(
-    tif: Any, path: str | Path, role: str = "image", error: type[FovealError] = FovealError
-) -> None:
+def check_tiff_series(tif: Any, path: str | Path, role: str = "image", error: type[FovealError] = FovealError) -> None:
     """Refuse (raise ``error``) a TIFF whose pages form several series (``tif`` is an open ``tifffile.TiffFile``):
     pages saved one call at a time, or images of different sizes. Reading the first series alone would drop the
     others unnoticed."""
@@ -372,7 +370,9 @@ def _list_file(path: Path) -> Iterator[Path]:
                     p = Path(entry)
                     yield p if p.is_absolute() else path.parent / p
     except (OSError, UnicodeError) as exc:
-        raise FovealError(f"cannot read the list file {path}: {exc} (one image path per line, UTF-8)") from None
+        raise FovealError(
+            f"cannot read the list file {path}: {exc} (it must be text, UTF-8 or UTF-16, one image path per line)"
+        ) from None
 
 
 ZARR_SUFFIXES = (".zarr",)
@@ -400,7 +400,15 @@ def _expand_one(text: str) -> Iterator[Path]:
     if not text.strip():
         raise FovealError(f"input {text!r} is an empty path: pass image files, folders, glob patterns or list files")
     if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-        yield from _list_file(path)
+        listed = False
+        for entry in _list_file(path):
+            listed = True
+            yield entry
+        if not listed:
+            raise FovealError(
+                f"list file {path} holds no image paths (one path per line; blank lines and lines starting with # "
+                "are skipped): add the images' paths to it"
+            )
     elif path.is_file() or is_zarr_path(path):
         yield path
     elif path.is_dir():
