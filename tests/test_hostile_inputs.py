@@ -267,6 +267,7 @@ _CALLS: dict[str, tuple[Callable[[Any, Path, Path], Any], str]] = {
     "predict(complex)": (lambda m, run, img: m.predict(np.zeros((28, 28), np.complex64)), "complex64 values"),
     "predict(object)": (lambda m, run, img: m.predict(np.array([[object()]])), "object values"),
     "predict(strings)": (lambda m, run, img: m.predict(np.full((28, 28), "a")), "<U1 values"),
+    "predict(empty PIL)": (lambda m, run, img: m.predict(Image.new("L", (0, 0))), "empty PIL image"),
     "predict(5-D)": (lambda m, run, img: m.predict(np.zeros((1, 1, 1, 28, 28), np.uint8)), "shape"),
     "predict(top_k='5')": (lambda m, run, img: m.predict(img, top_k="5"), "top_k='5' is not an integer"),
     "predict(top_k=True)": (lambda m, run, img: m.predict(img, top_k=True), "top_k=True is not an integer"),

@@ -60,6 +60,8 @@ def gather(images: Any) -> list[Path | InMemory]:
         if x is _END:
             break
         if isinstance(x, Image.Image):
+            if min(x.size) < 1:
+                raise FovealError(f"<image {len(out)}> is an empty PIL image ({x.width}×{x.height} px): pass pixels")
             out.append(InMemory(f"<image {len(out)}>", x))
         elif isinstance(x, (np.ndarray, Tensor)):
             for a in _hwc_arrays(x):
