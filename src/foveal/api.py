@@ -648,7 +648,8 @@ def train(
 # -- helpers ----------------------------------------------------------------------------------------------------------
 def _checkpoint(path: Any) -> Path:
     """The checkpoint path argument, checked: a path that exists."""
-    return args.existing(path, "path", "checkpoint", "foveal.load('runs/classify-cpu')")
+    fix = "pass a checkpoint folder or the run directory of a training"
+    return args.existing(path, "path", "checkpoint", "foveal.load('runs/classify-cpu')", fix)
 
 
 def _data(data: Any) -> str | None:

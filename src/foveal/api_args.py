@@ -42,13 +42,14 @@ def optional_path(value: Any, name: str, example: str) -> Path | None:
     return None if value is None else path(value, name, example)
 
 
-def existing(value: Any, name: str, what: str, example: str) -> Path:
-    """A path (as :func:`path` checks it) that exists; the message of a missing one says why it may look right."""
+def existing(value: Any, name: str, what: str, example: str, fix: str) -> Path:
+    """A path (as :func:`path` checks it) that exists; the message of a missing one says why it may look right, else
+    ``fix`` (in words that fit the command line too: the command line passes its paths here)."""
     p = path(value, name, example)
     if not p.exists():
         reason = missing_reason(p)
         reason = "does not exist" if reason == "not found" else reason
-        raise FovealError(f"{what} {p} {reason}{path_note(p) or f': pass an existing {what}, e.g. {example}'}")
+        raise FovealError(f"{what} {p} {reason}{path_note(p) or f': {fix}'}")
     return p
 
 
