@@ -256,6 +256,7 @@ def test_a_folder_holding_another_models_predictions_is_refused(capsys, ckpt, tm
     assert f"predictions of the model {Path(ckpt['classify']).resolve()}" in err
     _fail(capsys, ["predict", ckpt["detect"], image, "--out", str(out), "--resume"], str(out))
     _fail(capsys, ["eval", ckpt["classify"], "--out", str(out)], "already holds predictions", "another --out")
+    _fail(capsys, ["explain", ckpt["classify"], image, "--out", str(out)], "already holds predictions", "another --out")
     assert _snapshot(out) == before
     _ok(capsys, ["predict", ckpt["classify"], image, "--out", str(out)])  # the same model again: fine
     _ok(capsys, ["predict", ckpt["detect"], image, "--out", str(out), "--overwrite"])
@@ -278,6 +279,8 @@ def test_a_folder_holding_another_commands_outputs_is_refused(capsys, ckpt, tmp_
     before = _snapshot(run)
     image = str(_gray(tmp_path / "a.png"))
     _fail(capsys, ["predict", ckpt["segment"], image, "--out", str(run)], "a training run", "--overwrite")
+    assert _snapshot(run) == before and not (run / foveal_io.LOCK_NAME).exists()
+    _fail(capsys, ["export", ckpt["segment"], "--out", str(run / "run_info.json")], "not an ONNX model")
     assert _snapshot(run) == before
     _ok(capsys, ["predict", ckpt["segment"], image, "--out", str(run), "--overwrite"])
     assert _snapshot(run).items() >= before.items() and (run / "a_labels.tif").is_file()

@@ -181,6 +181,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from foveal.inference.export import check_export_options
 
     check_export_options(args.opset, args.size)  # before the checkpoint is read
+    if Path(args.out).is_file() and Path(args.out).suffix.lower() != ".onnx":  # e.g. a run's checkpoint.json
+        raise FovealError(f"--out {args.out} is a file that is not an ONNX model: choose a new path ending in .onnx")
     print(_load(args).export(args.out, args.size, args.opset).format())
     return 0
 
@@ -212,6 +214,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     options = ("top_k", "method", "threshold", "relative_to", "score_thresh", "map_stride", "map_scales", "flip")
     check_options(**{k: getattr(args, k) for k in options})  # the library's one rule, before any model is loaded
+    from foveal.io import check_unmixed
+
+    check_unmixed(args.out, "explain")  # figures beside predictions or a run's files would mix two outputs
     records = _load(args).explain(args.inputs, args.out, **{k: getattr(args, k) for k in options})
     print(format_records(records))
     print(f"maps, boxes and figures written to {args.out}")

@@ -371,15 +371,27 @@ def _describe(record: Mapping[str, Any]) -> str:
     return f"{what} ({record['found']})" if record.get("found") else what
 
 
-def _check_owner(final: Path, owner: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
+def _check_owner(final: Path, owner: Mapping[str, Any], previous: Mapping[str, Any]) -> None:
     """Refuse to mix ``owner``'s outputs into a folder that holds another command's or model's."""
-    if previous is None or _same_owner(previous, owner):
-        return
     fix = "replace them" if previous.get("command") == owner.get("command") else "write into it anyway"
     raise FovealError(
         f"output folder {final} already holds {_describe(previous)}: choose another --out for the "
         f"{_describe(owner)}, or pass --overwrite to {fix}"
     )
+
+
+def _foreign_owner(final: Path, owner: Mapping[str, Any], overwrite: bool, resume: bool) -> dict[str, Any] | None:
+    """The owner record of another command's or model's outputs in ``final`` that ``overwrite`` lets ``owner``
+    replace (None when there are none); FovealError without ``overwrite``, unless ``resume`` continues a run that
+    was let in when it started."""
+    previous = folder_owner(final)
+    if previous is None or _same_owner(previous, owner):
+        return None
+    staged = final / STAGING_NAME / _STAGED_OWNER
+    accepted = _read_record(staged) if resume and staged.exists() else None  # the interrupted run's
+    if not (overwrite or (accepted is not None and _same_owner(accepted, owner))):
+        _check_owner(final, owner, previous)
+    return previous
 
 
 def check_unmixed(folder: PathLike, command: str) -> None:
@@ -468,6 +480,8 @@ def staged_output(
         FovealError: another process writes to ``out``; ``out`` is a file or cannot be created; ``resume`` without
             an interrupted run; ``out`` holds another command's or model's outputs and not ``overwrite``.
     """
+    if owner is not None and Path(out).is_dir():
+        _foreign_owner(Path(out), owner, overwrite, resume)  # refused before the lock file is made, then again under it
     with locked_folder(out) as final:
         staging = final / STAGING_NAME
         if (staging / _COMMIT_MARK).exists():
@@ -477,13 +491,7 @@ def staged_output(
             raise FovealError(
                 f"nothing to resume in {final}: no interrupted run left its files there; run without --resume"
             )
-        previous = folder_owner(final) if owner is not None else None
-        if owner is not None and previous is not None and not _same_owner(previous, owner):
-            accepted = _read_record(staging / _STAGED_OWNER) if leftover and resume else None  # when it started
-            if not (overwrite or (accepted is not None and _same_owner(accepted, owner))):
-                _check_owner(final, owner, previous)
-        else:
-            previous = None
+        previous = _foreign_owner(final, owner, overwrite, resume) if owner is not None else None
         if leftover and not resume:
             shutil.rmtree(staging)
         staging.mkdir(exist_ok=True)
