@@ -199,7 +199,7 @@ def test_train_bad_idx(capsys, tmp_path: Path, payload: bytes, needles: tuple[st
 def _damage(kind: str, ckpt_run: Path, tmp_path: Path) -> tuple[Path, str]:
     """A broken checkpoint of ``kind`` and a phrase its error message must hold."""
     if kind == "missing":
-        return tmp_path / "no-such-run", "checkpoint not found"
+        return tmp_path / "no-such-run", "no-such-run does not exist"
     if kind == "not-a-checkpoint":
         return _image_folder(tmp_path / "pictures", per_class=1), "holds no foveal checkpoint"
     ckpt = Path(shutil.copytree(ckpt_run / "checkpoints" / "best", tmp_path / "ckpt"))

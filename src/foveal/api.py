@@ -647,9 +647,8 @@ def train(
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
 def _checkpoint(path: Any) -> Path:
-    """The checkpoint path argument, checked: a path that exists."""
-    fix = "pass a checkpoint folder or the run directory of a training"
-    return args.existing(path, "path", "checkpoint", "foveal.load('runs/classify-cpu')", fix)
+    """The checkpoint path argument, checked to be a path (that it exists is checked where it is loaded)."""
+    return args.path(path, "path", "foveal.load('runs/classify-cpu')")
 
 
 def _data(data: Any) -> str | None:

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foveal.errors import FovealError, path_note
-from foveal.io import missing_reason
+from foveal.errors import FovealError
 
 
 def _shown(value: Any) -> str:
@@ -40,17 +39,6 @@ def path(value: Any, name: str, example: str) -> Path:
 def optional_path(value: Any, name: str, example: str) -> Path | None:
     """None, or a path as :func:`path` checks it."""
     return None if value is None else path(value, name, example)
-
-
-def existing(value: Any, name: str, what: str, example: str, fix: str) -> Path:
-    """A path (as :func:`path` checks it) that exists; the message of a missing one says why it may look right, else
-    ``fix`` (in words that fit the command line too: the command line passes its paths here)."""
-    p = path(value, name, example)
-    if not p.exists():
-        reason = missing_reason(p)
-        reason = "does not exist" if reason == "not found" else reason
-        raise FovealError(f"{what} {p} {reason}{path_note(p) or f': {fix}'}")
-    return p
 
 
 def device(value: Any, name: str = "device") -> Any:

@@ -50,3 +50,17 @@ def path_note(path: object) -> str:
     if text != text.strip():
         return "; the path starts or ends with spaces: remove them"
     return ""
+
+
+def missing_message(what: str, path: object, reason: str, fix: str) -> str:
+    """``"<what> <path> does not exist: <fix>"`` for a path that cannot be opened.
+
+    Args:
+        what: what the path should be ("image", "checkpoint").
+        path: the path as given.
+        reason: :func:`foveal.io.missing_reason`'s phrase ("not found", or a broken or looping link).
+        fix: what to do, when the path's text hides nothing (:func:`path_note` says what to do otherwise).
+    """
+    text = f"{what} {path} {'does not exist' if reason == 'not found' else reason}"
+    note = path_note(path)
+    return text + note if note else f"{text}: {fix}"

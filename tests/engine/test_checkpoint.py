@@ -87,7 +87,7 @@ def test_find_checkpoint_prefers_best_then_latest(tmp_path):
 def test_damaged_checkpoints_give_clear_errors(tmp_path):
     model, _ = _trained()
     path = ck.save_checkpoint(tmp_path / "c", model=model, meta={"task": "t"})
-    with pytest.raises(FovealError, match="not found"):
+    with pytest.raises(FovealError, match="missing does not exist"):
         ck.load_checkpoint(tmp_path / "missing")
     with pytest.raises(FovealError, match="no foveal checkpoint"):
         ck.load_checkpoint(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from foveal.errors import FovealError, path_note
+from foveal.errors import FovealError
+from foveal.errors import missing_message as _missing
 from foveal.io import missing_reason
 
 #: The largest image read by default, in pixels (pages × height × width).
@@ -125,12 +126,7 @@ def mode_channels(mode: str) -> int:
 def missing_message(what: str, path: str | Path, fix: str) -> str:
     """``"<what> <path> does not exist: <fix>"``, or what is wrong instead (a broken symbolic link, whose target is
     missing; a link that loops), or what the path's text hides (an invisible character, quotes) and its fix."""
-    reason = missing_reason(path)
-    text = f"{what} {path} does not exist" if reason == "not found" else f"{what} {path} {reason}"
-    note = path_note(path)
-    if note:
-        return text + note
-    return f"{text}: {'fix or remove the link' if os.path.islink(path) else fix}"
+    return _missing(what, path, missing_reason(path), "fix or remove the link" if os.path.islink(path) else fix)
 
 
 def stack_error(path: str | Path, pages: int, role: str = "image") -> FovealError:

@@ -30,8 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from foveal.errors import FovealError
-from foveal.io import atomic_dir, not_found, remove_stale_temporaries
+from foveal.errors import FovealError, missing_message
+from foveal.io import atomic_dir, missing_reason, remove_stale_temporaries
 
 FORMAT = "foveal-checkpoint"
 VERSION = 1
@@ -172,9 +172,8 @@ def find_checkpoint(path: str | Path) -> Path:
     """Resolve a checkpoint directory from itself, a run directory (best, else latest) or its checkpoints folder."""
     p = Path(path)
     if not p.exists():
-        raise FovealError(
-            f"{not_found('checkpoint', p)} (pass a checkpoint directory or the run directory of a training)"
-        )
+        fix = "pass a checkpoint folder or the run directory of a training"
+        raise FovealError(missing_message("checkpoint", p, missing_reason(p), fix))
     if (p / _META).is_file():
         return p
     for base in (p / "checkpoints", p):
