@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import numbers
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from foveal import api_args as args
-from foveal.errors import FovealError, path_note
+from foveal.errors import FovealError, missing_message, path_note
+from foveal.io import missing_reason
 
 if TYPE_CHECKING:
     import numpy as np
@@ -654,9 +656,13 @@ def _checkpoint(path: Any) -> Path:
 def _data(data: Any) -> str | None:
     """The ``data`` argument of ``evaluate``: a dataset name or folder (None: the checkpoint's validation data)."""
     folder = args.optional_path(data, "data", "data='my_images/'")
-    if folder is not None and not folder.exists() and path_note(folder):
-        raise FovealError(f"data {folder} does not exist{path_note(folder)}")
-    return None if folder is None else str(folder)
+    if folder is None or folder.exists():
+        return None if folder is None else str(folder)
+    text = str(data)
+    if path_note(folder) or "/" in text or os.sep in text:  # a path, not a bundled dataset's name
+        fix = "pass an existing dataset folder or file, or the name of a bundled dataset"
+        raise FovealError(missing_message("data", folder, missing_reason(folder), fix))
+    return text
 
 
 def _out(out: Any) -> Path | None:

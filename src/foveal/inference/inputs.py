@@ -75,7 +75,7 @@ def gather(images: Any) -> list[Path | InMemory]:
                 "pathlib.Path), PIL images, numpy arrays (H, W, C) or tensors (C, H, W), or a list of them"
             )
     if not out:
-        raise FovealError("no images given: pass an image, a folder, a glob pattern or a list of them")
+        raise FovealError("no input images given: pass an image, a folder, a glob pattern or a list of them")
     return out
 
 
@@ -90,7 +90,7 @@ def _hwc_arrays(x: np.ndarray | Tensor) -> list[np.ndarray]:
         arr = x[:, :, None] if x.ndim == 2 else x
     if arr.ndim not in (3, 4) or min(arr.shape) < 1:
         what = "tensor (C, H, W) or (N, C, H, W)" if isinstance(x, Tensor) else "array (H, W, C) or (N, H, W, C)"
-        raise FovealError(f"an image of shape {tuple(x.shape)} cannot be read: pass an {what}")
+        raise FovealError(f"an image of shape {tuple(x.shape)} ({x.ndim} dimensions) cannot be read: pass an {what}")
     if arr.dtype.kind not in "biuf":
         raise FovealError(
             f"an image of {arr.dtype} values cannot be read: pass pixels of bool, integer or float type (e.g. uint8 "
