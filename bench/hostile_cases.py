@@ -994,7 +994,7 @@ def _api_cases(f, runs, out, raises) -> None:  # noqa: ANN001
         ("load(device=3)", lambda: foveal.load(cls, device=3), "device"),
         ("load(device='tpu')", lambda: foveal.load(cls, device="tpu"), "tpu"),
         ("load(precision=16)", lambda: foveal.load(cls, precision=16), "precision"),
-        ("load(precision=torch.bfloat16)", lambda: foveal.load(cls, precision=torch.bfloat16), "precision"),
+        ("load(precision=torch.float64)", lambda: foveal.load(cls, precision=torch.float64), "precision"),
         ("load(precision='fp64')", lambda: foveal.load(cls, precision="fp64"), "fp64"),
         ("predict(123)", lambda: m.predict(123), "123"),
         ("predict(None)", lambda: m.predict(None), "None"),
@@ -1043,11 +1043,18 @@ def _api_cases(f, runs, out, raises) -> None:  # noqa: ANN001
         raises("api", name, call, needle)
 
 
+def _expect_precision(model: Any, name: str) -> None:
+    if model.precision != name:
+        raise RuntimeError(f"asked for {name}, runs {model.precision}")
+
+
 def _precision_cases(f, o, ok, cls, cases) -> None:  # noqa: ANN001
     from foveal.engine import device as dev
 
-    probe = getattr(dev, "native_bf16", None)
-    native = bool(probe("cpu")[0]) if callable(probe) else torch.backends.cpu.get_cpu_capability() != "AVX2"
+    def fresh() -> None:  # each command line is a new process: its warnings have not been given yet
+        getattr(dev, "_warned", set()).clear()
+
+    native = dev.native_bf16(torch.device("cpu"))[0]
     one = str(f["one"])
     if native:
         ok(
@@ -1066,6 +1073,7 @@ def _precision_cases(f, o, ok, cls, cases) -> None:  # noqa: ANN001
                 expect="warns",
                 argv=["predict", cls, one, "--precision", "bf16"],
                 needles=("emulat",),
+                setup=fresh,
             )
         )
         cases.append(
@@ -1076,8 +1084,20 @@ def _precision_cases(f, o, ok, cls, cases) -> None:  # noqa: ANN001
                 expect="warns",
                 argv=["explain", cls, one, "--precision", "bf16", "--out", o("bf"), "--top-k", "1"],
                 needles=("emulat",),
+                setup=fresh,
             )
         )
+
+    cases.append(
+        dict(
+            kind="precision",
+            verb="api",
+            name="load(precision=torch.bfloat16) runs bf16",
+            expect="ok",
+            call=lambda: _expect_precision(foveal.load(cls, precision=torch.bfloat16), "bf16"),
+            setup=fresh,
+        )
+    )
 
     def record_says(run: Path) -> Callable[[str, str], str | None]:
         def check(stdout: str, stderr: str) -> str | None:
