@@ -118,13 +118,12 @@ def test_a_decompression_bomb_alone_says_why(capsys, ckpt, tmp_path):
     _fail(capsys, ["predict", ckpt["classify"], str(bomb), "--json", str(tmp_path / "p.json")], "bomb.tif", "too large")
 
 
-@pytest.mark.parametrize("task", ["segment", "detect"])
-def test_every_input_failing_leaves_the_earlier_outputs(capsys, ckpt, tmp_path, task):
+def test_every_input_failing_leaves_the_earlier_outputs(capsys, ckpt, tmp_path):
     out = tmp_path / "out"
-    _ok(capsys, ["predict", ckpt[task], str(_gray(tmp_path / "good.png")), "--out", str(out)])
+    _ok(capsys, ["predict", ckpt["segment"], str(_gray(tmp_path / "good.png")), "--out", str(out)])
     before = _snapshot(out)
     bad = _corrupt(tmp_path / "good.png")  # the same name: its files would be replaced
-    _fail(capsys, ["predict", ckpt[task], str(bad), "--out", str(out)], "no image could be predicted", "good.png")
+    _fail(capsys, ["predict", ckpt["segment"], str(bad), "--out", str(out)], "no image could be predicted", "good.png")
     assert _snapshot(out) == before
 
 
@@ -143,13 +142,13 @@ def test_summary_counts_the_predicted_images_and_prints_the_reasons_without_out(
 def test_summary_with_out_names_the_error_list(capsys, ckpt, tmp_path):
     inputs = [_gray(tmp_path / "a.png"), _corrupt(tmp_path / "b.png"), _gray(tmp_path / "c.png", 9)]
     out = tmp_path / "out"
-    text, err = _ok(capsys, ["predict", ckpt["detect"], *map(str, inputs), "--out", str(out)])
+    text, err = _ok(capsys, ["predict", ckpt["classify"], *map(str, inputs), "--out", str(out)])
     assert f"predicted 2 of 3 images; 1 failed, listed in {out / 'errors.jsonl'}" in text
     assert err.startswith(f"foveal: skipped: {inputs[1]}") and len(err.splitlines()) == 1  # the reason said too
     assert [e["file"] for e in _errors(out)] == [str(inputs[1])]
-    assert len(json.loads((out / "images.json").read_text())) == 2
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
     # the same model again, every image good: the earlier list of failures goes
-    text, _ = _ok(capsys, ["predict", ckpt["detect"], str(inputs[0]), "--out", str(out)])
+    text, _ = _ok(capsys, ["predict", ckpt["classify"], str(inputs[0]), "--out", str(out)])
     assert "predicted 1 image\n" in text and not (out / "errors.jsonl").exists()
 
 
