@@ -106,6 +106,8 @@ def test_user_errors(valid_net: UNet) -> None:
         predict_tiled(valid_net, image, 30, border=44, stride=8)
     with pytest.raises(FovealError, match="smaller than the network's stride"):
         predict_tiled(valid_net, image, 4, border=44, stride=8)
+    with pytest.raises(FovealError, match="use a smaller tile"):  # refused before a padded copy is allocated
+        predict_tiled(valid_net, image, 10**9, border=44, stride=8)
     with pytest.raises(FovealError, match=r"\(C, H, W\) or a batch"):
         predict_tiled(valid_net, torch.randn(30, 30), 12, border=44, stride=8)
     with pytest.raises(FovealError, match="floating-point"):

@@ -86,6 +86,10 @@ def test_a_folder_without_results_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no foveal results" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    (tmp_path / "file.txt").write_text("x")
+    assert main(["report", str(tmp_path / "file.txt")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_instance_outcomes_tp_fp_fn_and_a_merge():

@@ -26,6 +26,9 @@ from tqdm import tqdm
 
 from foveal.errors import FovealError
 
+MAX_TILE_INPUT = 4096
+"""Largest input tile edge (px): the valid U-Net's first feature maps of a 4096² tile take 4 GB each in fp32."""
+
 
 @dataclass(frozen=True)
 class TileGeometry:
@@ -57,6 +60,12 @@ class TileGeometry:
             raise FovealError(f"stride must be ≥ 1, got {self.stride}")
         if self.tile < self.stride:
             raise FovealError(f"tile {self.tile} is smaller than the network's stride {self.stride}: use a larger tile")
+        if self.input_size > MAX_TILE_INPUT:
+            raise FovealError(
+                f"tile {self.tile} needs input tiles of {self.input_size} px a side, over the {MAX_TILE_INPUT} px "
+                "foveal tiles at (one such tile's activations alone fill tens of GB): use a smaller tile (516 or 388 "
+                "for the paper's U-Net); results do not depend on the tile"
+            )
 
     @property
     def step(self) -> int:

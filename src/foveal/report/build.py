@@ -35,8 +35,14 @@ def report_kind(folder: Path) -> str:
 def build_report(folder: str | os.PathLike[str]) -> str:
     """The HTML text of the report of ``folder``."""
     root = Path(folder)
+    if not root.exists():
+        raise FovealError(
+            f"{root} does not exist: pass a run directory or a folder written by foveal eval, explain or demo"
+        )
     if not root.is_dir():
-        raise FovealError(f"{root} is not a folder: pass a run directory or a folder written by eval, explain or demo")
+        raise FovealError(
+            f"{root} is a file, not a folder: pass a run directory or a folder written by eval, explain or demo"
+        )
     kind = report_kind(root)
     builders = {
         "train": sections.training_page,
