@@ -65,7 +65,7 @@ def test_batches_accumulate_and_chunks_agree(monkeypatch: pytest.MonkeyPatch) ->
     whole = LocalizationMeter()
     whole.update(classes, boxes, true_class, true_boxes, tcb)
     split = LocalizationMeter()
-    monkeypatch.setattr(localization, "_CHUNK", 1)  # one image per IoU block
+    monkeypatch.setattr(localization, "_PAIRS", 1)  # one image per IoU block, one pair per tile
     split.update(classes[:3], boxes[:3], true_class[:3], true_boxes[:3], tcb[:3])
     split.update(classes[3:], boxes[3:], true_class[3:], true_boxes[3:], tcb[3:])
     assert split.compute() == whole.compute()
@@ -233,3 +233,57 @@ def test_region_best_iou_matches_the_definition(monkeypatch: pytest.MonkeyPatch)
     assert torch.equal(got, expected)
     monkeypatch.setattr(localization, "_LABEL_PIXELS", 14 * 17 * 3)  # max-trees of three maps each
     assert torch.equal(localization.region_best_iou(maps, gts, torch.tensor(thresholds)), expected)
+
+
+def test_iou_blocks_stay_within_the_pair_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # images with no, one, a few and many boxes and ground-truth boxes, some over the budget alone: every IoU block
+    # holds at most _PAIRS pairs, and each box still gets its best IoU with its own image's ground truth
+    from torchvision.ops import box_iou
+
+    gen = torch.Generator().manual_seed(1)
+
+    def boxes_of(count: int) -> torch.Tensor:
+        corner = torch.randint(0, 30, (count, 2), generator=gen).float()
+        return torch.cat([corner, corner + torch.randint(1, 20, (count, 2), generator=gen).float()], 1)
+
+    gts = [boxes_of(m) for m in (0, 3, 200, 1, 0, 40, 2)]
+    rows = [5, 0, 30, 7, 3, 100, 1]
+    owner = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows))
+    owner = owner[torch.randperm(len(owner), generator=gen)]  # boxes of the images interleaved
+    boxes = boxes_of(len(owner))
+    expected = torch.tensor(
+        [
+            float(box_iou(b[None], gts[int(i)]).max()) if len(gts[int(i)]) else 0.0
+            for b, i in zip(boxes, owner, strict=True)
+        ]
+    )
+    assert (expected > 0).any()
+    pairs: list[int] = []
+    real = localization._elementwise_iou
+
+    def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = real(a, b)
+        pairs.append(out.numel())
+        return out
+
+    monkeypatch.setattr(localization, "_elementwise_iou", counted)
+    for budget in (1, 7, 64, 1000, 1 << 20):
+        monkeypatch.setattr(localization, "_PAIRS", budget)
+        pairs.clear()
+        got = localization.best_own_iou(boxes, owner, gts)
+        assert torch.allclose(got, expected, atol=1e-6), budget
+        assert pairs and max(pairs) <= budget, (budget, max(pairs))
+
+
+def test_max_box_acc_with_many_ground_truth_boxes_agrees_in_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # thousands of ground-truth boxes per image (a box file of 50,000 per image) go through tiles, not one block
+    gen = torch.Generator().manual_seed(2)
+    maps = torch.rand(3, 16, 16, generator=gen)
+    corner = torch.randint(0, 12, (3, 2000, 2), generator=gen).float()
+    gts = list(torch.cat([corner, corner + torch.randint(1, 5, (3, 2000, 2), generator=gen).float()], -1))
+    whole = MaxBoxAccMeter()
+    whole.update(maps, gts)
+    monkeypatch.setattr(localization, "_PAIRS", 4096)  # 2,000 boxes: a tile holds two regions at a time
+    tiled = MaxBoxAccMeter()
+    tiled.update(maps, gts)
+    assert tiled.compute() == whole.compute()

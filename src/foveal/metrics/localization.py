@@ -19,13 +19,12 @@ Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
@@ -34,7 +33,7 @@ IOU_THRESHOLD = 0.5
 TOP_K = 5
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(step / 20 for step in range(1, 20))
 """0.05, 0.10, …, 0.95: the thresholds :func:`threshold_sweep` tries by default."""
-_CHUNK = 256  # images per IoU block: the block holds (chunk · k) × (boxes of the chunk) values
+_PAIRS = 1 << 20  # (box, ground-truth box) pairs per IoU block: memory stays bounded whatever the box count
 MAX_BOX_ACC_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
 """The IoU thresholds δ whose MaxBoxAcc MaxBoxAccV2 averages (Choe et al. 2020)."""
 MAX_BOX_ACC_THRESHOLDS: tuple[float, ...] = tuple(step / 100 for step in range(100))
@@ -321,14 +320,12 @@ def region_best_iou(maps: Tensor, gts: Sequence[Tensor], thresholds: Tensor) -> 
     norm = torch.where(span > 0, (flat - low) / span.clamp_min(1e-30), 0.0).nan_to_num(nan=-1.0)  # NaN: never kept
     ordered, order = torch.sort(thresholds.float())
     levels = torch.searchsorted(ordered, norm.contiguous(), right=True)  # (N, H, W): thresholds τ ≤ the value
-    padded, valid = _padded(gts)
     out = torch.zeros(n, len(thresholds))
     step = max(1, _LABEL_PIXELS // ((h + 1) * w))
     for start in range(0, n, step):
         stop = min(start + step, n)
         region_box, region_image, region_levels = _max_tree_regions(levels[start:stop], len(thresholds))
-        mine = region_image + start
-        region_iou = (_elementwise_iou(region_box[:, None], padded[mine]) * valid[mine]).amax(1)
+        region_iou = best_own_iou(region_box, region_image, gts[start:stop])
         low_level, high_level = region_levels  # a region of the maps ≥ ordered[k - 1] for low < k ≤ high
         span_of = high_level - low_level
         region = torch.repeat_interleave(torch.arange(len(span_of)), span_of)
@@ -429,16 +426,61 @@ def best_iou(pred: Tensor, gts: list[Tensor]) -> Tensor:
         gts: N tensors (M_i, 4) of ground-truth boxes (M_i ≥ 0).
     """
     n, k = pred.shape[:2]
-    pred = pred.detach().float().cpu()
-    out = torch.zeros(n, k)
-    for start in range(0, n, _CHUNK):
-        block = gts[start : start + _CHUNK]
-        counts = torch.tensor([len(g) for g in block])
-        if int(counts.sum()) == 0:
-            continue
-        m = len(block)
-        iou = box_iou(pred[start : start + m].reshape(-1, 4), torch.cat(block)).view(m, k, -1)
-        owner = torch.repeat_interleave(torch.arange(m), counts)
-        own = owner[None, None, :] == torch.arange(m)[:, None, None]  # (m, 1, G): box belongs to the image
-        out[start : start + m] = iou.masked_fill(~own, 0.0).amax(-1)
+    owner = torch.arange(n).repeat_interleave(k)
+    return best_own_iou(pred.detach().float().cpu().reshape(-1, 4), owner, gts).view(n, k)
+
+
+def best_own_iou(boxes: Tensor, owner: Tensor, gts: Sequence[Tensor]) -> Tensor:
+    """(R,) largest IoU of each box with the ground-truth boxes of its own image (0 if none).
+
+    Memory is bounded whatever the number of boxes: images are taken in blocks of at most :data:`_PAIRS` (box,
+    ground-truth box) pairs, and an image with more pairs than that alone is taken in tiles of its boxes.
+
+    Args:
+        boxes: (R, 4) boxes (x1, y1, x2, y2).
+        owner: (R,) index of each box's image in ``gts``.
+        gts: tensors (M_i, 4) of ground-truth boxes (M_i ≥ 0).
+    """
+    out = torch.zeros(len(boxes))
+    order = torch.argsort(owner, stable=True)
+    rows = torch.bincount(owner, minlength=len(gts)).tolist()
+    counts = [len(g) for g in gts]
+    first = [0, *torch.tensor(rows).cumsum(0).tolist()]  # the rows of image i: order[first[i]:first[i + 1]]
+    start = 0
+    for stop in _image_blocks(rows, counts):
+        picked = order[first[start] : first[stop]]
+        if not len(picked) or not max(counts[start:stop]):
+            pass  # no box, or no ground truth to match: 0
+        elif stop - start == 1 and (rows[start] + 1) * counts[start] > _PAIRS:
+            out[picked] = _tiled_best_iou(boxes[picked], gts[start])
+        else:
+            padded, valid = _padded(gts[start:stop])
+            mine = owner[picked] - start
+            out[picked] = (_elementwise_iou(boxes[picked][:, None], padded[mine]) * valid[mine]).amax(1)
+        start = stop
+    return out
+
+
+def _image_blocks(rows: list[int], counts: list[int]) -> Iterator[int]:
+    """Ends of runs of consecutive images whose rows × their largest box count stays within :data:`_PAIRS` (an
+    image over it alone is a run of its own)."""
+    begin, total, widest = 0, 0, 0
+    for i, (r, m) in enumerate(zip(rows, counts, strict=True)):
+        if i > begin and (total + r + i - begin + 1) * max(widest, m, 1) > _PAIRS:  # images count: their padding
+            yield i
+            begin, total, widest = i, 0, 0
+        total, widest = total + r, max(widest, m)
+    if rows:
+        yield len(rows)
+
+
+def _tiled_best_iou(boxes: Tensor, gt: Tensor) -> Tensor:
+    """(R,) largest IoU of each box (R, 4) with any of ``gt`` (M, 4), in tiles of at most :data:`_PAIRS` pairs."""
+    step = max(1, min(len(gt), _PAIRS))
+    rows = max(1, _PAIRS // step)
+    out = torch.zeros(len(boxes))
+    for r in range(0, len(boxes), rows):
+        for g in range(0, len(gt), step):
+            tile = _elementwise_iou(boxes[r : r + rows, None], gt[None, g : g + step]).amax(1)
+            out[r : r + rows] = torch.maximum(out[r : r + rows], tile)
     return out

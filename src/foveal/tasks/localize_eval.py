@@ -54,6 +54,9 @@ from foveal.tasks.explain_common import check_options, crop_region
 RESULTS_FILE = "localization.json"
 FIGURE_FOLDER = "localization"
 PANELS = 8
+DRAWN_BOXES = 20
+"""Ground-truth boxes drawn on a panel at most: those that overlap the predicted box most (a box file may give an
+image thousands, which would hide the image and take minutes to draw)."""
 
 
 @dataclass(frozen=True)
@@ -370,7 +373,8 @@ def _panels(run: _Run, samples: list[_Sample], folder: Path, count: int) -> dict
 
     n = len(run.rows)
     worst = sorted(range(n), key=lambda i: (run.rows[i].localized, run.rows[i].iou, i))[:count]
-    spaced = sorted({round(j * (n - 1) / max(count - 1, 1)) for j in range(min(count, n))}) if count else []
+    shown = min(count, n)
+    spaced = sorted({round(j * (n - 1) / max(shown - 1, 1)) for j in range(shown)})
     figures: dict[str, list[str]] = {"worst": [], "sample": []}
     for kind, chosen in (("worst", worst), ("sample", spaced)):
         for rank, i in enumerate(chosen, 1):
@@ -378,11 +382,24 @@ def _panels(run: _Run, samples: list[_Sample], folder: Path, count: int) -> dict
             image, boxes = _load(sample, run.clf.channels, run.clf.classes)
             _, _, pred, maps = run.maps(image[None], torch.tensor([sample.label]))
             title = f"{row.label} → {row.classes[0]} ({row.scores[0]:.2f}), IoU {row.iou:.2f}"
+            if len(boxes) > DRAWN_BOXES:
+                title += f" ({DRAWN_BOXES} of {len(boxes)} true boxes drawn)"
             path = folder / f"{kind}_{rank:02d}_{sample.path.stem}.png"
             shown = image.permute(1, 2, 0).numpy()
-            figure_boxes(shown, maps[0, 0].numpy(), boxes.numpy(), pred[0, 0].numpy(), path, title=title)
+            drawn = _nearest(boxes, pred[0, 0]).numpy()
+            figure_boxes(shown, maps[0, 0].numpy(), drawn, pred[0, 0].numpy(), path, title=title)
             figures[kind].append(str(path))
     return figures
+
+
+def _nearest(boxes: Tensor, pred: Tensor) -> Tensor:
+    """At most :data:`DRAWN_BOXES` of the (M, 4) ground-truth boxes: those of largest IoU with the (4,) predicted
+    box."""
+    if len(boxes) <= DRAWN_BOXES:
+        return boxes
+    from torchvision.ops import box_iou
+
+    return boxes[box_iou(pred[None].float(), boxes)[0].topk(DRAWN_BOXES).indices]
 
 
 def _write(report: LocalizationReport, folder: Path) -> None:
