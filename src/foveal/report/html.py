@@ -174,12 +174,32 @@ class Page:
         )
 
 
-def read_json(path: str | os.PathLike[str], what: str) -> Any:
-    """A JSON file a report needs; missing or broken is a FovealError naming it."""
+def read_json(path: str | os.PathLike[str], what: str, kind: type = dict) -> Any:
+    """A JSON file a report needs; missing, broken or not holding a ``kind`` (an object by default) is a FovealError
+    naming it.
+
+    Args:
+        path: the JSON file (UTF-8, a byte-order mark allowed).
+        what: what the file is, for messages ("the run record").
+        kind: the type of its top-level value (``dict`` or ``list``).
+    """
     p = Path(path)
+    fix = "rerun the command that writes it"
     try:
-        return json.loads(p.read_text())
+        value = json.loads(p.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise FovealError(f"report: {what} {p} is missing: rerun the command that writes it") from None
+        raise FovealError(f"report: {what} {p} is missing: {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise FovealError(
+            f"report: {what} {p} is not UTF-8 text (byte {exc.start} is not): it is damaged; {fix}"
+        ) from None
+    except RecursionError:
+        raise FovealError(
+            f"report: {what} {p} is nested too deeply to be foveal's JSON: it is damaged; {fix}"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise FovealError(f"report: cannot read {what} {p} ({exc}): rerun the command that writes it") from None
+        raise FovealError(f"report: cannot read {what} {p} ({exc}): {fix}") from None
+    if not isinstance(value, kind):
+        shown = "an object" if kind is dict else f"a {kind.__name__}"
+        raise FovealError(f"report: {what} {p} holds a {type(value).__name__}, not {shown}: it is damaged; {fix}")
+    return value

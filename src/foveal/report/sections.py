@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from foveal.errors import FovealError
 from foveal.report.html import (
     Page,
     esc,
@@ -101,16 +102,31 @@ def provenance_section(page: Page, folder: Path, config: Any = None) -> None:
 
 # -- training --------------------------------------------------------------------------------------------------------
 def _records(run: Path) -> list[dict[str, Any]]:
+    """The records of the run's metric log; a line cut short by a kill is skipped, a log without one readable
+    record is a FovealError."""
     path = run / "metrics.jsonl"
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise FovealError(f"report: cannot read the metric log {path} ({exc.strerror or exc})") from None
+    records = [r for r in map(_record, lines) if r is not None]
+    if not records and any(line.strip() for line in lines):
+        raise FovealError(
+            f"report: the metric log {path} holds no JSON records (is it binary or damaged?): restore it, or move it "
+            "away to draw the report without training curves"
+        )
     return records
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One line of the metric log as a record; None for a line that is not a JSON object (cut short, damaged)."""
+    try:
+        record = json.loads(line.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _curves(records: list[dict[str, Any]]) -> str:

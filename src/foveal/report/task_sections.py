@@ -142,7 +142,7 @@ def _segmentation(page: Page, folder: Path, m: dict[str, Any]) -> None:
     page.add("Pixel and instance metrics", parts, "metrics")
     per_image = folder / "per_image.json"
     if per_image.is_file():
-        _segmentation_images(page, folder, read_json(per_image, "the per-image metrics"))
+        _segmentation_images(page, folder, read_json(per_image, "the per-image metrics", list))
 
 
 def _segmentation_images(page: Page, folder: Path, rows: list[dict[str, Any]]) -> None:
@@ -257,7 +257,7 @@ def _generic(page: Page, folder: Path, m: Any) -> None:
 # -- explanations ----------------------------------------------------------------------------------------------------
 def explanation_page(folder: Path) -> Page:
     """The report of an ``explain --out`` folder: per image the explained classes and their figures."""
-    records = read_json(folder / "explanations.json", "the explanations")
+    records = read_json(folder / "explanations.json", "the explanations", list)
     page = Page(f"Explanations: {folder.name}", f"class activation maps in {folder.resolve()}")
     truth = _ground_truth(folder)
     if truth is not None:
