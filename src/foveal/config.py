@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -98,13 +99,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise FovealError(f"bad value {value!r} for '{where}': choose one of {', '.join(map(str, allowed))}{hint}")
+            raise FovealError(
+                f"bad value {_shown(value)} for '{where}': choose one of {', '.join(map(str, allowed))}{hint}"
+            )
         return value
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.strip("[]()").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise FovealError(f"bad value {value!r} for '{where}': expected a list")
+            raise FovealError(f"bad value {_shown(value)} for '{where}': expected a list")
         args = get_args(tp)
         item = args[0] if args else Any
         return tuple(_coerce(v.strip() if isinstance(v, str) else v, item, where) for v in value)
@@ -138,32 +141,32 @@ def _to_bool(value: Any, where: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
         return value.lower() in ("true", "yes", "1", "on")
-    raise FovealError(f"bad value {value!r} for '{where}': expected true or false")
+    raise FovealError(f"bad value {_shown(value)} for '{where}': expected true or false")
 
 
 def _to_int(value: Any, where: str) -> int:
     if isinstance(value, bool):
-        raise FovealError(f"bad value {value!r} for '{where}': expected an integer")
+        raise FovealError(f"bad value {_shown(value)} for '{where}': expected an integer")
     if isinstance(value, int):
         return value
     try:
         return int(str(value))
     except ValueError:
-        raise FovealError(f"bad value {value!r} for '{where}': expected an integer") from None
+        raise FovealError(f"bad value {_shown(value)} for '{where}': expected an integer") from None
 
 
 def _to_float(value: Any, where: str) -> float:
     if isinstance(value, bool):
-        raise FovealError(f"bad value {value!r} for '{where}': expected a number")
+        raise FovealError(f"bad value {_shown(value)} for '{where}': expected a number")
     try:
         return float(value) if isinstance(value, (int, float)) else float(str(value))
     except (ValueError, OverflowError):
-        raise FovealError(f"bad value {value!r} for '{where}': expected a number") from None
+        raise FovealError(f"bad value {_shown(value)} for '{where}': expected a number") from None
 
 
 def _to_str(value: Any, where: str) -> str:
     if isinstance(value, (dict, list)):
-        raise FovealError(f"bad value {value!r} for '{where}': expected a string")
+        raise FovealError(f"bad value {_shown(value)} for '{where}': expected a string")
     return str(value)
 
 
@@ -199,6 +202,11 @@ def check_value(hint: Any, value: Any, where: str, default: Any = None) -> None:
         )
         reason = "" if finite else " (NaN and infinity are refused)"
         raise FovealError(f"{where}={_plain(value)}: use {kind} {allowed.describe()}{reason}{hint_text}")
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a value from the user's recipe or overrides (deep or long values are abridged)."""
+    return reprlib.repr(value)
 
 
 def _plain(value: Any) -> str:
@@ -308,9 +316,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise FovealError(f"config file not found: {p} (pass an existing YAML file, e.g. configs/classify_cpu.yaml)")
     try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FovealError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FovealError(
+            f"config file {p} is not UTF-8 text (byte {exc.start} is not): pass a YAML recipe such as "
+            "configs/classify_cpu.yaml"
+        ) from None
+    except yaml.YAMLError as exc:
         raise FovealError(f"config file {p} is not valid YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise FovealError(
+            f"config file {p} nests its lists or mappings too deeply to be a recipe: a recipe is sections of "
+            "key: value lines (see configs/classify_cpu.yaml)"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

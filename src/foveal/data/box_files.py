@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class BoxEntry:
         label: the image's class name, when the box file gives it.
         box_labels: the class name of each box (XML objects), ``None`` where not given.
         where: where in the box file the image is described, for messages (``file:line``).
+        box_where: where each box is described (rows of a CSV, files of an XML folder); empty: at ``where``.
     """
 
     image: str
@@ -72,6 +74,11 @@ class BoxEntry:
     label: str | None
     box_labels: tuple[str | None, ...]
     where: str
+    box_where: tuple[str, ...] = ()
+
+    def where_of(self, box: int) -> str:
+        """Where box number ``box`` is described, for messages."""
+        return self.box_where[box] if len(self.box_where) == len(self.boxes) else self.where
 
 
 def read_box_file(path: str | Path, box_format: str | None = None, split: str = "test") -> list[BoxEntry]:
@@ -128,20 +135,33 @@ def _fixed_format(given: str | None, fixed: str, what: str) -> None:
 
 
 def _merge(entries: Iterable[BoxEntry]) -> list[BoxEntry]:
-    """Entries of the same image (several CSV rows) joined into one; their labels must agree."""
-    merged: dict[str, BoxEntry] = {}
+    """Entries of the same image (several CSV rows, several XML files) joined into one; their labels must agree.
+    Each box keeps where it was described, so a message about a box names its own row or file."""
+    first: dict[str, BoxEntry] = {}
+    parts: dict[str, list[BoxEntry]] = {}
     for e in entries:
-        seen = merged.get(e.image)
-        if seen is None:
-            merged[e.image] = e
-            continue
+        seen = first.setdefault(e.image, e)
         if e.label != seen.label:
             raise FovealError(
                 f"{e.where}: image {e.image} has label {e.label!r} here but {seen.label!r} at {seen.where}: "
                 "give one label per image"
             )
-        merged[e.image] = BoxEntry(e.image, seen.boxes + e.boxes, e.label, seen.box_labels + e.box_labels, seen.where)
-    return list(merged.values())
+        parts.setdefault(e.image, []).append(e)
+    merged = []
+    for image, group in parts.items():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        boxes = tuple(b for e in group for b in e.boxes)
+        names = tuple(n for e in group for n in e.box_labels)
+        where = tuple(e.where_of(i) for e in group for i in range(len(e.boxes)))
+        merged.append(BoxEntry(image, boxes, first[image].label, names, first[image].where, where))
+    return merged
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a value of the user's file for a message (deep or long values are abridged)."""
+    return reprlib.repr(value)
 
 
 def _box(values: Sequence[Any], box_format: str, where: str) -> Box:
@@ -151,9 +171,11 @@ def _box(values: Sequence[Any], box_format: str, where: str) -> Box:
     try:
         a, b, c, d = (float(v) for v in values)
     except (TypeError, ValueError):
-        raise FovealError(f"{where}: box {list(values)} is not 4 numbers ({_format_names(box_format)})") from None
+        raise FovealError(
+            f"{where}: box {_shown(list(values))} is not 4 numbers ({_format_names(box_format)}): fix it or remove it"
+        ) from None
     if any(v != v or v in (float("inf"), float("-inf")) for v in (a, b, c, d)):
-        raise FovealError(f"{where}: box {list(values)} holds a value that is not finite")
+        raise FovealError(f"{where}: box {list(values)} holds a value that is not finite: fix it or remove it")
     x1, y1, x2, y2 = (a, b, a + c, b + d) if box_format == "xywh" else (a, b, c, d)
     if x2 <= x1 or y2 <= y1:
         raise FovealError(
@@ -170,17 +192,28 @@ def _format_names(box_format: str) -> str:
 # -- JSON --------------------------------------------------------------------------------------------------------------
 def _read_json(path: Path, box_format: str | None) -> list[BoxEntry]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FovealError(f"cannot read box file {path}: {exc}") from None
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise FovealError(f"cannot read box file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FovealError(
+            f"box file {path} is not UTF-8 text (byte {exc.start} is not): is it a JSON file? Save it as UTF-8 JSON"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise FovealError(f"box file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise FovealError(f"box file {path} is not valid JSON (line {exc.lineno}: {exc.msg}): fix the file") from None
+    except RecursionError:
+        raise FovealError(
+            f"box file {path} nests its lists or objects too deeply to be a box file: a box is a list of 4 numbers, "
+            "an image's boxes a list of such lists; fix the file"
+        ) from None
     if isinstance(doc, dict) and "images" in doc and isinstance(doc["images"], (dict, list)):
         stated = doc.get("box_format")
         if stated is not None and stated not in BOX_FORMATS:
-            raise FovealError(f'{path}: "box_format" is {stated!r}; use "xyxy" or "xywh"')
+            raise FovealError(f'{path}: "box_format" is {_shown(stated)}; use "xyxy" or "xywh"')
         if stated is not None and box_format is not None and stated != box_format:
-            raise FovealError(f'{path} states "box_format": {stated!r} but --box-format is {box_format}: drop one')
+            raise FovealError(
+                f'{path} states "box_format": {_shown(stated)} but --box-format is {box_format}: drop one'
+            )
         box_format, doc = box_format or stated, doc["images"]
     if box_format is None:
         raise FovealError(
@@ -212,7 +245,9 @@ def _json_entry(image: str, value: Any, box_format: str, where: str) -> BoxEntry
         if value is None:
             raise FovealError(f'{where} has no boxes: add "boxes": [[...], ...]')
     if not isinstance(value, list) or not value:
-        raise FovealError(f"{where}: boxes must be a list of 4 numbers or a list of such lists, got {value!r}")
+        raise FovealError(
+            f"{where}: boxes must be a list of 4 numbers or a list of such lists, got {_shown(value)}: fix the file"
+        )
     rows = value if isinstance(value[0], list) else [value]
     boxes = tuple(_box(row if isinstance(row, list) else [row], box_format, where) for row in rows)
     return BoxEntry(image, boxes, None if label is None else str(label), (None,) * len(boxes), where)
@@ -222,10 +257,17 @@ def _json_entry(image: str, value: Any, box_format: str, where: str) -> BoxEntry
 def _read_csv(path: Path, box_format: str | None) -> list[BoxEntry]:
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FovealError(f"cannot read box file {path}: {exc}") from None
+    except OSError as exc:
+        raise FovealError(f"cannot read box file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FovealError(
+            f"box file {path} is not UTF-8 text (byte {exc.start} is not): is it a CSV file? Save it as UTF-8 CSV"
+        ) from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in text and "," not in text) else ","
-    rows = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter)) if any(row)]
+    try:
+        rows = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter)) if any(row)]
+    except csv.Error as exc:
+        raise FovealError(f"box file {path} is not a readable CSV table ({exc}): fix the file") from None
     if not rows:
         return []
     columns, stated = _csv_header(rows[0][1], path)
@@ -244,7 +286,7 @@ def _read_csv(path: Path, box_format: str | None) -> list[BoxEntry]:
     for line, row in rows:
         where = f"{path}:{line}"
         if len(row) <= max(image_col, *box_cols) or not row[image_col].strip():
-            raise FovealError(f"{where}: expected an image and 4 box numbers, got {row}")
+            raise FovealError(f"{where}: expected an image and 4 box numbers, got {_shown(row)}")
         label = row[label_col].strip() if label_col is not None and label_col < len(row) else None
         box = _box([row[c].strip() for c in box_cols], box_format, where)
         entries.append(BoxEntry(row[image_col].strip(), (box,), label or None, (None,), where))
@@ -278,13 +320,16 @@ def _is_number(text: str) -> bool:
 # -- CUB-200-2011 ------------------------------------------------------------------------------------------------------
 def _read_cub(folder: Path, split: str) -> list[BoxEntry]:
     images = _cub_table(folder / "images.txt", 1)
-    boxes = _cub_table(folder / "bounding_boxes.txt", 4)
-    labels = _cub_table(folder / "image_class_labels.txt", 1) if (folder / "image_class_labels.txt").is_file() else {}
+    boxes = _cub_ids(_cub_table(folder / "bounding_boxes.txt", 4), images, folder / "bounding_boxes.txt")
+    labels: dict[str, tuple[list[str], int]] = {}
+    if (folder / "image_class_labels.txt").is_file():
+        labels = _cub_ids(_cub_table(folder / "image_class_labels.txt", 1), images, folder / "image_class_labels.txt")
     names = _cub_table(folder / "classes.txt", 1) if (folder / "classes.txt").is_file() else {}
     chosen = set(images)
     if (folder / "train_test_split.txt").is_file():
         is_train = "0" if split in ("test", "val") else "1"
-        chosen = {k for k, (flag, _) in _cub_table(folder / "train_test_split.txt", 1).items() if flag[0] == is_train}
+        flags = _cub_ids(_cub_table(folder / "train_test_split.txt", 1), images, folder / "train_test_split.txt")
+        chosen = {k for k, (flag, _) in flags.items() if flag[0] == is_train}
     entries = []
     for key in sorted(chosen, key=lambda k: images[k][1]):
         where = f"{folder / 'images.txt'}:{images[key][1]}"
@@ -299,19 +344,34 @@ def _read_cub(folder: Path, split: str) -> list[BoxEntry]:
     return entries
 
 
+def _cub_ids(
+    table: dict[str, tuple[list[str], int]], images: dict[str, tuple[list[str], int]], path: Path
+) -> dict[str, tuple[list[str], int]]:
+    """``table`` after checking that each of its image ids is one of ``images.txt``."""
+    for key, (_, line) in table.items():
+        if key not in images:
+            raise FovealError(
+                f"{path}:{line}: image id {key} is not in {path.parent / 'images.txt'}: remove the row, or add the "
+                "image to images.txt (the files must come from the same copy of CUB-200-2011)"
+            )
+    return table
+
+
 def _cub_table(path: Path, width: int) -> dict[str, tuple[list[str], int]]:
     """``id → (the id's ``width`` values, line number)`` of a CUB text file (``id value ...`` per line)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FovealError(f"cannot read {path}: {exc}") from None
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as exc:
+        raise FovealError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FovealError(f"{path} is not UTF-8 text (byte {exc.start} is not): restore CUB's text file") from None
     table: dict[str, tuple[list[str], int]] = {}
     for i, line in enumerate(lines):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != width + 1:
-            raise FovealError(f"{path}:{i + 1}: expected an id and {width} value(s), got {line.strip()!r}")
+            raise FovealError(f"{path}:{i + 1}: expected an id and {width} value(s), got {_shown(line.strip())}")
         table[parts[0]] = (parts[1:], i + 1)
     return table
 
@@ -336,6 +396,7 @@ def _read_xml(path: Path) -> BoxEntry:
     image = (root.findtext("filename") or "").strip() or path.stem
     boxes: list[Box] = []
     names: list[str | None] = []
+    places: list[str] = []
     for i, obj in enumerate(root.iter("object")):
         where = f"{path}: object {i + 1}"
         bndbox = obj.find("bndbox")
@@ -347,11 +408,12 @@ def _read_xml(path: Path) -> BoxEntry:
         x1, y1, x2, y2 = _box(values, "xyxy", where)  # VOC pixels are 1-based and inclusive
         boxes.append((x1 - 1, y1 - 1, x2, y2))
         names.append((obj.findtext("name") or "").strip() or None)
+        places.append(where)
     if not boxes:
         raise FovealError(f"{path} has no <object> with a <bndbox>: add the object's box or remove the file")
     labels = {n for n in names if n is not None}
     label = labels.pop() if len(labels) == 1 else None
-    return BoxEntry(image, tuple(boxes), label, tuple(names), str(path))
+    return BoxEntry(image, tuple(boxes), label, tuple(names), str(path), tuple(places))
 
 
 # -- images ------------------------------------------------------------------------------------------------------------
@@ -402,7 +464,7 @@ def check_inside(entry: BoxEntry, height: int, width: int, file: Path | str) -> 
     """
     tol = EDGE_TOLERANCE
     kept = []
-    for x1, y1, x2, y2 in entry.boxes:
+    for i, (x1, y1, x2, y2) in enumerate(entry.boxes):
         if (
             x1 < -tol
             or y1 < -tol
@@ -414,8 +476,8 @@ def check_inside(entry: BoxEntry, height: int, width: int, file: Path | str) -> 
             or y2 <= 0
         ):
             raise FovealError(
-                f"{entry.where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside image {file} ({width} × {height} "
-                "px): fix the box, its format (--box-format xyxy or xywh), or the image"
+                f"{entry.where_of(i)}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside image {file} ({width} × "
+                f"{height} px): fix the box, its format (--box-format xyxy or xywh), or the image"
             )
         kept.append((max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))))
     return tuple(kept)

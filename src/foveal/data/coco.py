@@ -38,6 +38,7 @@ Boxes are (x1, y1, x2, y2) in pixels, converted from COCO's [x, y, width, height
 from __future__ import annotations
 
 import json
+import reprlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -308,8 +309,12 @@ def _split_file(folder: Path, split: str) -> Path:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             document = json.load(handle)
+    except RecursionError:
+        raise FovealError(
+            f"{path} nests its lists or objects too deeply to be a COCO annotation file: fix or regenerate it"
+        ) from None
     except json.JSONDecodeError as exc:
         raise FovealError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}): fix or regenerate it"
@@ -331,7 +336,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _bad_entry(path: Path, kind: str, index: int, entry: Any, need: str) -> FovealError:
-    text = json.dumps(entry)[:120] if isinstance(entry, dict) else repr(entry)[:120]
+    try:
+        text = json.dumps(entry)[:120] if isinstance(entry, dict) else reprlib.repr(entry)
+    except (RecursionError, TypeError, ValueError):
+        text = reprlib.repr(entry)
     return FovealError(f"{path}: {kind} entry {index} is malformed ({text}): it needs {need}")
 
 
