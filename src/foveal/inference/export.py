@@ -15,7 +15,7 @@ import copy
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,10 @@ DEFAULT_OPSET = 17
 #: The opsets the exporter of the pinned torch writes (its ``torch.onnx._constants.ONNX_MIN_OPSET`` … ``MAX``; a test
 #: checks the two agree, so a torch upgrade that changes them is noticed).
 ONNX_OPSETS = range(7, 24)
+MAX_SIDE = 8192
+"""The largest input edge exported, in pixels: a classifier's largest ``model.resolution``. Every network foveal builds
+pads its convolutions, so any edge from 1 up runs (a valid U-Net takes only some, checked by ``ExportSpec.check_size``);
+the graph is traced and checked on fixed-size inputs held in memory, so the edge is bounded above."""
 
 
 class DetectorGraph(nn.Module):
@@ -78,13 +82,15 @@ def export_onnx(
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     check_target(path, in_channels, height, width, resolution)
     export_model = fold_batchnorm(copy.deepcopy(model).eval()).to("cpu")
-    dummy = torch.zeros(1, in_channels, height, width)
-    _dry_run(export_model, dummy)
+    with _memory_named(in_channels, height, width):
+        dummy = torch.zeros(1, in_channels, height, width)
+        _dry_run(export_model, dummy)
     # a unique name beside the target (same file system, so os.replace is atomic); created by the exporter itself so
     # the file gets the usual permissions
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        _export(export_model, dummy, tmp, opset, output_names, unbatched)
+        with _memory_named(in_channels, height, width):
+            _export(export_model, dummy, tmp, opset, output_names, unbatched)
         import onnx
 
         onnx.checker.check_model(str(tmp))
@@ -98,11 +104,17 @@ def export_onnx(
 
 
 def check_target(path: Path, in_channels: int, height: int, width: int, resolution: object = None) -> None:
-    """FovealError unless ``path`` can be written and the input (in_channels, height, width) is positive."""
+    """FovealError unless ``path`` can be written and the input (in_channels, height, width) is positive and at most
+    :data:`MAX_SIDE` a side."""
     if in_channels < 1 or height < 1 or width < 1:
         raise FovealError(
             f"in_channels and resolution must be positive, got {in_channels} and {resolution or (height, width)}; "
             "pass the input size the model is meant for"
+        )
+    if max(height, width) > MAX_SIDE:
+        raise FovealError(
+            f"resolution {resolution or (height, width)} is larger than an export takes (at most {MAX_SIDE} px a "
+            "side): export at the size the model runs at, and resize or tile larger images"
         )
     if not path.parent.is_dir():
         raise FovealError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
@@ -112,12 +124,28 @@ def check_target(path: Path, in_channels: int, height: int, width: int, resoluti
         raise FovealError(f"cannot write '{path}': no permission to write in '{path.parent}'; choose another folder")
 
 
+@contextlib.contextmanager
+def _memory_named(channels: int, height: int, width: int) -> Iterator[None]:
+    """Turn running out of memory on a (1, channels, height, width) input into a FovealError naming the input."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)):
+            raise
+        raise FovealError(
+            f"not enough memory to export at {height}×{width} px ({channels} channel(s)): pass a smaller --size, "
+            "such as the size the model runs at (the default)"
+        ) from None
+
+
 def _dry_run(model: nn.Module, dummy: Tensor) -> None:
     """Run ``model`` once on ``dummy``; a shape mismatch is a FovealError naming the input."""
     try:
         with torch.inference_mode():
             model(dummy)
     except RuntimeError as exc:
+        if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+            raise
         first = str(exc).strip().splitlines()[0]
         raise FovealError(
             f"the model cannot run on a {tuple(dummy.shape)} input ({first}); pass the in_channels and resolution "
@@ -257,8 +285,14 @@ def check_export_options(opset: int, size: Sequence[int] | None) -> tuple[int, i
         )
     if size is None:
         return None
+    shown = " ".join(map(str, size))
     if not 1 <= len(size) <= 2 or min(size) < 1:
-        raise FovealError(f"--size {' '.join(map(str, size))}: give the input's H (and W) in pixels, e.g. --size 512")
+        raise FovealError(f"--size {shown}: give the input's H (and W) in pixels, e.g. --size 512")
+    if max(size) > MAX_SIDE:
+        raise FovealError(
+            f"--size {shown} is larger than an export takes (at most {MAX_SIDE} px a side): export at the size the "
+            "model runs at (leave out --size), and resize or tile larger images before running the graph"
+        )
     return int(size[0]), int(size[-1])
 
 
@@ -285,6 +319,7 @@ def export_checked(
     written = export_onnx(
         spec.model, path, spec.channels, hw, opset=opset, output_names=spec.output_names, unbatched=spec.unbatched
     )
-    x = torch.randn(2, spec.channels, *hw, device=next(spec.model.parameters()).device)
-    diff = check_onnx(spec.model, written, x)
+    with _memory_named(spec.channels, *hw):
+        x = torch.randn(2, spec.channels, *hw, device=next(spec.model.parameters()).device)
+        diff = check_onnx(spec.model, written, x)
     return ExportReport(written, spec.channels, hw, spec.output_names, diff, note)
