@@ -138,7 +138,7 @@ def test_channels_normalised_separately(tmp_path: Path) -> None:
     x = load_seg_image(path, normalize="minmax")
     assert x.shape == (2, 10, 20)
     assert torch.allclose(x[0], x[1], atol=1e-6) and float(x[1].max()) == 1.0
-    with pytest.raises(FovealError, match="has 2 channel\\(s\\) but channels=1 was asked.*set channels to 2"):
+    with pytest.raises(FovealError, match="has 2 channel\\(s\\) but channels=1 was asked.*convert it to grayscale"):
         load_seg_image(path, channels=1)
 
 
@@ -168,7 +168,9 @@ def test_rgb_and_rgba_images(tmp_path: Path) -> None:
     assert data.channels == 3 and data.names == ["c", "d", "e"]
     expected = torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1)
     assert all(torch.equal(image, expected) for image in data.images)
-    with pytest.raises(FovealError, match="c.png has 3 channel\\(s\\) but channels=1 was asked.*set channels to 3"):
+    with pytest.raises(
+        FovealError, match="c.png has 3 channel\\(s\\) but channels=1 was asked.*convert it to grayscale"
+    ):
         open_segmentation(tmp_path, channels=1)
     _png(tmp_path / "images" / "f.png", rgb[:, :, 0])
     _png(tmp_path / "masks" / "f.png", _labels(3))

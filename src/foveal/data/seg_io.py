@@ -172,9 +172,11 @@ def check_channels(images: list[Tensor], paths: list[Path], channels: int | None
     for image, path in zip(images, paths, strict=True):
         c = int(image.shape[0])
         if channels is not None and c != channels:
+            want = "grayscale" if channels == 1 else f"{channels} channels"
+            stack = f"; if its {c} channels are the planes of a stack (Z, time or pages), pass one plane at a time"
             raise FovealError(
-                f"image {path} has {c} channel(s) but channels={channels} was asked: convert the images or set "
-                f"channels to {c}"
+                f"image {path} has {c} channel(s) but channels={channels} was asked (the model's input, or "
+                f"data.channels in training): convert it to {want}" + (stack if c > 4 else "")
             )
         if c != images[0].shape[0]:
             raise FovealError(
