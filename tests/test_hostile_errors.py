@@ -92,7 +92,7 @@ def test_export_size_out_of_bounds_leaves_the_earlier_file(
 
 def test_export_size_bound_in_the_python_api(ckpt: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(FovealError, match="at most 8192 px a side"):
-        foveal.load(ckpt["classify"]).export(tmp_path / "m.onnx", size=100_000)
+        foveal.load(ckpt["classify"]).export(tmp_path / "m.onnx", size=[100_000])
     from foveal.inference.export import export_onnx
 
     with pytest.raises(FovealError, match="at most 8192 px a side"):
@@ -157,6 +157,8 @@ def test_cub_table_naming_an_unknown_image_id(
     fail(capsys, _eval_boxes(ckpt, images, cub), "bounding_boxes.txt:5", "image id 99", "images.txt", "remove the row")
     cub = _cub(images.parent / "split_77", rows, split + "77 0\n")
     fail(capsys, _eval_boxes(ckpt, images, cub), "train_test_split.txt:5", "image id 77", "images.txt")
+    cub = _cub(images.parent / "outside", rows.replace("3 2 2 10 10", "3 2 2 10 90"), split)
+    fail(capsys, _eval_boxes(ckpt, images, cub), "bounding_boxes.txt:3: box", "lies outside image")
 
 
 # -- the report of a run -----------------------------------------------------------------------------------------------

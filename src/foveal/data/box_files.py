@@ -230,7 +230,10 @@ def _read_json(path: Path, box_format: str | None) -> list[BoxEntry]:
 
 def _json_record(record: Any, box_format: str, where: str) -> BoxEntry:
     if not isinstance(record, dict):
-        raise FovealError(f'{where} is not an object with "image" and "boxes"')
+        raise FovealError(
+            f'{where} is not an object with "image" and "boxes": write each record as '
+            '{"image": "cat/1.jpg", "boxes": [[x1, y1, x2, y2]]}'
+        )
     image = next((record[k] for k in _JSON_IMAGE if k in record), None)
     if not isinstance(image, str) or not image:
         raise FovealError(f'{where} names no image: add "image": "path/of/the/image.jpg"')
@@ -286,7 +289,7 @@ def _read_csv(path: Path, box_format: str | None) -> list[BoxEntry]:
     for line, row in rows:
         where = f"{path}:{line}"
         if len(row) <= max(image_col, *box_cols) or not row[image_col].strip():
-            raise FovealError(f"{where}: expected an image and 4 box numbers, got {_shown(row)}")
+            raise FovealError(f"{where}: expected an image and 4 box numbers, got {_shown(row)}: fix the row")
         label = row[label_col].strip() if label_col is not None and label_col < len(row) else None
         box = _box([row[c].strip() for c in box_cols], box_format, where)
         entries.append(BoxEntry(row[image_col].strip(), (box,), label or None, (None,), where))
@@ -336,11 +339,12 @@ def _read_cub(folder: Path, split: str) -> list[BoxEntry]:
         if key not in boxes:
             raise FovealError(f"{where}: image id {key} has no row in bounding_boxes.txt: add its box")
         values, line = boxes[key]
-        box = _box(values, "xywh", f"{folder / 'bounding_boxes.txt'}:{line}")
+        box_where = f"{folder / 'bounding_boxes.txt'}:{line}"
+        box = _box(values, "xywh", box_where)
         label = labels[key][0][0] if key in labels else None
         if label is not None and label in names:
             label = names[label][0][0]
-        entries.append(BoxEntry(images[key][0][0], (box,), label, (None,), where))
+        entries.append(BoxEntry(images[key][0][0], (box,), label, (None,), where, (box_where,)))
     return entries
 
 

@@ -341,7 +341,10 @@ def _load(sample: _Sample, channels: int, classes: list[str]) -> tuple[Tensor, T
         b for b, n in zip(boxes, sample.entry.box_labels, strict=True) if n is None or n == name or n not in classes
     ]
     if not kept:
-        raise FovealError(f"{sample.entry.where}: image {sample.path} has no box of its class {name!r}")
+        raise FovealError(
+            f"{sample.entry.where}: image {sample.path} has no box of its class {name!r} (its boxes name other "
+            "classes): add a box of that class, or correct the image's label or class folder"
+        )
     return image, torch.tensor(kept, dtype=torch.float32)
 
 
@@ -373,8 +376,8 @@ def _panels(run: _Run, samples: list[_Sample], folder: Path, count: int) -> dict
 
     n = len(run.rows)
     worst = sorted(range(n), key=lambda i: (run.rows[i].localized, run.rows[i].iou, i))[:count]
-    shown = min(count, n)
-    spaced = sorted({round(j * (n - 1) / max(shown - 1, 1)) for j in range(shown)})
+    spread = min(count, n)
+    spaced = sorted({round(j * (n - 1) / max(spread - 1, 1)) for j in range(spread)})
     figures: dict[str, list[str]] = {"worst": [], "sample": []}
     for kind, chosen in (("worst", worst), ("sample", spaced)):
         for rank, i in enumerate(chosen, 1):
