@@ -72,11 +72,13 @@ def detect_layout(state: dict[str, Tensor]) -> str:
     )
 
 
-def import_efficientnet(path: str | Path, variant: str | None = None, **model_kwargs: Any) -> EfficientNet:
+def import_efficientnet(
+    path: str | Path | dict[str, Tensor], variant: str | None = None, **model_kwargs: Any
+) -> EfficientNet:
     """Build foveal's EfficientNet from a timm, torchvision or foveal weight file, with those weights loaded.
 
     Args:
-        path: ``.safetensors`` or PyTorch state-dict file (see :func:`load_state_file`).
+        path: ``.safetensors`` or PyTorch state-dict file (see :func:`load_state_file`), or the state dict itself.
         variant: "b0" … "b7", also spelled "efficientnet_b3" or timm's "tf_efficientnet_b3" (a ``tf_`` name selects
             TensorFlow "same" padding and BN eps 1e-3). None infers width and depth from the tensor shapes; a ``tf_``
             port is then recognised only when the path contains "tf_efficientnet" (as timm's hub files do), else pass
@@ -89,9 +91,14 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
         The model in eval mode. Input channels and classes are those of the file; BN eps and padding follow the
         source (timm / torchvision: eps 1e-5, symmetric padding).
     """
-    path = Path(path)
-    container = _read(path)
-    state = _unwrap(container, path)
+    if isinstance(path, dict):
+        container: Any = path
+        state = _unwrap(path, Path("<state dict>"))
+        path = Path("")
+    else:
+        path = Path(path)
+        container = _read(path)
+        state = _unwrap(container, path)
     layout = detect_layout(state)
     if variant is not None:
         name, tf_port = _parse_variant(variant)
@@ -122,6 +129,35 @@ def import_efficientnet(path: str | Path, variant: str | None = None, **model_kw
         )
     _load(model, renamed, layout)
     return model.eval()
+
+
+def backbone_state(state: dict[str, Tensor], **efficientnet_kwargs: Any) -> dict[str, Tensor] | None:
+    """A ResNet or EfficientNet classifier's state dict (torchvision or timm) in the key names of foveal's backbone
+    of that family (:mod:`foveal.models.backbones`), the classifier and EfficientNet's 1×1 head left out.
+
+    Args:
+        state: the classifier's state dict.
+        efficientnet_kwargs: :func:`import_efficientnet` arguments for an EfficientNet (e.g. a TF port's padding).
+
+    Returns:
+        The backbone's weights, or None when ``state`` is neither a ResNet nor an EfficientNet.
+    """
+    if "conv1.weight" in state and "layer4.0.conv1.weight" in state:
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("fc."):
+                continue
+            for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+                if key.startswith(old):
+                    key = new + key[len(old) :]
+            renamed[key] = value
+        return renamed
+    try:
+        detect_layout(state)
+    except FovealError:
+        return None
+    model = import_efficientnet(state, **efficientnet_kwargs)
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "classifier."))}
 
 
 def _read(path: Path) -> Any:

@@ -26,6 +26,7 @@ from foveal.engine.trainer import TrainConfig, seeded
 from foveal.errors import FovealError
 from foveal.io import atomic_output, write_json
 from foveal.models import efficientnet as eff
+from foveal.models.hub import efficientnet_kwargs, is_hub_spec, resolve_weights
 from foveal.tasks.scaffold import load_for_inference
 
 TASK = "classify"
@@ -37,7 +38,8 @@ PHI_RANGE = between(-10, 12)
 class ModelConfig:
     """Which EfficientNet. ``name`` is "efficientnet_b0" … "efficientnet_b7" (released coefficients) or
     "efficientnet" (built from ``phi`` with ``alpha``, ``beta``, ``gamma``). ``resolution`` and ``dropout`` default
-    to the variant's. ``weights`` initialises from a foveal checkpoint or a timm / torchvision state-dict file.
+    to the variant's. ``weights`` initialises from a foveal checkpoint, a timm / torchvision state-dict file or hub
+    weights (``torchvision:<WeightsEnum>.<NAME>``, ``timm:<name>``; ``new_classifier`` for another class count).
     ``pool``: "avg" (global average pooling, the paper's) or "max" (global max pooling). ``output_stride``: total
     stride of the last conv map (default: the table's; smaller gives finer class activation maps)."""
 
@@ -133,14 +135,21 @@ def build_classifier(cfg: ModelConfig, num_classes: int, in_channels: int) -> ef
 
 
 def init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
-    """``model`` initialised from ``cfg.weights`` (a foveal checkpoint or a foreign state-dict file).
+    """``model`` initialised from ``cfg.weights`` (a foveal checkpoint, a foreign state-dict file or hub weights:
+    ``torchvision:EfficientNet_B0_Weights.IMAGENET1K_V1``, ``timm:efficientnet_b0.ra_in1k``).
 
     The weights keep the BatchNorm epsilon and padding they were trained with (timm and torchvision use 1e-5 and
     symmetric padding, TF ports "same"), so the model is rebuilt with those when they differ from the config.
     """
     assert cfg.weights is not None
     path = Path(cfg.weights)
-    if path.is_dir():
+    if is_hub_spec(cfg.weights):
+        from foveal.models.convert import import_efficientnet
+
+        hub = resolve_weights(cfg.weights)
+        imported = import_efficientnet(hub.state, num_classes=None, **efficientnet_kwargs(cfg.weights))
+        weights, source_args = imported.state_dict(), imported.args
+    elif path.is_dir():
         ckpt = ckpt_io.load_checkpoint(path)
         ckpt_io.require_task(ckpt, (TASK,), f"model.weights={path}")
         weights, source_args = ckpt.weights, dict(ckpt.meta.get("model", {}).get("args", {}))
@@ -149,10 +158,12 @@ def init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
 
         imported = import_efficientnet(path, num_classes=None)
         weights, source_args = imported.state_dict(), imported.args
-    kept = {k: source_args[k] for k in ("bn_eps", "padding") if k in source_args}
+    kept: dict[str, Any] = {k: source_args[k] for k in ("bn_eps", "padding") if k in source_args}
     if any(model.args[k] != v for k, v in kept.items()):
         model = eff.from_args({**model.args, **kept})
-    if cfg.new_classifier:
+    own_head, hub_head = model.state_dict().get("classifier.weight"), weights.get("classifier.weight")
+    other_classes = own_head is not None and hub_head is not None and own_head.shape[0] != hub_head.shape[0]
+    if cfg.new_classifier or (is_hub_spec(cfg.weights) and other_classes):  # a hub's ImageNet head: a fresh one
         weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
         weights.update({k: v for k, v in model.state_dict().items() if k.startswith("classifier.")})
     own = model.state_dict().get("classifier.weight")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from foveal.config import to_dict
 from foveal.errors import FovealError
+from foveal.models.hub import weights_record
 from foveal.tasks.classify import (
     TASK,
     ClassifyConfig,
@@ -90,6 +91,7 @@ def _train(setup: TrainingRun[ClassifyConfig]) -> dict[str, Any]:
         "config": to_dict(cfg),
         "classes": classes,
         "input": {"resolution": res, "channels": train_data.channels, "mean": list(mean), "std": list(std)},
+        **weights_record(cfg.model.weights),
     }
     return fit(
         setup,

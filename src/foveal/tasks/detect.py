@@ -31,6 +31,7 @@ from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
 from foveal.models.anchors import Matcher
+from foveal.models.hub import efficientnet_kwargs, is_hub_spec, resolve_weights
 from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, retinanet_loss
 
 TASK = "detect"
@@ -49,9 +50,12 @@ class DetectModelConfig:
     """The RetinaNet. ``backbone``: resnet18/34/50/101 or efficientnet_b0 … b7. ``weights`` initialises from a foveal
     checkpoint (a detect run: every layer but a class layer of another size; a classify run: the backbone), a
     torchvision ``retinanet_resnet50_fpn`` state dict (needs resnet50, ``p6_from: p5``; the class layer stays new) or
-    a torchvision ResNet state dict (ImageNet weights, backbone only). ``freeze_bn`` keeps every BatchNorm at its
-    running statistics and affine values (as Detectron does with pretrained weights). ``backbone_width`` /
-    ``backbone_depth`` scale an EfficientNet backbone's channels / layers instead of its variant's (a smaller net)."""
+    a torchvision ResNet state dict (ImageNet weights, backbone only), or hub weights of either or of an EfficientNet
+    (``torchvision:RetinaNet_ResNet50_FPN_Weights.COCO_V1``, ``torchvision:ResNet50_Weights.IMAGENET1K_V2``,
+    ``timm:efficientnet_b0.ra_in1k``; a backbone alone leaves the FPN and heads at their initialisation).
+    ``freeze_bn`` keeps every BatchNorm at its running statistics and affine values (as Detectron does with pretrained
+    weights). ``backbone_width`` / ``backbone_depth`` scale an EfficientNet backbone's channels / layers instead of its
+    variant's (a smaller net)."""
 
     backbone: str = "resnet50"
     fpn_channels: Annotated[int, between(1, 4096)] = 256
@@ -186,6 +190,9 @@ def _backbone_kwargs(cfg: DetectModelConfig) -> dict[str, Any] | None:
 def _weights_of(cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
     """(weights, the prefix of the keys they must cover, a description) of ``cfg.weights``."""
     assert cfg.weights is not None
+    if is_hub_spec(cfg.weights):
+        hub = resolve_weights(cfg.weights)
+        return _foreign_weights(hub.state, cfg, f"model.weights {cfg.weights}")
     path = Path(cfg.weights).expanduser()
     if not path.exists():
         raise FovealError(
@@ -203,9 +210,17 @@ def _weights_of(cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
             return {f"backbone.{k}": v for k, v in ckpt.weights.items() if not k.startswith(drop)}, "backbone.", source
         raise FovealError(f"{source} is a '{task}' checkpoint: initialise from a detect or classify checkpoint")
     from foveal.models.convert import load_state_file
+
+    return _foreign_weights(load_state_file(path), cfg, source)
+
+
+def _foreign_weights(
+    state: dict[str, Tensor], cfg: DetectModelConfig, source: str
+) -> tuple[dict[str, Tensor], str, str]:
+    """:func:`_weights_of` for a torchvision RetinaNet or a ResNet / EfficientNet classifier's state dict."""
+    from foveal.models.convert import backbone_state
     from foveal.models.retinanet import import_torchvision_retinanet
 
-    state = load_state_file(path)
     if "head.classification_head.cls_logits.weight" in state:
         if cfg.backbone != "resnet50" or cfg.p6_from != "p5" or cfg.fpn_channels != 256:
             raise FovealError(
@@ -213,19 +228,12 @@ def _weights_of(cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
                 "and model.fpn_channels=256 to use them"
             )
         return import_torchvision_retinanet(state).state_dict(), "", source
-    if "conv1.weight" in state and "layer4.0.conv1.weight" in state:
-        renamed = {}
-        for key, value in state.items():
-            if key.startswith("fc."):
-                continue
-            for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
-                if key.startswith(old):
-                    key = new + key[len(old) :]
-            renamed[f"backbone.{key}"] = value
-        return renamed, "backbone.", source
+    backbone = backbone_state(state, **efficientnet_kwargs(source))
+    if backbone is not None:
+        return {f"backbone.{k}": v for k, v in backbone.items()}, "backbone.", source
     raise FovealError(
-        f"{source} is not a detector or backbone state dict foveal knows (torchvision retinanet_resnet50_fpn or "
-        "ResNet keys): pass one of those, or a foveal checkpoint"
+        f"{source} is not a detector or backbone state dict foveal knows (torchvision retinanet_resnet50_fpn, "
+        "ResNet or EfficientNet keys): pass one of those, or a foveal checkpoint"
     )
 
 

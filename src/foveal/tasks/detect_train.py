@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from foveal.config import to_dict
 from foveal.data.box_transforms import DetectionBatch, DetectionSamples, collate_detection
 from foveal.errors import FovealError
+from foveal.models.hub import weights_record
 from foveal.tasks.detect import (
     TASK,
     DetectConfig,
@@ -114,4 +115,5 @@ def _meta(cfg: DetectConfig, args: dict[str, Any], train_data: Any) -> dict[str,
             "mean": list(d.mean),
             "std": list(d.std),
         },
+        **weights_record(cfg.model.weights),
     }

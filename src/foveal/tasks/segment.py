@@ -34,7 +34,9 @@ TASK = "segment"
 class SegModelConfig:
     """Which network. ``name`` "unet" is the paper's (``padding`` "valid", no BatchNorm); "same" padding with
     ``batch_norm`` is the common modern variant. "backbone_unet" puts a U-Net decoder on ``encoder`` (any backbone of
-    the contract: efficientnet_b0 … b7, resnet18/34/50/101)."""
+    the contract: efficientnet_b0 … b7, resnet18/34/50/101); ``weights`` initialises that encoder from a ResNet or
+    EfficientNet classifier's state-dict file or hub weights (``torchvision:ResNet18_Weights.IMAGENET1K_V1``,
+    ``timm:efficientnet_b0.ra_in1k``); the decoder keeps its initialisation."""
 
     name: Literal["unet", "backbone_unet"] = "unet"
     depth: Annotated[int, between(1, 8)] = 4
@@ -43,6 +45,7 @@ class SegModelConfig:
     batch_norm: bool = False
     dropout: Annotated[float, between(0, 1, high_open=True)] = 0.5
     encoder: str = "efficientnet_b0"
+    weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,28 @@ def build_segmenter(cfg: SegModelConfig, in_channels: int, num_classes: int) -> 
             dropout=cfg.dropout,
         )
     return unet.BackboneUNet(encoder=cfg.encoder, in_channels=in_channels, num_classes=num_classes)
+
+
+def init_encoder(model: nn.Module, cfg: SegModelConfig) -> None:
+    """Load ``cfg.weights`` (a classifier's state-dict file or hub weights) into the encoder of a backbone U-Net."""
+    from foveal.models.convert import backbone_state, load_state_file
+    from foveal.models.hub import efficientnet_kwargs, is_hub_spec, resolve_weights
+
+    assert cfg.weights is not None
+    if cfg.name != "backbone_unet":
+        raise FovealError(
+            f"model.weights={cfg.weights} initialises a pretrained encoder: set model.name=backbone_unet with "
+            "model.encoder=<its family>, or drop model.weights"
+        )
+    source = f"model.weights {cfg.weights}"
+    state = resolve_weights(cfg.weights).state if is_hub_spec(cfg.weights) else load_state_file(cfg.weights)
+    encoder = backbone_state(state, **efficientnet_kwargs(cfg.weights))
+    if encoder is None:
+        raise FovealError(
+            f"{source} is not a ResNet or EfficientNet classifier's state dict (torchvision or timm): pass one of "
+            "those for the encoder"
+        )
+    ckpt_io.load_weights_into(model.get_submodule("encoder"), encoder, f"{source} (model.encoder={cfg.encoder})")
 
 
 def tile_input(model: nn.Module, out_tile: int) -> int:

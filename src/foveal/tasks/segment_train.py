@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from foveal.config import to_dict
 from foveal.errors import FovealError
 from foveal.losses.segmentation import segmentation_loss
+from foveal.models.hub import weights_record
 from foveal.tasks.scaffold import TrainingRun, fit, place_model, run_training
 from foveal.tasks.segment import (
     TASK,
@@ -21,6 +22,7 @@ from foveal.tasks.segment import (
     check_task,
     class_names,
     collate,
+    init_encoder,
     open_data,
     prepare,
     tile_input,
@@ -70,6 +72,8 @@ def _train(setup: TrainingRun[SegmentConfig]) -> dict[str, Any]:
     train_data, val_data = open_data(cfg.data)
     num_classes = train_data.num_classes
     model = build_segmenter(cfg.model, train_data.channels, num_classes)
+    if cfg.model.weights and setup.resume is None:
+        init_encoder(model, cfg.model)
     in_tile = tile_input(model, cfg.data.tile)
     tile_input(model, cfg.data.eval_tile)
     train_set = TrainingTiles(
@@ -98,6 +102,7 @@ def _train(setup: TrainingRun[SegmentConfig]) -> dict[str, Any]:
         "config": to_dict(cfg),
         "classes": ["background", "foreground"] if train_data.kind == "instances" else class_names(num_classes),
         "input": {"channels": train_data.channels, "normalize": cfg.data.normalize, "masks": train_data.kind},
+        **weights_record(cfg.model.weights),
     }
     return fit(
         setup,
