@@ -180,7 +180,7 @@ def run_case(case: Case) -> Outcome:
 def main_campaign(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="work folder to keep (default: a temporary one)")
-    parser.add_argument("--only", help="run the cases whose name or kind holds this text")
+    parser.add_argument("--only", help="run the cases of this verb or kind, or whose name holds this text")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -190,7 +190,7 @@ def main_campaign(argv: list[str] | None = None) -> int:
     started = time.time()
     cases = [Case(**c) for c in build_cases(work)]
     if args.only:
-        cases = [c for c in cases if args.only in c.name or args.only in c.kind]
+        cases = [c for c in cases if args.only in (c.verb, c.kind) or args.only in c.name]
     outcomes: list[Outcome] = []
     for i, case in enumerate(cases, 1):
         outcome = run_case(case)

@@ -248,6 +248,22 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
 Option = tuple[tuple[str, ...], dict[str, Any]]
 
 
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ≥ ``low`` (a batch size of 0 or a tile of -1 is refused before work starts)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}: pass a whole number ≥ {low}")
+        return value
+
+    parse.__name__ = f"a whole number ≥ {low}"
+    return parse
+
+
 def _opt(*names: str, **kwargs: Any) -> Option:
     return names, kwargs
 
@@ -312,7 +328,7 @@ VERBS: dict[str, Verb] = {
             _opt(
                 "--box-format", choices=["xyxy", "xywh"], help="with --boxes: how a JSON / header-less CSV writes boxes"
             ),
-            _opt("--map-stride", type=int, help="with --boxes: maps on this finer stride (as in foveal explain)"),
+            _opt("--map-stride", type=_count(1), help="with --boxes: maps on this finer stride (as in foveal explain)"),
             _opt("--map-scales", type=float, nargs="+", help="with --boxes: average the maps of these image scales"),
             _opt("--flip", action="store_true", help="with --boxes: average with the mirrored image's maps"),
             *_INFER,
@@ -324,11 +340,11 @@ VERBS: dict[str, Verb] = {
         (
             _CHECKPOINT,
             _opt("inputs", nargs="+", help="image files, folders, glob patterns or list files (.txt, a path a line)"),
-            _opt("--top-k", type=int, default=5, help="classes to show per image (default 5)"),
+            _opt("--top-k", type=_count(1), default=5, help="classes to show per image (default 5)"),
             _opt("--json", help="also write the predictions as JSON here"),
             _opt("--csv", help="also write the predictions as CSV here (classification)"),
             _opt("--out", help="output folder (default: predictions; classify: none, only --json / --csv)"),
-            _opt("--tile", type=int, help="segmentation: output tile edge (default: the checkpoint's eval tile)"),
+            _opt("--tile", type=_count(1), help="segmentation: output tile edge (default: the checkpoint's eval tile)"),
             _opt(
                 "--format",
                 choices=["tif", "tiff", "png", "zarr"],
@@ -342,8 +358,14 @@ VERBS: dict[str, Verb] = {
                 help="segmentation: also write the soft-max probabilities (H, W, K)",
             ),
             _TTA,
-            _opt("--batch-size", type=int, help="images per forward pass (default: classify 32, detect 4, segment 1)"),
-            _opt("--workers", type=int, help="processes decoding images ahead of the model (default: spare cores)"),
+            _opt(
+                "--batch-size",
+                type=_count(1),
+                help="images per forward pass (default: classify 32, detect 4, segment 1)",
+            ),
+            _opt(
+                "--workers", type=_count(0), help="processes decoding images ahead of the model (default: spare cores)"
+            ),
             _opt("--resume", action="store_true", help="continue the interrupted run in --out (skips what is done)"),
             _opt("--strict", action="store_true", help="stop at the first unreadable image (default: skip, list)"),
             _opt(
@@ -368,10 +390,10 @@ VERBS: dict[str, Verb] = {
         (
             _CHECKPOINT,
             _opt("--out", required=True, help="the .onnx file to write"),
-            _opt("--opset", type=int, default=17, help="ONNX opset (default 17)"),
+            _opt("--opset", type=_count(7), default=17, help="ONNX opset (default 17)"),
             _opt(
                 "--size",
-                type=int,
+                type=_count(1),
                 nargs="+",
                 default=None,
                 help="input H [W] (default: a classifier's resolution, a U-Net's evaluation tile, a detector's "
@@ -392,7 +414,7 @@ VERBS: dict[str, Verb] = {
             _CHECKPOINT,
             _opt("inputs", nargs="+", help="image files, folders or glob patterns"),
             _opt("--out", default="explanations", help="output folder (default: explanations)"),
-            _opt("--top-k", type=int, default=5, help="classes or best detections per image (default 5)"),
+            _opt("--top-k", type=_count(1), default=5, help="classes or best detections per image (default 5)"),
             _opt("--method", choices=["cam", "gradcam"], default="cam", help="cam (one forward pass) or gradcam"),
             _opt("--threshold", type=float, default=0.2, help="box threshold as a fraction (default 0.2)"),
             _opt(
@@ -409,7 +431,7 @@ VERBS: dict[str, Verb] = {
             ),
             _opt(
                 "--map-stride",
-                type=int,
+                type=_count(1),
                 default=None,
                 help="EfficientNet classifiers: maps on this finer stride from the same weights (e.g. 2; default: its "
                 "own)",
@@ -439,7 +461,7 @@ VERBS: dict[str, Verb] = {
             _opt("--out", default="weightmaps", help="output folder (default: weightmaps)"),
             _opt("--w0", type=float, default=10.0, help="border weight w0 (default 10)"),
             _opt("--sigma", type=float, default=5.0, help="border width σ in pixels (default 5)"),
-            _opt("--limit", type=int, default=4, help="images to draw (default 4)"),
+            _opt("--limit", type=_count(1), default=4, help="images to draw (default 4)"),
             _MAX_PIXELS,
         ),
     ),
