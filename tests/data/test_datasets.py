@@ -152,7 +152,7 @@ def test_debian_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_bad_spec_split_channels(tmp_path: Path) -> None:
-    with pytest.raises(FovealError, match="dataset not found"):
+    with pytest.raises(FovealError, match="does not exist"):
         open_dataset(str(tmp_path / "nowhere"))
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((1, 2, 2), np.uint8))
     with pytest.raises(FovealError, match="is a file: pass the folder that holds it"):

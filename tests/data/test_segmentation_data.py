@@ -336,7 +336,7 @@ def test_unpaired_files(tmp_path: Path) -> None:
 
 
 def test_folder_layout_errors(tmp_path: Path) -> None:
-    with pytest.raises(FovealError, match="dataset not found: .*nowhere"):
+    with pytest.raises(FovealError, match="dataset .*nowhere does not exist"):
         open_segmentation(tmp_path / "nowhere")
     (tmp_path / "flat").mkdir()
     with pytest.raises(FovealError, match="flat is not a segmentation folder: it needs an images/ and a masks/"):
