@@ -220,3 +220,19 @@ def test_cli_fine_tunes_from_hub_weights_and_records_them(caches: Path, tmp_path
     meta = ckpt_io.load_checkpoint(tmp_path / "run").meta
     assert meta["weights"]["spec"] == "timm:efficientnet_b0.ra_in1k"
     assert meta["weights"]["preprocessing"]["resolution"] == 224
+
+
+def test_grayscale_data_with_rgb_weights_names_data_channels(caches: Path) -> None:
+    _seed_timm("efficientnet_b0.ra_in1k", timm.create_model("efficientnet_b0"))
+    cfg = classify.ModelConfig(name="efficientnet_b0", weights="timm:efficientnet_b0.ra_in1k")
+    with pytest.raises(FovealError, match=r"3-channel images but this data has 1: set data.channels=3"):
+        classify.init_weights(classify.build_classifier(cfg, 10, 1), cfg)
+    _seed_torchvision("ResNet18_Weights.IMAGENET1K_V1", torchvision.models.resnet18())
+    seg = segment.SegModelConfig(
+        name="backbone_unet", encoder="resnet18", weights="torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    )
+    with pytest.raises(FovealError, match=r"data.channels=3"):
+        segment.init_encoder(segment.build_segmenter(seg, in_channels=1, num_classes=2), seg)
+    plain = segment.SegModelConfig(name="unet", weights=seg.weights)
+    with pytest.raises(FovealError, match=r"model.name=backbone_unet"):
+        segment.init_encoder(segment.build_segmenter(plain, 1, 2), plain)

@@ -161,6 +161,7 @@ def init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
     kept: dict[str, Any] = {k: source_args[k] for k in ("bn_eps", "padding") if k in source_args}
     if any(model.args[k] != v for k, v in kept.items()):
         model = eff.from_args({**model.args, **kept})
+    _check_channels(weights.get("stem.conv.weight"), model.args["in_channels"], f"weights {path}")
     own_head, hub_head = model.state_dict().get("classifier.weight"), weights.get("classifier.weight")
     other_classes = own_head is not None and hub_head is not None and own_head.shape[0] != hub_head.shape[0]
     if cfg.new_classifier or (is_hub_spec(cfg.weights) and other_classes):  # a hub's ImageNet head: a fresh one
@@ -175,6 +176,15 @@ def init_weights(model: eff.EfficientNet, cfg: ModelConfig) -> eff.EfficientNet:
         )
     ckpt_io.load_weights_into(model, weights, f"weights {path}")
     return model
+
+
+def _check_channels(stem: Tensor | None, in_channels: int, source: str) -> None:
+    """Weights for other image channels than the data's are an error that names the fix."""
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != in_channels:
+        raise FovealError(
+            f"{source} were trained on {stem.shape[1]}-channel images but this data has {in_channels}: set "
+            f"data.channels={stem.shape[1]} (images are converted), or use weights for {in_channels} channels"
+        )
 
 
 # -- data ------------------------------------------------------------------------------------------------------------

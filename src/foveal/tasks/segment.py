@@ -157,6 +157,14 @@ def init_encoder(model: nn.Module, cfg: SegModelConfig) -> None:
             f"{source} is not a ResNet or EfficientNet classifier's state dict (torchvision or timm): pass one of "
             "those for the encoder"
         )
+    own = model.get_submodule("encoder").state_dict()
+    for key in ("stem.0.weight", "stem.conv.weight"):  # the first conv: ResNet, EfficientNet
+        if key in encoder and key in own and encoder[key].ndim == 4 and encoder[key].shape[1] != own[key].shape[1]:
+            theirs, ours = encoder[key].shape[1], own[key].shape[1]
+            raise FovealError(
+                f"{source} was trained on {theirs}-channel images but this data has {ours}: set "
+                f"data.channels={theirs} (images are converted), or use weights for {ours} channels"
+            )
     ckpt_io.load_weights_into(model.get_submodule("encoder"), encoder, f"{source} (model.encoder={cfg.encoder})")
 
 
