@@ -228,3 +228,21 @@ def test_an_image_of_many_channels_may_be_a_stack(
     tifffile.imwrite(path, np.zeros((40, 40, 5), np.uint8), photometric="minisblack", planarconfig="contig")
     err = fail(capsys, ["predict", ckpt["segment"], str(path), "--out", str(tmp_path / "out")], "planes.tif")
     assert "5 channel(s)" in err and "planes of a stack" in err and "set channels to" not in err
+
+
+@pytest.mark.parametrize(
+    ("task", "config", "bundled"),
+    [
+        ("classify", "classify_demo", "fashion-mnist-sample"),
+        ("segment", "segment_cpu", "nuclei-sample"),
+        ("detect", str(Path(__file__).parent / "configs" / "detect_tiny.yaml"), "fashion-canvas-sample"),
+    ],
+)
+def test_a_missing_training_dataset_names_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, task: str, config: str, bundled: str
+) -> None:
+    for key in ("data.train", "data.val"):
+        argv = ["train", task, "--config", config, "--out", str(tmp_path / "run"), f"{key}={tmp_path / 'nowhere'}"]
+        err = fail(capsys, argv, f"{key}={tmp_path / 'nowhere'} does not exist", f"set {key} to", bundled)
+        assert "--data" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

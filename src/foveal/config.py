@@ -310,6 +310,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> di
     return data
 
 
+def check_data_keys(data: Any, bundled: tuple[str, ...], kinds: str) -> None:
+    """FovealError naming the key when ``data.train`` or ``data.val`` of a training config is neither a bundled
+    dataset (``bundled``) nor an existing path; ``kinds`` says what else the key takes ("a folder of ...")."""
+    for key in ("train", "val"):
+        value = getattr(data, key, None)
+        if value is None or str(value) in bundled or Path(str(value)).expanduser().exists():
+            continue
+        raise FovealError(f"data.{key}={value} does not exist: set data.{key} to {', '.join(bundled)}, {kinds}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a clear FovealError."""
     p = Path(path)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foveal.config import to_dict
+from foveal.config import check_data_keys, to_dict
 from foveal.errors import FovealError
 from foveal.models.hub import weights_record
 from foveal.tasks.classify import (
@@ -63,6 +63,8 @@ def _check_batch(cfg: ClassifyConfig, world: int, images: int | None = None) -> 
 def _train(setup: TrainingRun[ClassifyConfig]) -> dict[str, Any]:
     cfg = setup.cfg
     _check_batch(cfg, setup.dist_info.world_size)
+    kinds = "a folder of IDX files, or an image folder with one sub-folder per class"
+    check_data_keys(cfg.data, ("fashion-mnist", "fashion-mnist-sample"), kinds)
     train_data, val_data = open_data(cfg.data)
     _check_batch(cfg, setup.dist_info.world_size, len(train_data))
     res = resolution_of(cfg.model)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foveal.config import to_dict
+from foveal.config import check_data_keys, to_dict
 from foveal.data.box_transforms import DetectionBatch, DetectionSamples, collate_detection
 from foveal.errors import FovealError
 from foveal.models.hub import weights_record
@@ -66,6 +66,8 @@ def _check_config(setup: TrainingRun[DetectConfig]) -> None:
 def _train(setup: TrainingRun[DetectConfig]) -> dict[str, Any]:
     cfg, d = setup.cfg, setup.cfg.data
     _check_config(setup)
+    kinds = "a COCO JSON file, or a folder with annotations/instances_<split>.json"
+    check_data_keys(d, ("fashion-canvas-sample",), kinds)
     train_data, val_data = open_data(d)
     model = build_detector(cfg.model, train_data.num_classes, train_data.channels)
     if cfg.model.weights and setup.resume is None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foveal.config import to_dict
+from foveal.config import check_data_keys, to_dict
 from foveal.errors import FovealError
 from foveal.losses.segmentation import segmentation_loss
 from foveal.models.hub import weights_record
@@ -69,6 +69,8 @@ def _check_config(setup: TrainingRun[SegmentConfig]) -> None:
 def _train(setup: TrainingRun[SegmentConfig]) -> dict[str, Any]:
     cfg = setup.cfg
     _check_config(setup)
+    kinds = "a folder with images/ and masks/ sub-folders, or a .tif stack with <stem>_labels.tif beside it"
+    check_data_keys(cfg.data, ("nuclei-sample",), kinds)
     train_data, val_data = open_data(cfg.data)
     num_classes = train_data.num_classes
     model = build_segmenter(cfg.model, train_data.channels, num_classes)
