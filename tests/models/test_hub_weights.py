@@ -153,16 +153,17 @@ def test_whole_torchvision_retinanet_loads_but_a_new_class_layer(caches: Path) -
     assert got["cls_head.out.weight"].shape[0] == 9 * 3
 
 
-def test_unet_encoder_gives_the_timm_resnets_features(caches: Path) -> None:
+@pytest.mark.parametrize("channels", [3, 1])
+def test_unet_encoder_gives_the_timm_resnets_features(caches: Path, channels: int) -> None:
     torch.manual_seed(0)
     source = _randomize_bn(timm.create_model("resnet18"))
     _seed_timm("resnet18.a1_in1k", source)
     cfg = segment.SegModelConfig(name="backbone_unet", encoder="resnet18", weights="timm:resnet18.a1_in1k")
-    model = segment.build_segmenter(cfg, in_channels=3, num_classes=2)
+    model = segment.build_segmenter(cfg, in_channels=channels, num_classes=2)
     segment.init_encoder(model, cfg)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, channels, 64, 64)  # grayscale: the RGB model's output on the image in all three channels
     with torch.no_grad():
-        _close(source.forward_features(x), model.eval().encoder.forward_features(x)[-1])
+        _close(source.forward_features(x.expand(1, 3, 64, 64)), model.eval().encoder.forward_features(x)[-1])
 
 
 def test_record_names_spec_file_and_preprocessing(caches: Path) -> None:
@@ -231,8 +232,35 @@ def test_grayscale_data_with_rgb_weights_names_data_channels(caches: Path) -> No
     seg = segment.SegModelConfig(
         name="backbone_unet", encoder="resnet18", weights="torchvision:ResNet18_Weights.IMAGENET1K_V1"
     )
-    with pytest.raises(FovealError, match=r"data.channels=3"):
-        segment.init_encoder(segment.build_segmenter(seg, in_channels=1, num_classes=2), seg)
+    with pytest.raises(FovealError, match=r"convert the images to 3 channels"):
+        segment.init_encoder(segment.build_segmenter(seg, in_channels=2, num_classes=2), seg)
     plain = segment.SegModelConfig(name="unet", weights=seg.weights)
     with pytest.raises(FovealError, match=r"model.name=backbone_unet"):
         segment.init_encoder(segment.build_segmenter(plain, 1, 2), plain)
+
+
+@pytest.mark.parametrize("task", ["classify", "detect", "segment"])
+def test_finetune_recipes_name_hub_weights_that_exist(task: str) -> None:
+    from foveal.config import CONFIG_DIR, load_config
+
+    config = {"classify": classify.ClassifyConfig, "detect": detect.DetectConfig, "segment": segment.SegmentConfig}
+    spec = load_config(config[task], CONFIG_DIR / f"{task}_finetune.yaml").model.weights
+    assert spec is not None
+    kind, _, name = spec.partition(":")
+    if kind == "torchvision":
+        assert torchvision.models.get_weight(name) is not None
+    else:
+        assert timm.models.get_pretrained_cfg(name) is not None
+
+
+def test_segment_finetune_recipe_trains_one_step_from_hub_weights(caches: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _seed_torchvision("ResNet34_Weights.IMAGENET1K_V1", torchvision.models.resnet34())
+    argv = ["train", "segment", "--config", "segment_finetune", "--out", str(tmp_path / "run")]
+    argv += ["train.max_steps=1", "train.epochs=1", "data.batch_size=1", "data.samples_per_epoch=1"]
+    argv += ["data.tile=64", "data.eval_tile=128", "train.progress=false"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+    meta = ckpt_io.load_checkpoint(tmp_path / "run").meta
+    assert meta["weights"]["spec"] == "torchvision:ResNet34_Weights.IMAGENET1K_V1"
+    assert meta["weights"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]

@@ -36,7 +36,8 @@ class SegModelConfig:
     ``batch_norm`` is the common modern variant. "backbone_unet" puts a U-Net decoder on ``encoder`` (any backbone of
     the contract: efficientnet_b0 … b7, resnet18/34/50/101); ``weights`` initialises that encoder from a ResNet or
     EfficientNet classifier's state-dict file or hub weights (``torchvision:ResNet18_Weights.IMAGENET1K_V1``,
-    ``timm:efficientnet_b0.ra_in1k``); the decoder keeps its initialisation."""
+    ``timm:efficientnet_b0.ra_in1k``); the decoder keeps its initialisation. On grayscale images the first conv's
+    RGB filters are summed (the output for an image whose three channels are equal)."""
 
     name: Literal["unet", "backbone_unet"] = "unet"
     depth: Annotated[int, between(1, 8)] = 4
@@ -161,9 +162,12 @@ def init_encoder(model: nn.Module, cfg: SegModelConfig) -> None:
     for key in ("stem.0.weight", "stem.conv.weight"):  # the first conv: ResNet, EfficientNet
         if key in encoder and key in own and encoder[key].ndim == 4 and encoder[key].shape[1] != own[key].shape[1]:
             theirs, ours = encoder[key].shape[1], own[key].shape[1]
+            if ours == 1:  # a grayscale image seen as RGB with equal channels: the filters summed over R, G, B
+                encoder[key] = encoder[key].sum(dim=1, keepdim=True)
+                continue
             raise FovealError(
-                f"{source} was trained on {theirs}-channel images but this data has {ours}: set "
-                f"data.channels={theirs} (images are converted), or use weights for {ours} channels"
+                f"{source} was trained on {theirs}-channel images but this data has {ours}: convert the images to "
+                f"{theirs} channels (or to grayscale), or use weights for {ours} channels"
             )
     ckpt_io.load_weights_into(model.get_submodule("encoder"), encoder, f"{source} (model.encoder={cfg.encoder})")
 
