@@ -136,6 +136,27 @@ def test_detector_backbone_gives_the_resnets_features_and_the_head_keeps_its_pri
     torch.testing.assert_close(bias, torch.full_like(bias, -math.log((1 - cfg.prior) / cfg.prior)))
 
 
+def test_efficientnet_backbones_give_the_hub_models_features(caches: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    timm_net = _randomize_bn(timm.create_model("efficientnet_b0"))
+    _seed_timm("efficientnet_b0.ra_in1k", timm_net)
+    cfg = detect.DetectModelConfig(backbone="efficientnet_b0", weights="timm:efficientnet_b0.ra_in1k")
+    detector = detect.build_detector(cfg, num_classes=3, in_channels=3)
+    detect.init_weights(detector, cfg)
+    tv_net = _randomize_bn(torchvision.models.efficientnet_b0(), seed=1)
+    _seed_torchvision("EfficientNet_B0_Weights.IMAGENET1K_V1", tv_net)
+    seg = segment.SegModelConfig(
+        name="backbone_unet", encoder="efficientnet_b0", weights="torchvision:EfficientNet_B0_Weights.IMAGENET1K_V1"
+    )
+    unet = segment.build_segmenter(seg, in_channels=3, num_classes=2)
+    segment.init_encoder(unet, seg)
+    with torch.no_grad():
+        want = timm_net.blocks(timm_net.bn1(timm_net.conv_stem(x)))  # the last stage, before the 1x1 head conv
+        _close(want, detector.eval().backbone.forward_features(x)[-1])
+        _close(tv_net.features[:-1](x), unet.eval().encoder.forward_features(x)[-1])
+
+
 def test_whole_torchvision_retinanet_loads_but_a_new_class_layer(caches: Path) -> None:
     from foveal.models.retinanet import import_torchvision_retinanet
 

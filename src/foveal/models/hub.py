@@ -99,6 +99,16 @@ def efficientnet_kwargs(spec: str) -> dict[str, Any]:
     return {"padding": "same", "bn_eps": 1e-3} if "tf_efficientnet" in spec.lower() else {}
 
 
+def backbone_kwargs(spec: str | None, backbone: str) -> dict[str, Any]:
+    """Backbone builder arguments that hub weights ``spec`` imply for ``backbone``: an EfficientNet is built with the
+    BatchNorm epsilon (and padding) its weights were trained with, timm and torchvision 1e-5, ``tf_`` ports 1e-3 and
+    "same"; a ResNet needs none (torchvision's 1e-5 either way). Derived from the spec alone, so a resumed run or a
+    reloaded checkpoint builds the same network."""
+    if spec is None or not is_hub_spec(spec) or not backbone.startswith("efficientnet"):
+        return {}
+    return {"bn_eps": 1e-5, **efficientnet_kwargs(spec)}
+
+
 # -- torchvision -----------------------------------------------------------------------------------------------------
 def _torchvision_enum(name: str) -> Any:
     import torchvision

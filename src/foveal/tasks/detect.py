@@ -31,7 +31,7 @@ from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
 from foveal.models.anchors import Matcher
-from foveal.models.hub import efficientnet_kwargs, is_hub_spec, resolve_weights
+from foveal.models.hub import backbone_kwargs, efficientnet_kwargs, is_hub_spec, resolve_weights
 from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, retinanet_loss
 
 TASK = "detect"
@@ -184,6 +184,7 @@ def _backbone_kwargs(cfg: DetectModelConfig) -> dict[str, Any] | None:
             f"model.backbone_width / backbone_depth scale EfficientNet backbones; {cfg.backbone} is not one: drop "
             "them or choose model.backbone=efficientnet_b0"
         )
+    scaled.update(backbone_kwargs(cfg.weights, cfg.backbone))
     return scaled or None
 
 

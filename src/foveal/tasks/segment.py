@@ -136,7 +136,10 @@ def build_segmenter(cfg: SegModelConfig, in_channels: int, num_classes: int) -> 
             batch_norm=cfg.batch_norm,
             dropout=cfg.dropout,
         )
-    return unet.BackboneUNet(encoder=cfg.encoder, in_channels=in_channels, num_classes=num_classes)
+    from foveal.models.hub import backbone_kwargs
+
+    encoder_args = backbone_kwargs(cfg.weights, cfg.encoder) or None  # the BN epsilon of EfficientNet hub weights
+    return unet.BackboneUNet(cfg.encoder, in_channels, num_classes, encoder_args=encoder_args)
 
 
 def init_encoder(model: nn.Module, cfg: SegModelConfig) -> None:
