@@ -195,6 +195,11 @@ def _timm(spec: str, name: str) -> HubWeights:
     from foveal.models.convert import load_state_file
 
     cfg = _timm_cfg(name)
+    if cfg is not None and not cfg.hf_hub_id:
+        raise FovealError(
+            f"{spec}: timm publishes these weights outside the Hugging Face hub ({cfg.url or 'no address'}); foveal "
+            "reads timm weights from the hub: download the file and pass its path as model.weights"
+        )
     repo, filename = _timm_file(cfg, name)
     fix = (
         f"put the file at {_hf_expected(repo, filename)} (refs/main naming the revision) or set HF_HOME / HF_HUB_CACHE "
