@@ -251,3 +251,58 @@ def test_instance_meter_pools_counts() -> None:
     assert record["per_threshold"]["0.7"]["ap"] == pytest.approx(1 / 3)
     with pytest.raises(FovealError):
         InstanceMeter().result()
+
+
+def _dense_reference(pred: np.ndarray, true: np.ndarray, thresholds: tuple[float, ...]) -> tuple[list[int], np.ndarray]:
+    """Matched pairs per threshold from the dense true × predicted IoU table (an optimal assignment at every
+    threshold), and the majority predicted index of each true instance from the dense joint histogram."""
+    from scipy.optimize import linear_sum_assignment
+
+    from foveal.metrics.instances import overlap_counts
+
+    iou = instance_iou(pred, true)
+    counts = []
+    for t in thresholds:
+        admissible = iou > t
+        rows, cols = linear_sum_assignment(admissible, maximize=True) if admissible.size else ([], [])
+        counts.append(int(np.count_nonzero(admissible[rows, cols])) if admissible.size else 0)
+    return counts, overlap_counts(pred, true).argmax(axis=1)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_sparse_overlaps_match_the_dense_tables(monkeypatch: pytest.MonkeyPatch, dense: bool) -> None:
+    # heavily overlapping rectangles of many labels (non-consecutive), matched at low and high thresholds; the pairs
+    # are counted densely or by sorting the pixels, with the same answers as the dense tables
+    from foveal.metrics import instances
+
+    if not dense:
+        monkeypatch.setattr(instances, "_DENSE_PAIRS", 0)
+    rng = np.random.default_rng(3)
+    thresholds = (0.05, 0.1, 0.3, 0.5, 0.75)
+    for _ in range(6):
+        images = []
+        for _ in range(2):
+            labels = np.zeros((40, 48), np.int64)
+            for label in rng.choice(1000, size=30, replace=False) + 1:
+                y, x = rng.integers(0, 36), rng.integers(0, 44)
+                labels[y : y + rng.integers(2, 12), x : x + rng.integers(2, 12)] = label
+            images.append(labels)
+        pred, true = images
+        counts, majority = _dense_reference(pred, true, thresholds)
+        assert list(match_instances(pred, true, thresholds).tp) == counts
+        assert np.array_equal(instances.instance_overlaps(pred, true).majority(), majority)
+        pairs = instances.touching_pairs(instances._dense_index(true)[0].reshape(true.shape))
+        a, b = majority[pairs[:, 0]], majority[pairs[:, 1]]
+        assert merged_pairs(pred, true) == (int(np.count_nonzero((a == b) & (a != 0))), len(pairs))
+
+
+def test_many_instances_need_no_true_by_predicted_table() -> None:
+    # 20,000 true dominoes and 20,000 predicted ones shifted by a pixel (each IoU 1/3 with two true ones): a dense
+    # table would hold 400 million cells; the sparse pairs hold 40,000
+    true = (np.arange(200 * 200) // 2 + 1).reshape(200, 200)
+    pred = np.zeros_like(true)
+    pred[:, 1:] = true[:, :-1]
+    result = match_instances(pred, true, (0.1, 0.5))
+    assert result.n_true == result.n_pred == 20_000 and result.tp == (20_000, 0)
+    merged, touching = merged_pairs(pred, true)
+    assert merged == 0 and touching > 20_000

@@ -113,8 +113,64 @@ class InstanceResult:
         }
 
 
+@dataclass(frozen=True)
+class Overlaps:
+    """The pairs of instances that share pixels, as sparse arrays: memory grows with the pixels and the overlapping
+    pairs, never with true × predicted instances (an image of 50,000 nuclei would need a 20 GB table).
+
+    Attributes:
+        true, pred: (P,) dense indices of each pair: 0 for background, 1..n for the sorted non-zero labels.
+        pixels: (P,) pixels the pair shares.
+        n_true, n_pred: number of true and predicted instances.
+    """
+
+    true: np.ndarray
+    pred: np.ndarray
+    pixels: np.ndarray
+    n_true: int
+    n_pred: int
+
+    def ious(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(true index, predicted index, IoU) of each pair of instances that overlap, indices from 0."""
+        area_t = np.bincount(self.true, weights=self.pixels, minlength=self.n_true + 1)
+        area_p = np.bincount(self.pred, weights=self.pixels, minlength=self.n_pred + 1)
+        both = (self.true > 0) & (self.pred > 0)
+        t, p, inter = self.true[both], self.pred[both], self.pixels[both].astype(np.float64)
+        return t - 1, p - 1, inter / (area_t[t] + area_p[p] - inter)
+
+    def majority(self) -> np.ndarray:
+        """(n_true + 1,) the predicted index covering most pixels of each true instance (background 0 included, ties
+        to the smaller index); entry 0 is the background's own."""
+        order = np.lexsort((self.pred, -self.pixels, self.true))
+        t = self.true[order]
+        first = np.ones(len(t), bool)
+        first[1:] = t[1:] != t[:-1]
+        out = np.zeros(self.n_true + 1, np.int64)
+        out[t[first]] = self.pred[order][first]
+        return out
+
+
+_DENSE_PAIRS = 1 << 22  # joint histograms up to this many cells are counted densely (faster than sorting pixels)
+
+
+def instance_overlaps(pred: np.ndarray, true: np.ndarray) -> Overlaps:
+    """The :class:`Overlaps` of two (H, W) integer instance label images (0 = background)."""
+    pred, true = check_label_pair(pred, true, "instance_overlaps")
+    t_idx, n_t = _dense_index(true)
+    p_idx, n_p = _dense_index(pred)
+    key = t_idx * (n_p + 1) + p_idx
+    if (n_t + 1) * (n_p + 1) <= _DENSE_PAIRS:
+        counts = np.bincount(key, minlength=(n_t + 1) * (n_p + 1))
+        keys = np.flatnonzero(counts)
+        pixels = counts[keys]
+    else:
+        keys, pixels = np.unique(key, return_counts=True)
+    return Overlaps(keys // (n_p + 1), keys % (n_p + 1), pixels.astype(np.int64), n_t, n_p)
+
+
 def instance_iou(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """IoU of every true × predicted instance, from one joint histogram.
+    """IoU of every true × predicted instance, from one joint histogram (a dense table: for many instances use
+    :func:`instance_overlaps`).
 
     Args:
         pred: (H, W) integer instance labels, 0 = background.
@@ -148,9 +204,10 @@ def match_instances(pred: np.ndarray, true: np.ndarray, thresholds: Sequence[flo
     ts = tuple(sorted({float(t) for t in thresholds}))
     if not ts or ts[0] < 0 or ts[-1] >= 1:
         raise FovealError(f"IoU thresholds must be a non-empty list of values in [0, 1), got {list(thresholds)}")
-    iou = instance_iou(pred, true)
-    n_true, n_pred = iou.shape
-    tp = tuple(_match_count(iou, t) for t in ts)
+    overlaps = instance_overlaps(pred, true)
+    n_true, n_pred = overlaps.n_true, overlaps.n_pred
+    rows, cols, iou = overlaps.ious()
+    tp = tuple(_match_count(rows, cols, iou, t) for t in ts)
     matched = iou[iou > 0.5]
     return InstanceResult(
         thresholds=ts,
@@ -222,8 +279,7 @@ def merged_pairs(pred: np.ndarray, true: np.ndarray) -> tuple[int, int]:
     pairs = touching_pairs(_dense_index(true)[0].reshape(true.shape))
     if pairs.shape[0] == 0:
         return 0, 0
-    joint = overlap_counts(pred, true)
-    majority = joint.argmax(axis=1)
+    majority = instance_overlaps(pred, true).majority()
     a, b = majority[pairs[:, 0]], majority[pairs[:, 1]]
     return int(np.count_nonzero((a == b) & (a != 0))), int(pairs.shape[0])
 
@@ -267,15 +323,35 @@ def touching_pairs(index: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(found), axis=0)
 
 
-def _match_count(iou: np.ndarray, threshold: float) -> int:
-    """Size of a one-to-one matching of the pairs with IoU > threshold: maximal, ties broken by the summed IoU."""
-    admissible = iou > threshold
-    if threshold >= 0.5 or not admissible.any():
-        return int(np.count_nonzero(admissible))
-    # Each admissible pair is worth 1 plus an IoU bonus whose total stays below 1, so more pairs always win.
-    weight = admissible * (1.0 + iou / (2.0 * min(iou.shape)))
-    rows, cols = linear_sum_assignment(weight, maximize=True)
-    return int(np.count_nonzero(admissible[rows, cols]))
+def _match_count(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray, threshold: float) -> int:
+    """Size of a maximal one-to-one matching of the pairs (rows, cols) with IoU > threshold.
+
+    From 0.5 up the admissible pairs are disjoint; below, each connected group of overlapping instances is matched
+    on its own (an optimal assignment of a small table), so memory follows the overlaps, not true × predicted.
+    """
+    keep = iou > threshold
+    if threshold >= 0.5 or not keep.any():
+        return int(np.count_nonzero(keep))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    r, c = np.unique(rows[keep], return_inverse=True)[1], np.unique(cols[keep], return_inverse=True)[1]
+    n_r, n_c = int(r.max()) + 1, int(c.max()) + 1
+    graph = coo_matrix((np.ones(len(r)), (r, c + n_r)), shape=(n_r + n_c, n_r + n_c))
+    group = connected_components(graph, directed=False)[1][r]
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    total = 0
+    for part in np.split(order, bounds):
+        if len(part) == 1:
+            total += 1
+            continue
+        pr, pc = np.unique(r[part], return_inverse=True)[1], np.unique(c[part], return_inverse=True)[1]
+        admissible = np.zeros((int(pr.max()) + 1, int(pc.max()) + 1), bool)
+        admissible[pr, pc] = True
+        matched_rows, matched_cols = linear_sum_assignment(admissible, maximize=True)
+        total += int(np.count_nonzero(admissible[matched_rows, matched_cols]))
+    return total
 
 
 def _ratio(num: int, den: int, empty: float) -> float:

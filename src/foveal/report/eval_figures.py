@@ -68,18 +68,19 @@ def instance_outcomes(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
         ``{"tp_pred", "fp", "tp_true", "fn", "merging"}``: lists of labels (predicted labels for tp_pred, fp and
         merging; true labels for tp_true and fn).
     """
-    from foveal.metrics.instances import instance_iou, overlap_counts, touching_pairs
+    from foveal.metrics.instances import instance_overlaps, touching_pairs
 
     p_ids, t_ids = np.unique(pred[pred > 0]), np.unique(true[true > 0])
-    iou = instance_iou(pred, true) if len(p_ids) and len(t_ids) else np.zeros((len(t_ids), len(p_ids)))
+    overlaps = instance_overlaps(pred, true)  # sparse: many instances need no true × predicted table
+    rows, cols, iou = overlaps.ious()
     hit = iou >= MATCH_IOU
-    tp_pred = [int(p) for p, h in zip(p_ids, np.asarray(hit.any(0)).tolist(), strict=True) if h]
-    tp_true = [int(t) for t, h in zip(t_ids, np.asarray(hit.any(1)).tolist(), strict=True) if h]
+    tp_pred = [int(p_ids[i]) for i in np.unique(cols[hit])]
+    tp_true = [int(t_ids[i]) for i in np.unique(rows[hit])]
     merging: set[int] = set()
     if len(t_ids):
         index = np.searchsorted(t_ids, true) + 1
         pairs = touching_pairs(np.where(true > 0, index, 0))
-        majority = overlap_counts(pred, true).argmax(axis=1)
+        majority = overlaps.majority()
         for a, b in pairs:
             if majority[a] == majority[b] != 0:
                 merging.add(int(p_ids[majority[a] - 1]))
