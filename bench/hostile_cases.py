@@ -935,6 +935,21 @@ def _data_cases(f, b, data, br, o, fail, ok, cls, seg, det, runs, work) -> None:
     ):
         fail("data", "train", f"config: {key}", [*tr[1:], "--config", str(data[key])], needle)
     base = ["classify", "--config", "classify_demo", "--out", o("tr2"), *TINY]
+    offline = {"HF_HUB_OFFLINE": "1", "TORCH_HOME": str(work / "torch-home"), "HF_HOME": str(work / "hf-home")}
+    os.environ.update(offline)  # hub weights: nothing cached, nothing downloaded
+    for spec, needle in (
+        ("timm:efficientnet_b0.ra_in1k", "hf-home"),
+        ("timm:no_such_model_xyz", "no_such_model_xyz"),
+        ("timm:", "timm"),
+        ("torchvision:NoSuch_Weights.IMAGENET1K_V1", "NoSuch_Weights"),
+        ("torchvision:EfficientNet_B0_Weights.NOPE", "NOPE"),
+        ("hub:efficientnet_b0", "hub:efficientnet_b0"),
+    ):
+        fail("data", "train", f"model.weights={spec} offline, uncached", [*base, f"model.weights={spec}"], needle)
+    seg_hub = ["segment", "--config", "segment_demo", "--out", o("tr5"), "train.max_steps=1", "train.progress=false"]
+    fail(
+        "data", "train", "hub weights on the paper's U-Net", [*seg_hub, "model.weights=timm:resnet18"], "backbone_unet"
+    )
     for override, needle in (
         ("optim.lrr=0.1", "optim.lr"),
         ("data.batch_size=0", "batch_size"),
@@ -986,7 +1001,7 @@ def _data_cases(f, b, data, br, o, fail, ok, cls, seg, det, runs, work) -> None:
         "meta_corrupt",
         intact=(br["meta_corrupt"],),
     )
-    fail("checkpoint", "eval", "a detector checkpoint on classification data", [det, "--data", g], "detect")
+    fail("checkpoint", "eval", "a detector checkpoint on classification data", [det, "--data", g], "COCO")
     fail("checkpoint", "report", "a path that does not exist", [str(br["empty"] / "nope")], "does not exist")
     fail("checkpoint", "report", "an empty folder", [str(br["empty"])], "empty")
     fail("checkpoint", "report", "a plain file", [str(br["a_file"])], "a_file")
