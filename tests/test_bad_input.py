@@ -145,7 +145,12 @@ def test_explain_options_follow_the_library_rule(capsys, ckpt_run: Path, tmp_pat
 
 
 def test_train_missing_dataset(capsys, tmp_path: Path) -> None:
-    fail(capsys, [*TRAIN, "--out", str(tmp_path / "r"), f"data.train={tmp_path / 'nowhere'}"], "does not exist", "data.train")
+    fail(
+        capsys,
+        [*TRAIN, "--out", str(tmp_path / "r"), f"data.train={tmp_path / 'nowhere'}"],
+        "does not exist",
+        "data.train",
+    )
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 

@@ -38,8 +38,8 @@ Boxes are (x1, y1, x2, y2) in pixels, converted from COCO's [x, y, width, height
 from __future__ import annotations
 
 import json
-import reprlib
 import os
+import reprlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
