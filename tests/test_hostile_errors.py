@@ -78,7 +78,7 @@ def _eval_boxes(ckpt: dict[str, str], images: Path, boxes: Path, *extra: str) ->
 
 # -- export ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("size", "needles"), [(["100000"], ("--size 100000", "8192", "leave out --size")), (["0"], ("--size 0",))]
+    ("size", "needles"), [(["100000"], ("--size 100000", "8192", "leave out --size")), (["0"], ("--size", "0"))]
 )
 def test_export_size_out_of_bounds_leaves_the_earlier_file(
     capsys: pytest.CaptureFixture[str], ckpt: dict[str, str], tmp_path: Path, size: list[str], needles: tuple[str, ...]
