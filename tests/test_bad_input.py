@@ -137,7 +137,7 @@ def test_explain_options_follow_the_library_rule(capsys, ckpt_run: Path, tmp_pat
     fail(
         capsys, ["explain", str(ckpt_run), "x.png", "--threshold", "1.5", "--out", str(out)], "threshold=1.5", "[0, 1]"
     )
-    fail(capsys, ["explain", str(ckpt_run), "x.png", "--top-k", "0", "--out", str(out)], "top_k=0", "--top-k 5")
+    fail(capsys, ["explain", str(ckpt_run), "x.png", "--top-k", "0", "--out", str(out)], "--top-k", "0 is below 1")
     assert not out.exists()
 
 

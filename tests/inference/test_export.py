@@ -146,3 +146,23 @@ def test_export_options_are_checked_before_anything_is_loaded() -> None:
     for size in ([0], [64, 64, 64]):
         with pytest.raises(FovealError, match="give the input's H"):
             check_export_options(17, size)
+
+
+def test_a_failed_check_leaves_the_earlier_export_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foveal.inference import export
+
+    def disagrees(*args: object) -> float:
+        raise FovealError("onnxruntime and PyTorch disagree")
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"the earlier export")
+    monkeypatch.setattr(export, "check_onnx", disagrees)
+    spec = export.ExportSpec(_small_model(), 3, (32, 32))
+    with pytest.raises(FovealError, match="disagree"):
+        export.export_checked(spec, path)
+    assert path.read_bytes() == b"the earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # the checked copy is gone too
+    monkeypatch.undo()
+    report = export.export_checked(spec, path)
+    assert report.path == path and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    onnx.checker.check_model(str(path))

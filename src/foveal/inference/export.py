@@ -316,10 +316,21 @@ def export_checked(
     asked = check_export_options(opset, size)
     hw = spec.size if asked is None else asked
     note = spec.note if spec.check_size is None else spec.check_size(hw) + spec.note
-    written = export_onnx(
-        spec.model, path, spec.channels, hw, opset=opset, output_names=spec.output_names, unbatched=spec.unbatched
-    )
-    with _memory_named(spec.channels, *hw):
-        x = torch.randn(2, spec.channels, *hw, device=next(spec.model.parameters()).device)
-        diff = check_onnx(spec.model, written, x)
-    return ExportReport(written, spec.channels, hw, spec.output_names, diff, note)
+    target = Path(path)
+    # checked under a name of its own, then moved over the target: a failed check leaves an earlier file as it was
+    staged = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.checking.onnx")
+    try:
+        export_onnx(
+            spec.model, staged, spec.channels, hw, opset=opset, output_names=spec.output_names, unbatched=spec.unbatched
+        )
+        with _memory_named(spec.channels, *hw):
+            x = torch.randn(2, spec.channels, *hw, device=next(spec.model.parameters()).device)
+            diff = check_onnx(spec.model, staged, x)
+        try:
+            os.replace(staged, target)
+        except OSError as exc:
+            raise FovealError(f"cannot write '{target}': {exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+    return ExportReport(target, spec.channels, hw, spec.output_names, diff, note)
