@@ -201,6 +201,19 @@ def test_the_segmenter_api_refuses_nan_pixels(segmenter: Path) -> None:
         foveal.load(segmenter, device="cpu").predict(torch.full((1, 40, 40), float("nan")))
 
 
+def test_stacks_are_not_called_only_channels(
+    capsys: pytest.CaptureFixture[str], ckpt_run: Path, segmenter: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(FovealError, match=r"5 leading planes are a stack .* pass one plane at a time"):
+        foveal.load(ckpt_run, device="cpu").predict(np.zeros((5, 40, 40), np.float32))
+    zarr = pytest.importorskip("zarr")
+    z = zarr.open_array(str(tmp_path / "planes.zarr"), mode="w", shape=(3, 64, 64), dtype="u1")
+    z[:] = 7
+    assert main(["predict", str(segmenter), str(tmp_path / "planes.zarr"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 channel(s) but the model takes 1" in err and "planes of a stack" in err
+
+
 # ---------------------------------------------------------------------------------------------------- paths
 
 

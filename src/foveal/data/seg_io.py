@@ -168,15 +168,23 @@ def to_float(pixels: np.ndarray, path: Path, normalize: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
 
+def convert_hint(found: int, channels: int, stack: bool) -> str:
+    """The fix for an image of ``found`` channels given to a model of ``channels``; ``stack`` when those may be the
+    planes of a stack (a leading axis, or more channels than a colour image has)."""
+    want = "grayscale" if channels == 1 else f"{channels} channels"
+    hint = f"convert it to {want}"
+    if stack:
+        hint += f"; if its {found} channels are the planes of a stack (Z, time or pages), pass one plane at a time"
+    return hint
+
+
 def check_channels(images: list[Tensor], paths: list[Path], channels: int | None) -> int:
     for image, path in zip(images, paths, strict=True):
         c = int(image.shape[0])
         if channels is not None and c != channels:
-            want = "grayscale" if channels == 1 else f"{channels} channels"
-            stack = f"; if its {c} channels are the planes of a stack (Z, time or pages), pass one plane at a time"
             raise FovealError(
                 f"image {path} has {c} channel(s) but channels={channels} was asked (the model's input, or "
-                f"data.channels in training): convert it to {want}" + (stack if c > 4 else "")
+                f"data.channels in training): {convert_hint(c, channels, c > 4)}"
             )
         if c != images[0].shape[0]:
             raise FovealError(

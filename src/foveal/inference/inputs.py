@@ -128,9 +128,15 @@ def _as_pil(arr: np.ndarray, name: str) -> Image.Image:
             return Image.fromarray(np.ascontiguousarray(arr))
         if arr.dtype.kind == "f" and arr.size and float(arr.min()) >= 0.0 and float(arr.max()) <= 1.0:
             return Image.fromarray(np.round(np.asarray(arr, np.float64) * 255.0).astype(np.uint8))
+    stack = (
+        f"; a numpy array is (H, W, C): if its {arr.shape[0]} leading planes are a stack (Z, time or pages), pass one "
+        "plane at a time (a (C, H, W) image is given as a torch tensor)"
+        if arr.ndim == 3 and arr.shape[0] < c
+        else ""
+    )
     raise FovealError(
         f"{name}: {c}-channel {arr.dtype} pixels cannot be read as an image: pass uint8 (H, W, 1|3|4), float in "
-        "0…1, or one-channel 16-bit / float images"
+        "0…1, or one-channel 16-bit / float images" + stack
     )
 
 

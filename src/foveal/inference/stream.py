@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from foveal.data.images import ZARR_SUFFIXES, check_tiff_series, is_zarr_path
-from foveal.data.seg_io import PERCENTILES, check_options
+from foveal.data.seg_io import PERCENTILES, check_options, convert_hint
 from foveal.errors import FovealError
 from foveal.inference.tiling import TileGeometry, check_tile, net_device, reflect_indices
 
@@ -101,7 +101,8 @@ def _layout(shape: tuple[int, ...], channels: int | None, name: str) -> str:
         if min(shape[0], shape[-1]) <= 4:
             c = min(shape[0], shape[-1])
             raise SourceError(
-                f"image {name} of shape {shape} has {c} channel(s) but the model takes {channels}: convert it"
+                f"image {name} of shape {shape} has {c} channel(s) but the model takes {channels}: "
+                + convert_hint(c, channels, shape[0] == c)
             )
     raise SourceError(
         f"image {name} has shape {shape}: expected (H, W), (H, W, C) or (C, H, W)"
@@ -867,7 +868,8 @@ def _open_for_model(src: str | Path | np.ndarray | Any, channels: int | None) ->
     if channels is not None and source.channels != channels:
         source.close()
         raise SourceError(
-            f"image {source.name} has {source.channels} channel(s) but the model takes {channels}: convert it"
+            f"image {source.name} has {source.channels} channel(s) but the model takes {channels}: "
+            + convert_hint(source.channels, channels, source.channels > 1)
         )
     return source
 
