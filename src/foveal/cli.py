@@ -1,4 +1,4 @@
-"""The ``foveal`` command line: train, eval, predict, explain, export, models, weightmap, demo.
+"""The ``foveal`` command line: train, eval, predict, explain, export, models, weightmap, data, demo.
 
 Every error a user can cause is printed as one line ``foveal: error: ...`` with exit code 2, no traceback. An
 unexpected failure (a bug) is one line too, naming the command and its input, with exit code 1; ``FOVEAL_DEBUG=1``
@@ -244,6 +244,15 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from foveal.data.formats.write import convert
+
+    for line in convert(args.src, args.to, args.out, source_format=args.format, splits=tuple(args.splits)):
+        print(line)
+    print(f"written as {args.to} to {args.out}")
+    return 0
+
+
 # -- the command line as a table: verb → help, function, arguments -----------------------------------------------------
 Option = tuple[tuple[str, ...], dict[str, Any]]
 
@@ -463,6 +472,23 @@ VERBS: dict[str, Verb] = {
             _opt("--sigma", type=float, default=5.0, help="border width σ in pixels (default 5)"),
             _opt("--limit", type=_count(1), default=4, help="images to draw (default 4)"),
             _MAX_PIXELS,
+        ),
+    ),
+    "data": Verb(
+        "convert a detection set: foveal data convert SRC --to coco|yolo|voc --out DST",
+        cmd_data,
+        (
+            _opt("action", choices=["convert"], help="convert: read SRC, write it in another format"),
+            _opt("src", help="a detection set: COCO, VOC, YOLO, LabelMe, CVAT, Label Studio or CSV"),
+            _opt("--to", required=True, choices=["coco", "yolo", "voc"], help="the format to write"),
+            _opt("--out", required=True, help="the folder to write (new or empty)"),
+            _opt(
+                "--format",
+                default="auto",
+                choices=["auto", "coco", "voc", "yolo", "labelme", "cvat", "labelstudio", "csv"],
+                help="the format of SRC (default: auto, recognised from its files)",
+            ),
+            _opt("--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)"),
         ),
     ),
     "report": Verb(

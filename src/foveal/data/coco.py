@@ -94,6 +94,7 @@ class DetectionData(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         channels: C of every image :meth:`load_image` returns (1 or 3).
         source: the annotation file, for messages.
         repairs: counts of boxes dropped or clipped while reading (``empty``, ``outside``, ``clipped``).
+        summary: what was read, in words, for a set read from another format (:mod:`foveal.data.formats`); else "".
     """
 
     root: Path
@@ -103,6 +104,7 @@ class DetectionData(Dataset[tuple[Tensor, dict[str, Tensor]]]):
     channels: int
     source: str = ""
     repairs: dict[str, int] = field(default_factory=dict)
+    summary: str = ""
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.targets):
@@ -154,7 +156,8 @@ class DetectionData(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         picked = [int(i) for i in indices]
         images, targets = [self.images[i] for i in picked], [self.targets[i] for i in picked]
         categories = [dict(c) for c in self.categories]
-        return DetectionData(self.root, images, targets, categories, self.channels, self.source, dict(self.repairs))
+        repairs = dict(self.repairs)
+        return DetectionData(self.root, images, targets, categories, self.channels, self.source, repairs, self.summary)
 
     def num_boxes(self) -> int:
         """Number of (non-crowd) boxes over all images."""
@@ -214,6 +217,32 @@ def open_coco(
     if channels is None:
         channels = _majority_channels([r.path for r in images])
     return DetectionData(root, images, targets, categories, channels, str(json_path), repairs)
+
+
+def from_document(
+    document: dict[str, Any], source: Path, root: Path, *, channels: int | None = None, summary: str = ""
+) -> DetectionData:
+    """A detection set from a COCO-shaped ``document`` built in memory by another format's reader, checked as a COCO
+    file is (see the module docstring).
+
+    Args:
+        document: ``{"images": [...], "annotations": [...], "categories": [...]}``; ``file_name`` is the path of
+            the image inside ``root``.
+        source: the annotation file or folder it was read from, for messages.
+        root: the folder the images' ``file_name`` are relative to.
+        channels: as for :func:`open_coco`.
+        summary: what was read, in words (kept as :attr:`DetectionData.summary`).
+    """
+    if channels not in (None, 1, 3):
+        raise FovealError(f"bad channels={channels!r}: use 1 (grayscale), 3 (RGB) or None (the images' own)")
+    categories = _categories(document, source)
+    records = _image_entries(document, source)
+    images = [ImageRecord(i, name, root / name, w, h) for i, name, w, h in records]
+    _check_files(images, root, source)
+    targets, repairs = _targets(document, source, images, categories)
+    if channels is None:
+        channels = _majority_channels([r.path for r in images])
+    return DetectionData(root, images, targets, categories, channels, str(source), repairs, summary)
 
 
 def write_results_json(

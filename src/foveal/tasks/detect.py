@@ -75,10 +75,12 @@ class DetectModelConfig:
 
 @dataclass(frozen=True)
 class DetectDataConfig:
-    """COCO-format data and how images are prepared.
+    """Detection data and how images are prepared.
 
-    ``train`` / ``val``: a COCO JSON file, a COCO folder (``annotations/instances_<split>.json`` + ``<split>/``) or
-    "fashion-canvas-sample"; ``val`` defaults to ``train`` (its ``val_split``). Images are resized so the shorter
+    ``train`` / ``val``: a COCO JSON file, a COCO folder (``annotations/instances_<split>.json`` + ``<split>/``),
+    "fashion-canvas-sample", or a dataset in another format (``format``: ``auto`` recognises PASCAL VOC, YOLO,
+    LabelMe, CVAT, Label Studio and CSV layouts; see :mod:`foveal.data.formats`); ``val`` defaults to ``train`` (its
+    ``val_split``). Images are resized so the shorter
     side is ``min_size`` (a random one of ``jitter_min_sizes`` in training when given) and the longer at most
     ``max_size``, flipped left–right with probability 0.5 in training when ``flip``, then normalised with
     ``mean`` / ``std`` (one entry serves every channel). ``batch_size`` is global; ``val_limit`` evaluates on the
@@ -89,6 +91,7 @@ class DetectDataConfig:
     train_split: str = "train"
     val: str | None = None
     val_split: str = "val"
+    format: Literal["auto", "coco", "voc", "yolo", "labelme", "cvat", "labelstudio", "csv"] = "auto"
     channels: Annotated[int | None, between(1, 3)] = None
     min_size: Annotated[int, between(1, 65536)] = 800
     max_size: Annotated[int, between(1, 65536)] = 1333
@@ -284,11 +287,11 @@ def freeze_batchnorm(model: nn.Module) -> None:
 # -- data ------------------------------------------------------------------------------------------------------------
 def open_data(cfg: DetectDataConfig) -> tuple[Any, Any]:
     """(train, val) :class:`~foveal.data.coco.DetectionData` of ``cfg``, checked to fit each other."""
-    from foveal.data.coco import open_coco
+    from foveal.data.formats import open_detection
 
-    train = open_coco(cfg.train, split=cfg.train_split, channels=cfg.channels)
+    train = open_detection(cfg.train, split=cfg.train_split, channels=cfg.channels, format=cfg.format)
     val_spec = cfg.val or cfg.train
-    val = open_coco(val_spec, split=cfg.val_split, channels=cfg.channels)
+    val = open_detection(val_spec, split=cfg.val_split, channels=cfg.channels, format=cfg.format)
     if val.channels != train.channels:
         raise FovealError(
             f"validation data {val_spec} has {val.channels}-channel images but training data {cfg.train} has "

@@ -204,21 +204,24 @@ def evaluate_checkpoint(
 
     Args:
         path: checkpoint folder or run directory.
-        data: a COCO JSON file, a COCO folder or "fashion-canvas-sample"; default: the checkpoint's validation data.
+        data: a detection set of any format :func:`foveal.data.formats.open_detection` reads (recognised from its
+            files), or "fashion-canvas-sample"; default: the checkpoint's validation data (in its ``data.format``).
         split: the split of a folder; default: the checkpoint's validation split.
         out: folder for ``metrics.json``, ``detections.json`` (COCO results) and ``pr_curve.png``; None writes nothing.
 
     Returns:
         The :class:`~foveal.metrics.detection.DetectionResult`.
     """
-    from foveal.data.coco import open_coco, write_results_json
+    from foveal.data.coco import write_results_json
+    from foveal.data.formats import open_detection
     from foveal.metrics.detection import plot_pr_curve
 
     _check_out(out)
     det = load_detector(path, device=device, precision=precision)
     cfg = det.config.data
     spec = data or cfg.val or cfg.train
-    dataset = open_coco(spec, split=split or cfg.val_split)
+    fmt = cfg.format if data is None else "auto"
+    dataset = open_detection(spec, split=split or cfg.val_split, format=fmt)
     if dataset.channels != det.channels:
         raise FovealError(
             f"dataset {spec} has {dataset.channels}-channel images but the model takes {det.channels}: evaluate on "

@@ -66,9 +66,14 @@ def _check_config(setup: TrainingRun[DetectConfig]) -> None:
 def _train(setup: TrainingRun[DetectConfig]) -> dict[str, Any]:
     cfg, d = setup.cfg, setup.cfg.data
     _check_config(setup)
-    kinds = "a COCO JSON file, or a folder with annotations/instances_<split>.json"
+    kinds = "a COCO JSON file, a folder with annotations/instances_<split>.json, or a VOC / YOLO / LabelMe / CVAT / "
+    kinds += "Label Studio / CSV dataset (data.format)"
     check_data_keys(d, ("fashion-canvas-sample",), kinds)
     train_data, val_data = open_data(d)
+    if setup.dist_info.is_main:
+        for role, data in (("training", train_data), ("validation", val_data)):
+            if data.summary:
+                print(f"{role} data: {data.summary}")
     model = build_detector(cfg.model, train_data.num_classes, train_data.channels)
     if cfg.model.weights and setup.resume is None:
         init_weights(model, cfg.model)
