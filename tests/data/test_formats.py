@@ -141,6 +141,15 @@ def test_yolo_loads_like_coco(tmp_path: Path, names: Any) -> None:
         assert data.summary == "read a YOLO dataset: data.yaml, 2 classes, 2 images"
 
 
+def test_yolo_image_list_and_exported_relative_paths(tmp_path: Path) -> None:
+    root = _yolo(tmp_path / "set")
+    (root / "train.txt").write_text("./images/train/a.png\nimages/train/b.png\n")
+    (root / "data.yaml").write_text("train: train.txt\nval: ../images/train\nnames: [cat, dog]\n")
+    coco = _coco(root / "images" / "train")
+    for split in ("train", "val"):
+        _same(open_detection(root, split=split), coco, tol=1e-3)
+
+
 def test_yolo_folder_without_yaml_and_empty_labels(tmp_path: Path) -> None:
     root = _yolo(tmp_path / "set")
     (root / "data.yaml").unlink()
@@ -300,6 +309,10 @@ def test_train_detect_from_yolo_runs_and_evaluates(canvases: tuple[Path, Path], 
     assert "validation data: read a YOLO dataset: data.yaml, 10 classes, 3 images" in out.getvalue()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(any("AP" in key for key in r) for r in records)
+    with contextlib.redirect_stdout(io.StringIO()):
+        argv = ["eval", str(tmp_path / "run"), "--data", str(yolo / "data.yaml"), "--out", str(tmp_path / "eval")]
+        assert main([*argv, "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------------------ malformed

@@ -4,8 +4,8 @@ is a polygon of a YOLO segmentation set and gives the box around it).
 
 Two layouts:
 
-- a ``data.yaml`` (as ultralytics writes them: ``path``, ``train``, ``val`` (``test``) each a folder of images or a
-  list of them, relative to ``path`` or to the YAML file's folder, ``names`` a list or a ``{id: name}`` map);
+- a ``data.yaml`` (as ultralytics writes them: ``path``, ``train``, ``val`` (``test``) each a folder of images, a
+  ``.txt`` file listing images, or a list of these, relative to ``path`` or to the YAML file's folder, ``names`` a list or a ``{id: name}`` map);
 - a folder with ``images/`` and ``labels/`` (flat, or split into ``images/<split>/`` + ``labels/<split>/``, or
   ``<split>/images/`` + ``<split>/labels/`` as some exporters write); the names come from a ``data.yaml`` /
   ``dataset.yaml`` / ``classes.txt`` / ``obj.names`` there, else the classes are named by their ids.
@@ -43,7 +43,7 @@ def read_yolo(spec: Path, split: str) -> tuple[DocumentBuilder, str]:
     else:
         folders, root = _split_folders(spec, split), spec
         names, what = _names_beside(spec), "images/ + labels/"
-    images = sorted({p for f in folders for p in _images_under(f)})
+    images = sorted({p for f in folders for p in (_listed(f, root) if f.is_file() else _images_under(f))})
     if names is None:
         top = max((_max_class(_label_of(p)) for p in _all_images(spec)), default=-1)
         names = [str(k) for k in range(top + 1)]
@@ -80,10 +80,12 @@ def _from_yaml(path: Path, split: str) -> tuple[list[str], list[Path], Path]:
         raise FovealError(f"{path} names no '{split}' images: choose one of {', '.join(keys)}")
     entries = doc[split] if isinstance(doc[split], list) else [doc[split]]
     folders = []
-    for entry in entries:
-        folder = base / str(entry)
-        if not folder.is_dir():
-            raise FovealError(f"{path}: {split} folder {folder} does not exist: fix '{split}' (relative to {base})")
+    for entry in map(str, entries):
+        # some exporters write '../train/images' meaning the folder beside data.yaml: tried after the literal path
+        tries = [base / entry, path.parent / entry.removeprefix("../")]
+        folder = next((f for f in tries if f.is_dir() or (f.is_file() and f.suffix == ".txt")), None)
+        if folder is None:
+            raise FovealError(f"{path}: {split} folder {tries[0]} does not exist: fix '{split}' (relative to {base})")
         folders.append(folder)
     return names, folders, base
 
@@ -123,6 +125,19 @@ def _names_beside(folder: Path) -> list[str] | None:
 
 def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def _listed(path: Path, root: Path) -> list[Path]:
+    """The images a ``.txt`` list names, one path a line (relative to the dataset's ``path``)."""
+    out = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        name = line.strip()
+        if name:
+            image = root / name.removeprefix("./")
+            if not image.is_file():
+                raise FovealError(f"{path}:{n}: image {image} does not exist: restore it or remove the line")
+            out.append(image)
+    return out
 
 
 def _all_images(spec: Path) -> list[Path]:
