@@ -5,7 +5,8 @@ is a polygon of a YOLO segmentation set and gives the box around it).
 Two layouts:
 
 - a ``data.yaml`` (as ultralytics writes them: ``path``, ``train``, ``val`` (``test``) each a folder of images, a
-  ``.txt`` file listing images, or a list of these, relative to ``path`` or to the YAML file's folder, ``names`` a list or a ``{id: name}`` map);
+  ``.txt`` file listing images, or a list of these, relative to ``path`` or to the YAML file's folder, ``names`` a
+  list or a ``{id: name}`` map);
 - a folder with ``images/`` and ``labels/`` (flat, or split into ``images/<split>/`` + ``labels/<split>/``, or
   ``<split>/images/`` + ``<split>/labels/`` as some exporters write); the names come from a ``data.yaml`` /
   ``dataset.yaml`` / ``classes.txt`` / ``obj.names`` there, else the classes are named by their ids.
