@@ -244,6 +244,14 @@ def test_csv_rows(tmp_path: Path) -> None:
 def test_coco_folders_still_open_as_before(tmp_path: Path) -> None:
     data = open_detection("fashion-canvas-sample", split="val")
     assert data.summary == "" and len(data) == len(open_coco("fashion-canvas-sample", split="val"))
+    broken = tmp_path / "instances_val.json"
+    broken.write_text('{"images": [')
+    messages = []
+    for opener in (open_detection, open_coco):
+        with pytest.raises(FovealError) as exc:
+            opener(broken)
+        messages.append(str(exc.value))
+    assert messages[0] == messages[1] and "is not valid JSON" in messages[0]
 
 
 # ------------------------------------------------------------------------------------------ the canvas sample, as YOLO

@@ -116,12 +116,22 @@ def detect_format(path: Path) -> str:
 
 
 def _json_kind(path: Path) -> str:
+    """``labelme``, ``labelstudio`` or ``coco`` (also for what is none of them: open_coco says what a COCO file lacks,
+    as it always did). Only a file whose start looks like LabelMe's or Label Studio's is parsed here, so a large COCO
+    file is read once."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            head = handle.read(65536)
+    except OSError:
+        return "coco"
+    if not (head.lstrip().startswith("[") or '"shapes"' in head):
+        return "coco"
     doc = read_json(path)
     if labelme.is_labelme_file(doc):
         return "labelme"
     if labelstudio.is_labelstudio(doc):
         return "labelstudio"
-    return "coco"  # open_coco says what a COCO file lacks
+    return "coco"
 
 
 def _read(kind: str, path: Path, split: str) -> tuple[DocumentBuilder, str, Path]:
