@@ -381,6 +381,11 @@ def test_voc_refuses_a_dtd(tmp_path: Path) -> None:
 def test_unknown_layout_says_what_is_read(tmp_path: Path) -> None:
     with pytest.raises(FovealError, match="cannot tell the format"):
         open_detection(tmp_path)
+    root = _yolo(tmp_path / "set")
+    with pytest.raises(FovealError, match="is not a PASCAL VOC folder: expected Annotations/ and JPEGImages/"):
+        open_detection(root, format="voc")
+    with pytest.raises(FovealError, match="is not a CVAT export: expected its annotations.xml"):
+        open_detection(root, format="cvat")
 
 
 # -------------------------------------------------------------------------------------------------------- convert

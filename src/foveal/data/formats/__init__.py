@@ -137,6 +137,8 @@ def _json_kind(path: Path) -> str:
 def _read(kind: str, path: Path, split: str) -> tuple[DocumentBuilder, str, Path]:
     """(document builder, summary, source) of a non-COCO set."""
     if kind == "voc":
+        if not voc.is_voc(path):
+            raise FovealError(f"{path} is not a PASCAL VOC folder: expected Annotations/ and JPEGImages/ in it")
         return (*voc.read_voc(path, split), path / "Annotations")
     if kind == "yolo":
         return (*yolo.read_yolo(path, split), path)
@@ -144,6 +146,8 @@ def _read(kind: str, path: Path, split: str) -> tuple[DocumentBuilder, str, Path
         return (*labelme.read_labelme(path, split), path)
     if kind == "cvat":
         xml = path / "annotations.xml" if path.is_dir() else path
+        if not xml.is_file():
+            raise FovealError(f"{path} is not a CVAT export: expected its annotations.xml (CVAT for images 1.1)")
         return (*cvat.read_cvat(xml, read_xml(xml), split), xml)
     file, what = _split_file(path, split, ".json" if kind == "labelstudio" else ".csv")
     if kind == "labelstudio":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from foveal.data.formats.common import DocumentBuilder, find_image, number, read_text
+from foveal.data.formats.common import DocumentBuilder, find_image, number, read_text, summary
 from foveal.errors import FovealError
 
 _COLUMNS = {
@@ -44,7 +44,7 @@ def read_csv_boxes(path: Path, what: str, others: list[Path]) -> tuple[DocumentB
         if box:
             x1, y1, x2, y2 = (number(v, where, k) for v, k in zip(box, ("x1", "y1", "x2", "y2"), strict=True))
             builder.add_box(ids[name], (x1, y1, x2, y2), label, where)
-    return builder, f"read a CSV dataset: {what}, {len(classes)} classes, {len(ids)} images"
+    return builder, summary("CSV", what, len(classes), len(ids))
 
 
 def _rows(path: Path) -> list[Row]:

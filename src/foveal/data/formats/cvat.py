@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from foveal.data.formats.common import DocumentBuilder, find_image, number, points_box
+from foveal.data.formats.common import DocumentBuilder, find_image, number, points_box, summary
 from foveal.errors import FovealError
 
 _NO_BOX = ("points", "polyline", "mask", "skeleton", "cuboid")
@@ -54,7 +54,7 @@ def read_cvat(path: Path, root: Any, split: str) -> tuple[DocumentBuilder, str]:
                 raise FovealError(f"{there} has no box: remove it, or draw a box or polygon around the object")
             if shape.tag in ("box", "polygon", "ellipse"):
                 builder.add_box(image_id, _box(shape, there), _label(shape, path), there)
-    return builder, f"read a CVAT dataset: {what}, {len(classes)} classes, {len(images)} images"
+    return builder, summary("CVAT", what, len(classes), len(images))
 
 
 def _label(shape: Any, path: Path) -> str:

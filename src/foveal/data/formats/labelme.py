@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from foveal.data.formats.common import DocumentBuilder, find_image, number, points_box, read_json
+from foveal.data.formats.common import DocumentBuilder, find_image, number, points_box, read_json, summary
 from foveal.errors import FovealError
 
 
@@ -47,7 +47,7 @@ def read_labelme(spec: Path, split: str) -> tuple[DocumentBuilder, str]:
             builder.add_box(image_id, _shape_box(shape, where), _label(shape, path, k), where)
     if not chosen:
         raise FovealError(f"{spec} holds no LabelMe JSON file for split '{split}'")
-    return builder, f"read a LabelMe dataset: {what}, {len(classes)} classes, {len(chosen)} images"
+    return builder, summary("LabelMe", what, len(classes), len(chosen))
 
 
 def _documents(paths: list[Path]) -> dict[Path, Any]:

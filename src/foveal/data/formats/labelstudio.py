@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from foveal.data.formats.common import DocumentBuilder, find_image, number, points_box
+from foveal.data.formats.common import DocumentBuilder, find_image, number, points_box, summary
 from foveal.errors import FovealError
 
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
@@ -46,7 +46,7 @@ def read_labelstudio(path: Path, tasks: list[Any], what: str) -> tuple[DocumentB
             box = _box(result, there)
             pixels = (box[0] * width / 100, box[1] * height / 100, box[2] * width / 100, box[3] * height / 100)
             builder.add_box(image_id, pixels, _label(result, there), there)
-    return builder, f"read a Label Studio dataset: {what}, {len(classes)} classes, {len(chosen)} images"
+    return builder, summary("Label Studio", what, len(classes), len(chosen))
 
 
 def _int(value: Any) -> int:

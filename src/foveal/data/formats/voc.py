@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from foveal.data.formats.common import DocumentBuilder, number, read_text, read_xml
+from foveal.data.formats.common import DocumentBuilder, number, read_text, read_xml, summary
 from foveal.data.images import IMAGE_EXTENSIONS
 from foveal.errors import FovealError
 
@@ -38,7 +38,7 @@ def read_voc(folder: Path, split: str) -> tuple[DocumentBuilder, str]:
         for k, obj in enumerate(root.iter("object")):
             where = f"{path}: object {k + 1}"
             builder.add_box(image_id, _box(obj, where), _name(obj, path), where, _difficult(obj, where))
-    return builder, f"read a VOC dataset: {chosen}, {len(classes)} classes, {len(ids)} images"
+    return builder, summary("VOC", chosen, len(classes), len(ids))
 
 
 def _labelmap(folder: Path) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from foveal.data.formats.common import DocumentBuilder, images_in, number, read_text
+from foveal.data.formats.common import DocumentBuilder, images_in, number, read_text, summary
 from foveal.data.images import is_image_file
 from foveal.errors import FovealError
 
@@ -57,7 +57,7 @@ def read_yolo(spec: Path, split: str) -> tuple[DocumentBuilder, str]:
             _read_labels(label, builder, image_id, names)
     if len(folders) == 1 and yaml_file is None and folders[0] == spec / "images":
         what += " (no split folders: every split is all images)"
-    return builder, f"read a YOLO dataset: {what}, {len(names)} classes, {len(images)} images"
+    return builder, summary("YOLO", what, len(names), len(images))
 
 
 def _from_yaml(path: Path, split: str) -> tuple[list[str], list[Path], Path]:
