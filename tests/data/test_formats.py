@@ -232,6 +232,21 @@ def test_labelstudio_percent_rectangles(tmp_path: Path) -> None:
     _same(open_detection(tmp_path / "export.json"), _coco(tmp_path / "images"))
 
 
+def test_labelstudio_polygons_and_rotated_rectangles(tmp_path: Path) -> None:
+    _images(tmp_path)
+    square = {"x": 10, "y": 20, "width": 20, "height": 10, "rotation": 90, "rectanglelabels": ["cat"]}
+    polygon = {"points": [[10, 10], [50, 20], [30, 90]], "polygonlabels": ["dog"]}
+    results = [{"type": "rectanglelabels", "value": square}, {"type": "polygonlabels", "value": polygon}]
+    tasks = [{"id": 1, "data": {"image": "/data/local-files/?d=a.png"}, "annotations": [{"result": results}]}]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    data = open_detection(tmp_path / "tasks.json")
+    # 40 × 30 image: the rectangle is 8 × 3 px at (4, 6), turned 90° clockwise about (4, 6) -> x 1 … 4, y 6 … 14
+    expected = [("cat", False, [1.0, 6.0, 4.0, 14.0]), ("dog", False, [4.0, 3.0, 20.0, 27.0])]
+    got = _by_image(data)["a.png"]
+    assert [(c, g) for c, g, _ in got] == [(c, g) for c, g, _ in expected]
+    assert torch.allclose(torch.tensor([b for *_, b in got]), torch.tensor([b for *_, b in expected]), atol=1e-4)
+
+
 def test_csv_rows(tmp_path: Path) -> None:
     _images(tmp_path)
     rows = ["image,x1,y1,x2,y2,label"]

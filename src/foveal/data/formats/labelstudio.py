@@ -43,9 +43,7 @@ def read_labelstudio(path: Path, tasks: list[Any], what: str) -> tuple[DocumentB
         width, height = builder.images[-1]["width"], builder.images[-1]["height"]
         for k, result in enumerate(results, start=1):
             there = f"{where}, result {k}"
-            box = _box(result, there)
-            pixels = (box[0] * width / 100, box[1] * height / 100, box[2] * width / 100, box[3] * height / 100)
-            builder.add_box(image_id, pixels, _label(result, there), there)
+            builder.add_box(image_id, _box(result, there, width, height), _label(result, there), there)
     return builder, summary("Label Studio", what, len(classes), len(chosen))
 
 
@@ -73,11 +71,14 @@ def _label(result: dict[str, Any], where: str) -> str:
     return str(names[0]).strip()
 
 
-def _box(result: dict[str, Any], where: str) -> tuple[float, float, float, float]:
+def _box(result: dict[str, Any], where: str, width: int, height: int) -> tuple[float, float, float, float]:
+    """The box in pixels of a result in percent of the image (a rotation turns the rectangle in pixels)."""
     value = result["value"]
     if result["type"] == "polygonlabels":
-        return points_box(value.get("points"), where)
+        x1, y1, x2, y2 = points_box(value.get("points"), where)
+        return x1 * width / 100, y1 * height / 100, x2 * width / 100, y2 * height / 100
     x, y, w, h = (number(value.get(k), where, k) for k in ("x", "y", "width", "height"))
+    x, y, w, h = x * width / 100, y * height / 100, w * width / 100, h * height / 100
     angle = math.radians(number(value.get("rotation", 0), where, "rotation"))
     if angle == 0:
         return x, y, x + w, y + h
