@@ -433,3 +433,29 @@ def test_convert_refuses_a_folder_in_use(tmp_path: Path, capsys: pytest.CaptureF
     root = _yolo(tmp_path / "set")
     assert main(["data", "convert", str(root), "--to", "coco", "--out", str(root)]) == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err
+
+
+def test_csv_image_without_boxes_and_labelme_shape_without_box(tmp_path: Path) -> None:
+    _images(tmp_path)
+    (tmp_path / "train.csv").write_text("image,x1,y1,x2,y2,label\na.png,2,3,12,11,cat\nb.png,,,,,\n")
+    (tmp_path / "val.csv").write_text("image,x1,y1,x2,y2,label\nb.png,4,2,10,8,dog\n")
+    train, val = open_detection(tmp_path, split="train"), open_detection(tmp_path, split="val")
+    assert train.classes == val.classes == ["cat", "dog"] and [len(t["boxes"]) for t in train.targets] == [1, 0]
+    shapes = [{"label": "cat", "points": [[1, 1]], "shape_type": "point"}]
+    doc = {"shapes": shapes, "imagePath": "a.png", "imageWidth": 40, "imageHeight": 30}
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "a.json").write_text(json.dumps(doc))
+    (tmp_path / "lm" / "a.png").write_bytes((tmp_path / "a.png").read_bytes())
+    with pytest.raises(FovealError, match=r"a\.json: shape 1 is a 'point', which has no box"):
+        open_detection(tmp_path / "lm")
+
+
+def test_cvat_subsets_are_splits(tmp_path: Path) -> None:
+    _images(tmp_path / "images")
+    xml = CVAT.replace('name="a.png"', 'name="a.png" subset="Train"').replace(
+        'name="b.png"', 'name="b.png" subset="Validation"'
+    )
+    (tmp_path / "annotations.xml").write_text(xml)
+    assert [r.file_name for r in open_detection(tmp_path, split="val").images] == ["images/b.png"]
+    with pytest.raises(FovealError, match="has no subset 'test': choose one of train, validation"):
+        open_detection(tmp_path, split="test")
