@@ -245,9 +245,17 @@ def cmd_weightmap(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    splits = tuple(args.splits)
+    if args.action == "check":
+        from foveal.data.formats.check import check
+
+        print("\n".join(check(args.src, source_format=args.format, splits=splits)))
+        return 0
     from foveal.data.formats.write import convert
 
-    for line in convert(args.src, args.to, args.out, source_format=args.format, splits=tuple(args.splits)):
+    if args.to is None or args.out is None:
+        raise FovealError("data convert needs --to coco|yolo|voc and --out FOLDER")
+    for line in convert(args.src, args.to, args.out, source_format=args.format, splits=splits):
         print(line)
     print(f"written as {args.to} to {args.out}")
     return 0
@@ -475,20 +483,24 @@ VERBS: dict[str, Verb] = {
         ),
     ),
     "data": Verb(
-        "convert a detection set: foveal data convert SRC --to coco|yolo|voc --out DST",
+        "detection sets: check SRC (read it as training would, sum it up) or convert SRC --to FORMAT --out DST",
         cmd_data,
         (
-            _opt("action", choices=["convert"], help="convert: read SRC, write it in another format"),
+            _opt(
+                "action",
+                choices=["check", "convert"],
+                help="check: read SRC and say what is in it; convert: write SRC in another format",
+            ),
             _opt("src", help="a detection set: COCO, VOC, YOLO, LabelMe, CVAT, Label Studio or CSV"),
-            _opt("--to", required=True, choices=["coco", "yolo", "voc"], help="the format to write"),
-            _opt("--out", required=True, help="the folder to write (new or empty)"),
+            _opt("--to", choices=["coco", "yolo", "voc"], help="convert: the format to write"),
+            _opt("--out", help="convert: the folder to write (new or empty)"),
             _opt(
                 "--format",
                 default="auto",
                 choices=["auto", "coco", "voc", "yolo", "labelme", "cvat", "labelstudio", "csv"],
                 help="the format of SRC (default: auto, recognised from its files)",
             ),
-            _opt("--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)"),
+            _opt("--splits", nargs="+", default=["train", "val"], help="splits to read (default: train val)"),
         ),
     ),
     "report": Verb(

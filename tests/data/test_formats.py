@@ -459,3 +459,17 @@ def test_cvat_subsets_are_splits(tmp_path: Path) -> None:
     assert [r.file_name for r in open_detection(tmp_path, split="val").images] == ["images/b.png"]
     with pytest.raises(FovealError, match="has no subset 'test': choose one of train, validation"):
         open_detection(tmp_path, split="test")
+
+
+def test_data_check_sums_up_each_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _yolo(tmp_path / "set")
+    assert main(["data", "check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "train: read a YOLO dataset: data.yaml, 2 classes, 2 images" in out
+    assert "2 images (0 without objects), 3 boxes, 0 ignore regions" in out and "boxes per class: cat 1, dog 2" in out
+    label = root / "labels" / "train" / "a.txt"
+    label.write_text("0 0.5 0.5 1.5 0.1\n")
+    assert main(["data", "check", str(root)]) == 2
+    assert f"{label}:1: coordinate 1.5 is outside 0 … 1" in capsys.readouterr().err
+    assert main(["data", "convert", str(root)]) == 2
+    assert "data convert needs --to" in capsys.readouterr().err
