@@ -23,8 +23,11 @@ COCO file's box is.
 Why our own small readers rather than a converter library (globox was looked at): a user's export must either load
 as written or fail with the file and line (or object) at fault and the fix, never lose a box without a word.
 globox's LabelMe and CVAT readers keep rectangles only (polygons are passed over), its VOC reader does not read
-``difficult`` and parses XML without refusing DTDs, and its errors name the file at best, not the line; it would
-also add a dependency for what is a few hundred lines here.
+``difficult`` and parses XML without refusing DTDs, and its errors name the file at best, not the line number; it
+would also add a dependency for what is a few hundred lines here.
+
+``foveal data check SRC`` reads a set as training would and sums it up (:mod:`foveal.data.formats.check`);
+``foveal data convert SRC --to coco|yolo|voc --out DST`` writes it in another format (:mod:`foveal.data.formats.write`).
 """
 
 from __future__ import annotations
