@@ -103,7 +103,10 @@ def test_explain_in_bf16_and_export_keeps_fp32(run, images, tmp_path, capsys):
     assert "max |difference|" in capsys.readouterr().out
 
 
-def test_training_precision_key(tmp_path, capsys):
+def test_training_precision_key(tmp_path, capsys, monkeypatch):
+    from foveal.engine import device
+
+    monkeypatch.setattr(device, "_warned", set())  # the warning is given once a process: as if this one were new
     base = ["train", "classify", "--config", "classify_demo", "--device", "cpu", *TINY, "train.max_steps=1"]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([*base, "--out", str(tmp_path / "bf16"), "train.precision=bf16"]) == 0
