@@ -167,7 +167,7 @@ def test_crowd_annotations_become_ignore_regions(tmp_path: Path) -> None:
 
 
 def test_bad_spec_split_and_channels(tmp_path: Path) -> None:
-    with pytest.raises(FovealError, match="not found"):
+    with pytest.raises(FovealError, match="does not exist"):
         open_coco(tmp_path / "nope.json")
     with pytest.raises(FovealError, match="not a COCO folder"):
         open_coco(tmp_path)

@@ -198,7 +198,7 @@ def open_coco(
         path = Path(spec).expanduser()
         if not path.exists():
             raise FovealError(
-                f"detection dataset not found: {path} (pass a COCO JSON file, a folder with annotations/"
+                f"detection dataset {path} does not exist (pass a COCO JSON file, a folder with annotations/"
                 "instances_<split>.json, or fashion-canvas-sample)"
             )
         if path.is_dir():

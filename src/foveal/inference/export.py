@@ -331,6 +331,6 @@ def export_checked(
         except OSError as exc:
             raise FovealError(f"cannot write '{target}': {exc}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone, or never made (its folder is not one)
             staged.unlink()
     return ExportReport(target, spec.channels, hw, spec.output_names, diff, note)

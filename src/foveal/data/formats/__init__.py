@@ -71,7 +71,7 @@ def open_detection(
     path = Path(spec).expanduser()
     if not path.exists():
         raise FovealError(
-            f"detection dataset not found: {path}: pass a COCO, VOC, YOLO, LabelMe, CVAT, Label Studio or CSV "
+            f"detection dataset {path} does not exist: pass a COCO, VOC, YOLO, LabelMe, CVAT, Label Studio or CSV "
             "dataset (its file or folder), or fashion-canvas-sample"
         )
     kind = detect_format(path) if format == "auto" else format
