@@ -391,7 +391,30 @@ def _data(work: Path) -> dict[str, Path]:
     p["yaml_list"] = _write(d / "list.yaml", "- a\n- b\n")
     p["yaml_binary"] = _write(d / "binary.yaml", os.urandom(100))
     p["yaml_unknown"] = _write(d / "unknown.yaml", "modle:\n  depth: 2\n")
+    _yolo_sets(d, p)
     return p
+
+
+def _yolo_sets(d: Path, p: dict[str, Path]) -> None:
+    """YOLO folders (images/ + labels/ and a data.yaml), each damaged one way."""
+    for name, label in (
+        ("yolo_good", "0 0.5 0.5 0.2 0.2\n"),
+        ("yolo_badclass", "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n"),
+        ("yolo_outside", "0 1.5 0.5 0.2 0.2\n"),
+        ("yolo_short", "0 0.5 0.5\n"),
+        ("yolo_text", "zero a b c d\n"),
+    ):
+        root = d / name
+        _gray(root / "images" / "train" / "a.png", 5, (64, 64))
+        _write(root / "labels" / "train" / "a.txt", label)
+        _write(root / "data.yaml", "path: .\ntrain: images/train\nval: images/train\nnames: [shirt, shoe]\n")
+        p[name] = root
+    p["yolo_yaml_binary"] = Path(shutil.copytree(p["yolo_good"], d / "yolo_yaml_binary"))
+    (p["yolo_yaml_binary"] / "data.yaml").write_bytes(os.urandom(120))
+    p["yolo_no_names"] = Path(shutil.copytree(p["yolo_good"], d / "yolo_no_names"))
+    _write(p["yolo_no_names"] / "data.yaml", "train: images/train\nval: images/train\n")
+    p["labelme_deep"] = _write(d / "labelme" / "a.json", '{"shapes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _gray(d / "labelme" / "a.png", 6, (64, 64))
 
 
 def _rss_case(work: Path, runs: dict[str, Path], f: dict[str, Path], b: dict[str, Path]) -> Callable[[], None]:
@@ -486,6 +509,7 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
     _output_cases(f, out, o, fail, cls, seg, det, runs)
     _option_cases(f, o, fail, ok, cls, seg, det, runs)
     _data_cases(f, b, data, br, o, fail, ok, cls, seg, det, runs, work)
+    _format_cases(data, o, fail, ok)
     _api_cases(f, runs, out, raises)
     cases.append(
         dict(
@@ -860,6 +884,34 @@ def _option_cases(f, o, fail, ok, cls, seg, det, runs) -> None:  # noqa: ANN001
         fail("options", "models", f"--phi {phi}", ["--phi", phi], "phi")
     fail("options", "demo", "--device cuda without a GPU", ["--out", o("demo"), "--device", "cuda", "--quick"], "cuda")
     fail("options", "demo", "--out onto a file", ["--out", str(f["one"]), "--quick"], "g0.png")
+
+
+def _format_cases(data, o, fail, ok) -> None:  # noqa: ANN001
+    """``foveal data check / convert`` and training from a YOLO folder."""
+    for key, needle in (
+        ("yolo_badclass", "a.txt:2"),
+        ("yolo_outside", "a.txt:1"),
+        ("yolo_short", "a.txt:1"),
+        ("yolo_text", "a.txt:1"),
+        ("yolo_yaml_binary", "data.yaml"),
+        ("yolo_no_names", "names"),
+        ("labelme_deep", "a.json"),
+    ):
+        fail("data", "data", f"check: {key}", ["check", str(data[key])], needle)
+    good = str(data["yolo_good"])
+    ok("data", "data", "check: a well-formed YOLO folder", ["check", good])
+    fail("data", "data", "check: a path that does not exist", ["check", good + "-nowhere"], "does not exist")
+    fail(
+        "options", "data", "convert --to an unknown format", ["convert", good, "--to", "nope", "--out", o("cv")], "nope"
+    )
+    fail("options", "data", "convert without --out", ["convert", good, "--to", "coco"], "--out")
+    fail("options", "data", "an unknown action", ["frobnicate", good], "frobnicate")
+    ok("data", "data", "convert YOLO to COCO", ["convert", good, "--to", "coco", "--out", o("cv-coco")])
+    out = Path(o("cv-coco"))
+    again = ["convert", good, "--to", "voc", "--out", str(out)]
+    fail("earlier_output", "data", "convert into a folder holding a conversion", again, str(out), intact=(out,))
+    train = ["detect", "--config", str(DETECT_TINY), f"data.train={data['yolo_badclass']}", "--out", o("yt")]
+    fail("data", "train", "detect from a YOLO folder with a bad class id", train, "a.txt:2")
 
 
 def _data_cases(f, b, data, br, o, fail, ok, cls, seg, det, runs, work) -> None:  # noqa: ANN001
