@@ -4,6 +4,7 @@ modules of tiny networks); tests marked ``cuda`` skip on machines without a CUDA
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import shutil
 from collections.abc import Iterator
@@ -59,3 +60,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Task → a tiny untrained checkpoint made by tests/inference/conftest.py (a classifier of classes class0 …
+    class3 and a detector, of grayscale images, and an instance U-Net); read-only. Loaded as a module because pytest
+    does not share fixtures across sibling folders and runs with ``--import-mode=importlib``."""
+    spec = importlib.util.spec_from_file_location("_inference_kit", Path(__file__).parent / "inference" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    return {
+        "classify": str(kit.classifier_checkpoint(root / "classify")),
+        "segment": str(kit.segmenter_checkpoint(root / "segment")),
+        "detect": str(kit.detector_checkpoint(root / "detect")),
+    }

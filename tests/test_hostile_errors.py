@@ -7,10 +7,8 @@ left as they were."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -25,24 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DEEP = 100_000
 
 
-def _kit() -> ModuleType:
-    """tests/inference/conftest.py as a module: its tiny untrained checkpoints of every task."""
-    spec = importlib.util.spec_from_file_location("_hostile_kit", Path(__file__).parent / "inference" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Task → a tiny untrained checkpoint (a classifier of classes class0 … class3, a U-Net, a detector)."""
-    kit, root = _kit(), tmp_path_factory.mktemp("hostile-errors")
-    return {
-        "classify": str(kit.classifier_checkpoint(root / "classify")),
-        "segment": str(kit.segmenter_checkpoint(root / "segment")),
-        "detect": str(kit.detector_checkpoint(root / "detect")),
-    }
+def ckpt(tiny_checkpoints: dict[str, str]) -> dict[str, str]:
+    """Task → a tiny untrained checkpoint (see tests/conftest.py)."""
+    return tiny_checkpoints
 
 
 def fail(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:

@@ -6,12 +6,10 @@ command's outputs is refused unless ``--overwrite``, and a full disk stops the r
 from __future__ import annotations
 
 import errno
-import importlib.util
 import io
 import json
 import os
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,25 +24,10 @@ from foveal.inference import batch_predict
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _inference_kit() -> ModuleType:
-    """tests/inference/conftest.py as a module: its tiny untrained checkpoints of every task (pytest does not share
-    fixtures across sibling folders, and runs with ``--import-mode=importlib``)."""
-    spec = importlib.util.spec_from_file_location("_inference_kit", Path(__file__).parent / "inference" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Task → a tiny untrained checkpoint (classifier and detector of grayscale images, an instance U-Net)."""
-    kit, root = _inference_kit(), tmp_path_factory.mktemp("hostile-ckpt")
-    return {
-        "classify": str(kit.classifier_checkpoint(root / "classify")),
-        "segment": str(kit.segmenter_checkpoint(root / "segment")),
-        "detect": str(kit.detector_checkpoint(root / "detect")),
-    }
+def ckpt(tiny_checkpoints: dict[str, str]) -> dict[str, str]:
+    """Task → a tiny untrained checkpoint (see tests/conftest.py)."""
+    return tiny_checkpoints
 
 
 def _gray(path: Path, value: int = 100, size: tuple[int, int] = (28, 30)) -> Path:
