@@ -266,3 +266,12 @@ def test_a_folder_holding_another_commands_outputs_is_refused(capsys, ckpt, tmp_
     assert _snapshot(run) == before
     _ok(capsys, ["predict", ckpt["segment"], image, "--out", str(run), "--overwrite"])
     assert _snapshot(run).items() >= before.items() and (run / "a_labels.tif").is_file()
+
+
+def test_resume_of_nothing_makes_no_folder(capsys, ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the detector's default --out is ./predictions
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+    assert main(["predict", ckpt["detect"], str(image), "--resume"]) == 2
+    assert "nothing to resume in predictions" in capsys.readouterr().err
+    assert not (tmp_path / "predictions").exists()  # neither the folder nor a lock file was made

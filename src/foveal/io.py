@@ -482,6 +482,8 @@ def staged_output(
     """
     if owner is not None and Path(out).is_dir():
         _foreign_owner(Path(out), owner, overwrite, resume)  # refused before the lock file is made, then again under it
+    if resume and not (Path(out) / STAGING_NAME).exists():  # so too a resume of nothing: no folder or lock is made
+        raise FovealError(f"nothing to resume in {out}: no interrupted run left its files there; run without --resume")
     with locked_folder(out) as final:
         staging = final / STAGING_NAME
         if (staging / _COMMIT_MARK).exists():
