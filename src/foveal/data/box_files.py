@@ -189,16 +189,23 @@ def _format_names(box_format: str) -> str:
     return "x1, y1, x2, y2" if box_format == "xyxy" else "x, y, width, height"
 
 
-# -- JSON --------------------------------------------------------------------------------------------------------------
-def _read_json(path: Path, box_format: str | None) -> list[BoxEntry]:
+def _box_text(path: Path, kind: str) -> str:
+    """The text of a box file (UTF-8, a byte-order mark dropped); unreadable or not UTF-8 is a FovealError."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+        return path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise FovealError(f"cannot read box file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise FovealError(
-            f"box file {path} is not UTF-8 text (byte {exc.start} is not): is it a JSON file? Save it as UTF-8 JSON"
+            f"box file {path} is not UTF-8 text (byte {exc.start} is not): is it a {kind} file? Save it as UTF-8 {kind}"
         ) from None
+
+
+# -- JSON --------------------------------------------------------------------------------------------------------------
+def _read_json(path: Path, box_format: str | None) -> list[BoxEntry]:
+    text = _box_text(path, "JSON")
+    try:
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FovealError(f"box file {path} is not valid JSON (line {exc.lineno}: {exc.msg}): fix the file") from None
     except RecursionError:
@@ -258,14 +265,7 @@ def _json_entry(image: str, value: Any, box_format: str, where: str) -> BoxEntry
 
 # -- CSV ---------------------------------------------------------------------------------------------------------------
 def _read_csv(path: Path, box_format: str | None) -> list[BoxEntry]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise FovealError(f"cannot read box file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise FovealError(
-            f"box file {path} is not UTF-8 text (byte {exc.start} is not): is it a CSV file? Save it as UTF-8 CSV"
-        ) from None
+    text = _box_text(path, "CSV")
     delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in text and "," not in text) else ","
     try:
         rows = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter)) if any(row)]

@@ -29,7 +29,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,25 +392,34 @@ def predict_stream(
                 raise FovealError(write_failed(exc, out, resumable)) from None
             bar.update(len(items))
 
-        # one batch's files are written in a thread while the next batch runs through the model
-        with ThreadPoolExecutor(1, thread_name_prefix="foveal-writer") as pool:
-            writing: Future[None] | None = None
-            for batch in loader:
-                items = [next(stream) for _ in batch]
-                for item, (index, _, _) in zip(items, batch, strict=True):
-                    assert item.index == index, "workers must hand batches back in stream order"
-                prepared = [p for _, _, p in batch]
-                results = predict_good(predictor, prepared)
-                if writing is not None:
-                    writing.result()  # in order, and an error of the writer (--strict) stops the stream here
-                writing = pool.submit(write, items, prepared, results)
-            if writing is not None:
-                writing.result()
+        _pipeline(loader, stream, predictor, write)
     failed = count_errors(records_path)
     if failed == total:
         raise FovealError(nothing_predicted(records_path, total))
     finish(writer, records_path, out)
     return StreamSummary(total, done, failed, out.final)
+
+
+def _pipeline(
+    loader: Iterable[list[Any]],
+    stream: Iterator[Item],
+    predictor: Predictor,
+    write: Callable[[list[Item], list[Any], dict[int, Any]], None],
+) -> None:
+    """Each batch of ``loader`` through the model, its files written in a thread while the next batch runs."""
+    with ThreadPoolExecutor(1, thread_name_prefix="foveal-writer") as pool:
+        writing: Future[None] | None = None
+        for batch in loader:
+            items = [next(stream) for _ in batch]
+            for item, (index, _, _) in zip(items, batch, strict=True):
+                assert item.index == index, "workers must hand batches back in stream order"
+            prepared = [p for _, _, p in batch]
+            results = predict_good(predictor, prepared)
+            if writing is not None:
+                writing.result()  # in order, and an error of the writer (--strict) stops the stream here
+            writing = pool.submit(write, items, prepared, results)
+        if writing is not None:
+            writing.result()
 
 
 def write_failed(exc: OSError, out: StagedOutput, resumable: bool) -> str:

@@ -37,7 +37,7 @@ from foveal.inference.batch_predict import (
     predict_stream,
     write_json_array,
 )
-from foveal.io import STAGING_NAME, folder_owner, staged_output
+from foveal.io import STAGING_NAME, StagedOutput, folder_owner, staged_output
 
 #: Images per forward pass when ``batch_size`` is not given: small classifier inputs batch well; a detector's large
 #: inputs less so; a U-Net predicts each image by overlap-tile batches of its own.
@@ -177,22 +177,7 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
         if staged.replaces is not None and staged.replaces.get("command") == "predict":
             staged.drop(_predictions_in(staged.final))
         if req.ray is not None:
-            from foveal.inference.ray_predict import predict_on_ray
-
-            address = None if req.ray == "local" else req.ray
-            summary = predict_on_ray(
-                _Factory(task, req),
-                writer,
-                req.inputs,
-                staged,
-                settings,
-                address=address,
-                batch_size=batch,
-                strict=req.strict,
-                progress=req.progress,
-            )
-            if summary.failed == summary.total:
-                raise FovealError(nothing_predicted(staged.staged(RECORDS), summary.total))
+            summary = _on_ray(task, req, writer, staged, settings, batch)
         else:
             summary = predict_stream(
                 predictor,
@@ -207,17 +192,44 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
                 resumable=lasting,
             )
         staged.own({**owner, "settings": settings, "total": summary.total, "failed": summary.failed})
-        records = staged.staged(PREDICTIONS)
-        if req.json:
-            write_json_array(req.json, iter_records(records))
-        if req.csv:
-            from foveal.tasks.classify import write_predictions_csv
-
-            write_predictions_csv(iter_records(records), req.csv)
-        table = format_records(task, iter_records(records)) if summary.total <= _TABLE_LIMIT else ""
+        table = _export_records(task, req, staged.staged(PREDICTIONS), summary)
         shown = _REASONS_SHOWN if lasting else None  # all of them when no errors.jsonl lasts
         reasons = tuple(itertools.islice(_reasons(staged.staged(ERRORS)), shown)) if summary.failed else ()
     return PredictOutcome(task, summary, table, out, reasons)
+
+
+def _on_ray(
+    task: str, req: PredictRequest, writer: Writer, staged: StagedOutput, settings: dict[str, Any], batch: int
+) -> StreamSummary:
+    """The stream of ``req`` on Ray Data (``--ray``); a run where no image could be predicted is an error."""
+    from foveal.inference.ray_predict import predict_on_ray
+
+    address = None if req.ray == "local" else req.ray
+    summary = predict_on_ray(
+        _Factory(task, req),
+        writer,
+        req.inputs,
+        staged,
+        settings,
+        address=address,
+        batch_size=batch,
+        strict=req.strict,
+        progress=req.progress,
+    )
+    if summary.failed == summary.total:
+        raise FovealError(nothing_predicted(staged.staged(RECORDS), summary.total))
+    return summary
+
+
+def _export_records(task: str, req: PredictRequest, records: Path, summary: StreamSummary) -> str:
+    """Write ``--json`` / ``--csv`` from the staged records; the table of a short run (empty for a long one)."""
+    if req.json:
+        write_json_array(req.json, iter_records(records))
+    if req.csv:
+        from foveal.tasks.classify import write_predictions_csv
+
+        write_predictions_csv(iter_records(records), req.csv)
+    return format_records(task, iter_records(records)) if summary.total <= _TABLE_LIMIT else ""
 
 
 def _finished_run(task: str, req: PredictRequest, out: str | None, settings: dict[str, Any]) -> PredictOutcome | None:
