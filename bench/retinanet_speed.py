@@ -69,10 +69,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import bf16_note, measure, write_result
-from foveal.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
-from foveal.models.retinanet import RetinaNet, import_torchvision_retinanet, resize_for_detection, retinanet_loss
+from foveal.models.retinanet import RetinaNet, import_torchvision_retinanet, retinanet_loss
+from foveal.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_for_detection
 from foveal.tasks.detect import DetectInferenceConfig
 from foveal.tasks.detect_eval import detect_batch
 

@@ -136,3 +136,22 @@ def test_no_private_name_crosses_a_module() -> None:
         if imported.startswith("_") and not imported.startswith("__") and target != name
     )
     assert crossing == []
+
+
+def _arrows(sources: tuple[str, ...], targets: tuple[str, ...]) -> list[tuple[str, str]]:
+    return sorted(
+        (src, dst)
+        for src, imported in _graph().items()
+        if _within(src, sources)
+        for dst in imported
+        if _within(dst, targets)
+    )
+
+
+def test_data_never_imports_models() -> None:
+    """What data pipelines and models both need (resize, normalisation, batching) lives in foveal.preprocess."""
+    assert _arrows(("foveal.data",), ("foveal.models",)) == []
+
+
+def test_preprocess_is_a_bottom_layer() -> None:
+    assert _graph()["foveal.preprocess"] <= {"foveal.errors"}

@@ -11,13 +11,12 @@ from foveal.data.box_transforms import (
     collate_detection,
     drop_empty,
     hflip,
-    normalize,
     resize,
     resize_shorter,
     scale_jitter,
 )
 from foveal.errors import FovealError
-from foveal.models.retinanet import resize_for_detection
+from foveal.preprocess import normalize, resize_for_detection
 
 
 def _scene(h: int = 40, w: int = 60) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -307,9 +307,9 @@ def test_detection_target_picks_each_images_anchor_and_class():
 def test_cam_of_the_bundled_localizer_in_bf16_passes_the_identity_check() -> None:
     """The folded channels-last bf16 copy (``--precision bf16``) of a trained CAM model: its logits are bf16-rounded
     sums, so the identity holds only to bf16 precision, which the check must accept."""
-    from foveal.data.box_transforms import normalize
     from foveal.demo import LOCALIZER, demo_canvases
     from foveal.inference.fast import inference_model
+    from foveal.preprocess import normalize
     from foveal.tasks.classify import load_classifier
 
     clf = load_classifier(LOCALIZER)

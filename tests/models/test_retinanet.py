@@ -14,14 +14,12 @@ from foveal.models.anchors import AnchorGenerator, BoxCoder
 from foveal.models.retinanet import (
     RetinaNet,
     RetinaOutput,
-    batch_images,
-    boxes_to_original,
     from_args,
     import_torchvision_retinanet,
     postprocess,
-    resize_for_detection,
     retinanet_loss,
 )
+from foveal.preprocess import batch_images, boxes_to_original, resize_for_detection
 
 K = 3
 

@@ -18,7 +18,8 @@ from foveal.data.detection_set import build_detection_set
 from foveal.engine.checkpoint import save_checkpoint
 from foveal.errors import FovealError
 from foveal.explain.upsample import upsample_maps
-from foveal.models.retinanet import RetinaNet, batch_images, boxes_to_original, postprocess
+from foveal.models.retinanet import RetinaNet, postprocess
+from foveal.preprocess import batch_images, boxes_to_original
 from foveal.tasks import detect, detect_eval, detect_train, explain
 from foveal.tasks.explain_detect import detection_gradcam
 

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from foveal.config import CONFIG_DIR, load_config
-from foveal.data.box_transforms import normalize
 from foveal.data.localization_set import build_localization_set
 from foveal.data.synthetic import write_cells_folder
 from foveal.errors import FovealError
 from foveal.explain.boxes import map_to_box
 from foveal.explain.cam import CAM
 from foveal.explain.upsample import grid_of, upsample_maps
+from foveal.preprocess import normalize
 from foveal.tasks import (
     classify,
     classify_train,

@@ -6,8 +6,8 @@ exclusive right/bottom edges, so a box of the whole image is (0, 0, W, H). Every
 The paper's recipe (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, Sec. 4.1): horizontal flip as the
 only augmentation, images resized so the shorter side is 800 px (Detectron caps the longer side at 1333). Scale jitter
 (a shorter side drawn from a list per image) is the usual multi-scale extension. Resizing is that of
-:func:`foveal.models.retinanet.resize_for_detection` (bilinear, antialiased when shrinking) and maps boxes by the same
-scalar ``scale``, so :func:`foveal.models.retinanet.boxes_to_original` inverts it.
+:func:`foveal.preprocess.resize_for_detection` (bilinear, antialiased when shrinking) and maps boxes by the same
+scalar ``scale``, so :func:`foveal.preprocess.boxes_to_original` inverts it.
 
 Randomness comes only from a ``torch.Generator`` passed in; :class:`DetectionSamples` seeds one per sample from the
 trainer's (index, sample_seed), so resumed and distributed runs see the same augmentations.
@@ -26,10 +26,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from foveal.errors import FovealError
-from foveal.models.retinanet import batch_images
+from foveal.preprocess import IMAGENET_MEAN, IMAGENET_STD, batch_images, normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MAX_EDGE = 65536  # the largest image edge a resize may produce
 
 
@@ -112,16 +110,6 @@ def drop_empty(boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Remove the boxes without area (x2 ≤ x1 or y2 ≤ y1) together with their labels."""
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return boxes[keep], labels[keep]
-
-
-def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (or float in 0..255) (C, H, W) → float ``(x / 255 − mean) / std``; a 1-channel image uses ``mean[0]``."""
-    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
-        raise FovealError(f"normalize needs finite means and positive finite stds, got mean={mean}, std={std}")
-    c = image.shape[-3]
-    m = torch.tensor(list(mean) if len(mean) == c else list(mean[:1]) * c, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(list(std) if len(std) == c else list(std[:1]) * c, dtype=torch.float32).view(-1, 1, 1)
-    return (image.float() / 255.0 - m) / s
 
 
 class DetectionSample(NamedTuple):
@@ -254,7 +242,7 @@ class DetectionBatch(NamedTuple):
 
 
 def collate_detection(batch: Sequence[DetectionSample], size_divisible: int = 32) -> DetectionBatch:
-    """Stack samples of different sizes into one padded batch (:func:`foveal.models.retinanet.batch_images`)."""
+    """Stack samples of different sizes into one padded batch (:func:`foveal.preprocess.batch_images`)."""
     images, sizes = batch_images([s.image for s in batch], size_divisible)
     targets = [{"boxes": s.boxes, "labels": s.labels, "ignore": s.ignore} for s in batch]
     return DetectionBatch(images, targets, sizes, [s.scale for s in batch], [s.image_index for s in batch])

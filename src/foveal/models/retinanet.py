@@ -3,7 +3,7 @@
 Reference: Tsung-Yi Lin, Priya Goyal, Ross Girshick, Kaiming He and Piotr Dollár, "Focal Loss for Dense Object
 Detection", ICCV 2017 (arXiv:1708.02002), Sec. 4. The model returns raw head outputs (the same type in training and
 evaluation); :func:`retinanet_loss` and :func:`postprocess` are separate, and resizing / normalisation stay outside
-the model (:func:`resize_for_detection`, :func:`boxes_to_original`).
+the model (:func:`foveal.preprocess.resize_for_detection`, :func:`foveal.preprocess.boxes_to_original`).
 
 Boxes are (x1, y1, x2, y2) in pixels of the image the model saw; class labels are 0 … K − 1 (no background class:
 a sigmoid per class, as in the paper).
@@ -381,46 +381,6 @@ def _candidates(logits: Tensor, k: int, logit_thresh: float | None, score_thresh
         (logits >= bound).nonzero().squeeze(1) if bound is not None else torch.arange(len(logits), device=logits.device)
     )
     return idx[logits[idx].sigmoid() > score_thresh]
-
-
-def resize_for_detection(image: Tensor, min_size: int = 800, max_size: int = 1333) -> tuple[Tensor, float]:
-    """Scale an image so its shorter side is ``min_size`` unless its longer side would exceed ``max_size``.
-
-    The paper trains and tests at a shorter side of 800; the 1333 cap is Detectron's. Bilinear, antialiased when
-    shrinking.
-
-    Args:
-        image: (C, H, W) or (N, C, H, W) float image.
-
-    Returns:
-        (resized image, scale): the new size is round(H · scale) × round(W · scale); map boxes back with
-        :func:`boxes_to_original`.
-    """
-    if image.dim() not in (3, 4) or not image.is_floating_point():
-        raise FovealError(f"resize_for_detection needs a float (C, H, W) or (N, C, H, W) image, got {image.shape}")
-    h, w = image.shape[-2:]
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    batch = image if image.dim() == 4 else image[None]
-    resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-    return (resized if image.dim() == 4 else resized[0]), scale
-
-
-def boxes_to_original(boxes: Tensor, scale: float) -> Tensor:
-    """Map (D, 4) xyxy boxes from the resized image back to the original image's pixels (divide by ``scale``)."""
-    return boxes / scale
-
-
-def batch_images(images: Sequence[Tensor], size_divisible: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
-    """Stack (C, H_i, W_i) images into one (N, C, H, W) batch, zero-padded at the bottom and right to a common size
-    rounded up to ``size_divisible``; returns the batch and each image's (H_i, W_i) for :func:`postprocess`."""
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    h = -(-max(s[0] for s in sizes) // size_divisible) * size_divisible
-    w = -(-max(s[1] for s in sizes) // size_divisible) * size_divisible
-    batch = images[0].new_zeros((len(images), images[0].shape[0], h, w))
-    for b, im in zip(batch, images, strict=True):
-        b[:, : im.shape[-2], : im.shape[-1]].copy_(im)
-    return batch, sizes
 
 
 # torchvision retinanet_resnet50_fpn key → foveal key (v2 layout ".N.0." and v1 layout ".2N." of the subnet convs)

@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
-from foveal.data.box_transforms import normalize
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.device import placement, to_device, uses_channels_last
 from foveal.engine.optim import OptimConfig
@@ -27,6 +26,7 @@ from foveal.errors import FovealError
 from foveal.io import atomic_output, write_json
 from foveal.models import efficientnet as eff
 from foveal.models.hub import efficientnet_kwargs, is_hub_spec, resolve_weights
+from foveal.preprocess import normalize
 from foveal.tasks.scaffold import load_for_inference
 
 TASK = "classify"

@@ -21,11 +21,7 @@ from typing import Annotated, Any, Literal
 from torch import Tensor, nn
 
 from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
-from foveal.data.box_transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DetectionTransform,
-)
+from foveal.data.box_transforms import DetectionTransform
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig
@@ -33,6 +29,7 @@ from foveal.errors import FovealError
 from foveal.models.anchors import Matcher
 from foveal.models.hub import backbone_kwargs, efficientnet_kwargs, is_hub_spec, resolve_weights
 from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, retinanet_loss
+from foveal.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 TASK = "detect"
 

@@ -24,7 +24,8 @@ from foveal.errors import FovealError
 from foveal.io import staged_output, writable_dir, write_json
 from foveal.metrics.detection import DetectionResult
 from foveal.models.anchors import AnchorGenerator
-from foveal.models.retinanet import RetinaOutput, boxes_to_original, postprocess
+from foveal.models.retinanet import RetinaOutput, postprocess
+from foveal.preprocess import boxes_to_original
 from foveal.tasks.detect import DetectConfig, DetectInferenceConfig, check_task, eval_transform
 from foveal.tasks.scaffold import load_for_inference
 
@@ -41,8 +42,8 @@ class LoadedDetector:
         classes: class names; label k is ``classes[k]``.
         categories: ``[{"id", "name"}]``; label k has category id ``categories[k]["id"]``.
         channels: image channels the model takes (1 or 3).
-        min_size, max_size: the resize of :func:`foveal.models.retinanet.resize_for_detection`.
-        mean, std: the normalisation of :func:`foveal.data.box_transforms.normalize`.
+        min_size, max_size: the resize of :func:`foveal.preprocess.resize_for_detection`.
+        mean, std: the normalisation of :func:`foveal.preprocess.normalize`.
         config: the training recipe (its ``inference`` section holds the post-processing settings).
         meta: the checkpoint record.
     """

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foveal.data.box_transforms import normalize
 from foveal.data.images import expand_inputs
 from foveal.data.localization_set import LocalizationData
 from foveal.engine.checkpoint import checkpoint_task
@@ -46,6 +45,7 @@ from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.io import staged_output, write_json
 from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
 from foveal.models.efficientnet import EfficientNet, dilated_copy
+from foveal.preprocess import normalize
 from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
 from foveal.tasks.explain_common import (
     RESULTS_FILE,

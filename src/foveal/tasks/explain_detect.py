@@ -26,7 +26,8 @@ from foveal.engine.device import to_device, uses_channels_last
 from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import DetectionTarget, GradCAM
-from foveal.models.retinanet import RetinaNet, RetinaOutput, boxes_to_original, postprocess
+from foveal.models.retinanet import RetinaNet, RetinaOutput, postprocess
+from foveal.preprocess import boxes_to_original
 from foveal.tasks.explain_common import ExplainOptions, ExplainRecord, load_with_channels, unique_stem
 
 

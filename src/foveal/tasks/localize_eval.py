@@ -33,7 +33,6 @@ import torch
 from torch import Tensor
 
 from foveal.data.box_files import BoxEntry, check_inside, match_images, read_box_file
-from foveal.data.box_transforms import normalize
 from foveal.data.localization_set import LocalizationData
 from foveal.errors import FovealError
 from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
@@ -47,6 +46,7 @@ from foveal.metrics.localization import (
     MaxBoxAccResult,
     best_iou,
 )
+from foveal.preprocess import normalize
 from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
 from foveal.tasks.explain import MapFn, class_maps, class_scores, multiscale
 from foveal.tasks.explain_common import check_options, crop_region
