@@ -155,3 +155,8 @@ def test_data_never_imports_models() -> None:
 
 def test_preprocess_is_a_bottom_layer() -> None:
     assert _graph()["foveal.preprocess"] <= {"foveal.errors"}
+
+
+def test_metrics_never_import_explain() -> None:
+    """Metrics score boxes; the callers draw them from maps with foveal.explain.boxes."""
+    assert _arrows(("foveal.metrics",), ("foveal.explain",)) == []

@@ -104,15 +104,18 @@ def test_threshold_sweep_finds_the_best_threshold() -> None:
     maps[:, 2:18, 2:18] = 0.3  # a dim halo 16 × 16
     maps[:, 5:13, 5:13] = 1.0  # the object 8 × 8
     truth = torch.tensor([[5.0, 5.0, 13.0, 13.0], [0.0, 0.0, 20.0, 20.0]])
-    sweep = threshold_sweep(maps, truth, thresholds=[0.1, 0.2, 0.3, 0.5, 0.9])
+    sweep = threshold_sweep({t: maps_to_boxes(maps, t, "max") for t in (0.1, 0.2, 0.3, 0.5, 0.9)}, truth)
     # ≤ 0.3: the halo's box (2, 2, 18, 18): IoU 64/256 with image 0's box, 256/400 with image 1's
     # > 0.3: the object's box: IoU 1 with image 0's box, 64/400 with image 1's
+    assert sweep.thresholds == [0.1, 0.2, 0.3, 0.5, 0.9]
     assert sweep.accuracy == [0.5, 0.5, 0.5, 0.5, 0.5]
     assert sweep.best_threshold == 0.1 and sweep.best_accuracy == 0.5  # ties: the smallest threshold
-    one = threshold_sweep(maps[:1], [truth[:1]], thresholds=[0.2, 0.5, 0.9])
+    one = threshold_sweep({t: maps_to_boxes(maps[:1], t, "max") for t in (0.2, 0.5, 0.9)}, [truth[:1]])
     assert one.accuracy == [0.0, 1.0, 1.0] and one.best_threshold == 0.5
-    with pytest.raises(FovealError, match=r"\(N, H, W\)"):
-        threshold_sweep(maps[0], truth)
+    with pytest.raises(FovealError, match=r"\(N, 4\)"):
+        threshold_sweep({0.2: maps_to_boxes(maps, 0.2)[0]}, truth)
+    with pytest.raises(FovealError, match="at least one threshold"):
+        threshold_sweep({}, truth)
 
 
 # -- MaxBoxAccV2 (Choe et al., CVPR 2020) ------------------------------------------------------------------------------

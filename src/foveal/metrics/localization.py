@@ -19,7 +19,7 @@ Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,12 +27,11 @@ import torch
 from torch import Tensor
 
 from foveal.errors import FovealError
-from foveal.explain.boxes import maps_to_boxes
 
 IOU_THRESHOLD = 0.5
 TOP_K = 5
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(step / 20 for step in range(1, 20))
-"""0.05, 0.10, …, 0.95: the thresholds :func:`threshold_sweep` tries by default."""
+"""0.05, 0.10, …, 0.95: the map thresholds a :func:`threshold_sweep` usually tries."""
 _PAIRS = 1 << 20  # (box, ground-truth box) pairs per IoU block: memory stays bounded whatever the box count
 MAX_BOX_ACC_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
 """The IoU thresholds δ whose MaxBoxAcc MaxBoxAccV2 averages (Choe et al. 2020)."""
@@ -178,35 +177,36 @@ class ThresholdSweep:
 
 
 def threshold_sweep(
-    maps: Tensor,
-    true_boxes: Sequence[Tensor] | Tensor,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    relative_to: str = "max",
-    iou_threshold: float = IOU_THRESHOLD,
+    boxes: Mapping[float, Tensor], true_boxes: Sequence[Tensor] | Tensor, iou_threshold: float = IOU_THRESHOLD
 ) -> ThresholdSweep:
     """Ground-truth-known box accuracy of the map-to-box protocol at several thresholds (the paper fixes 0.2).
 
+    Example::
+
+        boxes = {t: maps_to_boxes(maps, t, "max") for t in DEFAULT_THRESHOLDS}  # foveal.explain.boxes
+        sweep = threshold_sweep(boxes, true_boxes)
+
     Args:
-        maps: (N, H, W) maps of each image's true class, at image size.
+        boxes: per map threshold, in the order to report them, the (N, 4) box of each image's true-class map at that
+            threshold (:func:`foveal.explain.boxes.maps_to_boxes`).
         true_boxes: per image (M_i, 4) ground-truth boxes, or (N, 4).
-        thresholds: map thresholds to try (default 0.05, 0.10, …, 0.95).
-        relative_to: "max" or "range", see :func:`foveal.explain.boxes.map_to_box`.
         iou_threshold: IoU needed for a box to count.
 
     Returns:
-        A :class:`ThresholdSweep`; ties go to the smallest threshold.
+        A :class:`ThresholdSweep`; ties go to the first threshold (the smallest when they are sorted).
     """
-    if maps.ndim != 3 or maps.shape[0] == 0:
-        raise FovealError(f"maps must be (N, H, W) with N ≥ 1, got {tuple(maps.shape)}")
-    if not thresholds:
-        raise FovealError("give at least one threshold")
-    gts = _per_image(true_boxes, maps.shape[0])
-    accuracy = []
-    for t in thresholds:
-        boxes = maps_to_boxes(maps, float(t), relative_to)
-        accuracy.append(float((best_iou(boxes[:, None], gts)[:, 0] >= iou_threshold).float().mean()))
+    if not boxes:
+        raise FovealError("give the boxes of at least one threshold")
+    first = next(iter(boxes.values()))
+    n = first.shape[0] if first.ndim == 2 else 0
+    if n == 0 or any(tuple(b.shape) != (n, 4) for b in boxes.values()):
+        shapes = sorted({tuple(b.shape) for b in boxes.values()})
+        raise FovealError(f"boxes must be (N, 4) with N ≥ 1, the same N at every threshold, got shapes {shapes}")
+    gts = _per_image(true_boxes, n)
+    thresholds = [float(t) for t in boxes]
+    accuracy = [float((best_iou(b[:, None], gts)[:, 0] >= iou_threshold).float().mean()) for b in boxes.values()]
     best = max(range(len(accuracy)), key=lambda i: (accuracy[i], -i))
-    return ThresholdSweep([float(t) for t in thresholds], accuracy, float(thresholds[best]), accuracy[best])
+    return ThresholdSweep(thresholds, accuracy, thresholds[best], accuracy[best])
 
 
 @dataclass(frozen=True)
