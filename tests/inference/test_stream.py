@@ -19,6 +19,7 @@ from foveal.data.seg_io import load_seg_image, to_float
 from foveal.engine.checkpoint import save_checkpoint
 from foveal.errors import FovealError
 from foveal.inference import stream
+from foveal.inference.stream import statistics
 from foveal.inference.tiling import TileGeometry
 from foveal.models.unet import UNet
 from foveal.tasks import segment_eval
@@ -105,7 +106,7 @@ def test_seam_labeler_numbers_objects_by_their_first_pixel():
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("normalize", ["percentile", "minmax", "dtype"])
 def test_normalisation_equals_whole_image(monkeypatch, dtype, normalize):
-    monkeypatch.setattr(stream, "_STAT_ROWS", 5)  # statistics gathered over several bands
+    monkeypatch.setattr(statistics, "_STAT_ROWS", 5)  # statistics gathered over several bands
     rng = np.random.default_rng(3)
     if np.dtype(dtype).kind == "f":
         pixels = rng.random((23, 17, 2)) if normalize == "dtype" else rng.standard_normal((23, 17, 2)) * 300
