@@ -52,9 +52,10 @@ from foveal.data.localization_set import LocalizationData, build_localization_se
 from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.checkpoint import latest_checkpoint
 from foveal.explain.boxes import PAPER_THRESHOLD
+from foveal.results import LocalizationReport
 from foveal.tasks import classify, classify_train
 from foveal.tasks.explain import MapFn, localization_eval
-from foveal.tasks.localize_eval import LocalizationReport, evaluate_canvases
+from foveal.tasks.localize_eval import evaluate_canvases
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2

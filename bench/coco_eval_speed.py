@@ -42,7 +42,8 @@ from PIL import Image
 
 from _common import write_result
 from foveal.data.coco import open_coco
-from foveal.metrics.detection import STAT_NAMES, coco_evaluate
+from foveal.metrics.detection import coco_evaluate
+from foveal.results import STAT_NAMES
 
 IMAGES, OBJECTS, DETECTIONS, CATEGORIES = 500, 20, 100, 80
 WIDTH, HEIGHT = 640, 480

@@ -49,7 +49,8 @@ from foveal.engine.checkpoint import latest_checkpoint, load_checkpoint
 from foveal.engine.distributed import DistInfo
 from foveal.engine.optim import build_optimizer, build_schedule
 from foveal.engine.trainer import EpochBatches
-from foveal.metrics.detection import DetectionResult, coco_evaluate
+from foveal.metrics.detection import coco_evaluate
+from foveal.results import DetectionResult
 from foveal.tasks import detect, detect_eval, detect_train
 
 RESULTS = Path(__file__).resolve().parent / "results"

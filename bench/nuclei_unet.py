@@ -25,12 +25,13 @@ import torch
 from _common import write_result
 from foveal.config import CONFIG_DIR, load_config
 from foveal.engine.checkpoint import latest_checkpoint
+from foveal.results import SegEvaluation
 from foveal.tasks import segment, segment_eval, segment_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _scores(result: segment_eval.SegEvaluation) -> dict[str, object]:
+def _scores(result: SegEvaluation) -> dict[str, object]:
     assert result.instances is not None
     s = result.summary()
     return {

@@ -160,3 +160,23 @@ def test_preprocess_is_a_bottom_layer() -> None:
 def test_metrics_never_import_explain() -> None:
     """Metrics score boxes; the callers draw them from maps with foveal.explain.boxes."""
     assert _arrows(("foveal.metrics",), ("foveal.explain",)) == []
+
+
+RESULTS_MAY_IMPORT = {"foveal.errors", "foveal.api_args", "foveal.version"}
+
+
+def test_results_is_a_bottom_layer() -> None:
+    """Every result type lives in foveal.results, under every layer that makes or reads one; it imports no other
+    foveal module (also not for type checkers only) and not torch."""
+    modules = _modules()
+    path, tree = modules["foveal.results"]
+    imported = {target for target, _, _ in _imports("foveal.results", path, tree, set(modules))}
+    imported |= {
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("foveal")
+    }
+    assert imported <= RESULTS_MAY_IMPORT
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert "torch" not in top

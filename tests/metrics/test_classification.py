@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from foveal.errors import FovealError
-from foveal.metrics import ClassificationMeter, ClassificationResult
+from foveal.metrics import ClassificationMeter
+from foveal.results import ClassificationResult
 
 # K = 6. Per sample: target, logits, and (by hand) arg-max and how many classes score strictly above the target.
 _SAMPLES = [

@@ -13,7 +13,8 @@ import torch
 from foveal.data.coco import DetectionData, ImageRecord, open_coco, write_results_json
 from foveal.data.detection_set import FASHION_CANVAS_SAMPLE
 from foveal.errors import FovealError
-from foveal.metrics.detection import STAT_NAMES, coco_evaluate, plot_pr_curve
+from foveal.metrics.detection import coco_evaluate, plot_pr_curve
+from foveal.results import STAT_NAMES
 
 Detections = list[dict[str, torch.Tensor]]
 

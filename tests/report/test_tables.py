@@ -12,10 +12,8 @@ import torch
 
 from foveal.errors import FovealError
 from foveal.io import atomic_output
-from foveal.metrics import ClassificationResult
 from foveal.report import (
     CSV_HEADER,
-    ClassScore,
     Prediction,
     format_metrics,
     format_table,
@@ -24,6 +22,7 @@ from foveal.report import (
     write_metrics_json,
     write_predictions_json,
 )
+from foveal.results import ClassificationResult, ClassScore
 
 _PREDS = [
     Prediction("images/cat_01.png", [(3, "cat", 0.75), (5, "dog", 0.25)]),

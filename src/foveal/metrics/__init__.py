@@ -1,5 +1,5 @@
 """Metrics accumulated over batches, one module per task."""
 
-from foveal.metrics.classification import ClassificationMeter, ClassificationResult
+from foveal.metrics.classification import ClassificationMeter
 
-__all__ = ["ClassificationMeter", "ClassificationResult"]
+__all__ = ["ClassificationMeter"]

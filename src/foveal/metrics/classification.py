@@ -7,94 +7,14 @@ all_reduce`). Counts are stored exactly (float64 holds integers up to 2**53).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from foveal.errors import FovealError
-
-TOP_K = 5
-"""The k of "top-5"; with fewer classes K the meter uses k = min(5, K), so top-5 is then 1.0 by definition."""
-
-
-@dataclass(frozen=True)
-class ClassificationResult:
-    """Metrics of a classifier over a whole evaluation set.
-
-    Attributes:
-        top1: fraction (0..1) of samples whose arg-max class is the target.
-        top5: fraction (0..1) of samples whose target is among the ``top5_k`` highest scores (ties favour the target).
-        per_class_accuracy: length K; recall of each true class (diagonal / row sum of ``confusion``), or ``None`` for a
-            class with no samples (never NaN).
-        confusion: K×K counts, ``confusion[t][p]`` = samples of true class ``t`` predicted as ``p``.
-        count: number of samples.
-        loss: sample-weighted mean of the losses passed to ``update``, or ``None`` if none were passed.
-        classes: optional class names, length K.
-        top5_k: the k actually used for ``top5``: ``min(5, K)``.
-    """
-
-    top1: float
-    top5: float
-    per_class_accuracy: list[float | None]
-    confusion: list[list[int]]
-    count: int
-    loss: float | None = None
-    classes: list[str] | None = None
-    top5_k: int = TOP_K
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.confusion)
-
-    @property
-    def support(self) -> list[int]:
-        """Samples per true class (row sums of ``confusion``), length K."""
-        return [sum(row) for row in self.confusion]
-
-    @property
-    def mean_class_accuracy(self) -> float | None:
-        """Balanced accuracy: mean of ``per_class_accuracy`` over the classes that have samples (``None`` if none)."""
-        present = [a for a in self.per_class_accuracy if a is not None]
-        return sum(present) / len(present) if present else None
-
-    def class_names(self) -> list[str]:
-        """``classes`` if given, else the class indices as strings."""
-        return list(self.classes) if self.classes is not None else [str(i) for i in range(self.num_classes)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field plus ``mean_class_accuracy`` (only ints, floats, None, str and lists)."""
-        return {
-            "top1": self.top1,
-            "top5": self.top5,
-            "top5_k": self.top5_k,
-            "count": self.count,
-            "loss": self.loss,
-            "mean_class_accuracy": self.mean_class_accuracy,
-            "per_class_accuracy": list(self.per_class_accuracy),
-            "confusion": [list(row) for row in self.confusion],
-            "classes": list(self.classes) if self.classes is not None else None,
-        }
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> ClassificationResult:
-        """Inverse of :meth:`to_dict` (derived keys such as ``mean_class_accuracy`` are ignored)."""
-        try:
-            return cls(
-                top1=float(record["top1"]),
-                top5=float(record["top5"]),
-                per_class_accuracy=[None if a is None else float(a) for a in record["per_class_accuracy"]],
-                confusion=[[int(c) for c in row] for row in record["confusion"]],
-                count=int(record["count"]),
-                loss=None if record.get("loss") is None else float(record["loss"]),
-                classes=None if record.get("classes") is None else [str(c) for c in record["classes"]],
-                top5_k=int(record.get("top5_k", TOP_K)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FovealError(f"not a classification metrics record ({type(exc).__name__}: {exc})") from None
+from foveal.results import TOP_K, ClassificationResult
 
 
 class ClassificationMeter:

@@ -18,7 +18,6 @@ import gc
 import io
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,113 +28,10 @@ from torch import Tensor
 from foveal.data.coco import DetectionData, detections_to_coco
 from foveal.errors import FovealError
 from foveal.io import atomic_output
-
-STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-"""Names of COCO's 12 summary numbers, in the order of ``COCOeval.stats``."""
+from foveal.results import STAT_NAMES, DetectionResult
 
 BACKENDS = ("faster", "pycocotools")
 _AREA_ALL, _MAX_DETS_100 = 0, -1  # indices into the precision array's area and max-detections axes
-
-
-@dataclass(frozen=True, eq=False)
-class DetectionResult:
-    """COCO box evaluation of one set of detections.
-
-    Attributes:
-        stats: the 12 numbers of :data:`STAT_NAMES` (−1 where undefined).
-        classes: class names; class k has category ``data.label_to_category_id[k]``.
-        per_class_ap: (K,) AP over IoU 0.50:0.95 of each class (area all, 100 detections; −1 without ground truth).
-        per_class_ap50: (K,) AP at IoU 0.5 of each class.
-        precision: (T, R, K, A, M) interpolated precision, COCO's array: T = 10 IoU thresholds, R = 101 recall
-            points, K classes, A = 4 areas (all, small, medium, large), M = 3 detection limits (1, 10, 100); −1
-            where a class has no ground truth.
-        iou_thresholds: (T,) 0.50 … 0.95.
-        recall_thresholds: (R,) 0.00 … 1.00.
-        backend: "faster" or "pycocotools".
-        num_images, num_boxes, num_detections: what was evaluated (boxes: non-crowd ground truth).
-    """
-
-    stats: tuple[float, ...]
-    classes: tuple[str, ...]
-    per_class_ap: np.ndarray
-    per_class_ap50: np.ndarray
-    precision: np.ndarray
-    iou_thresholds: np.ndarray
-    recall_thresholds: np.ndarray
-    backend: str
-    num_images: int
-    num_boxes: int
-    num_detections: int
-
-    def stat(self, name: str) -> float:
-        """One of the 12 numbers by name (see :data:`STAT_NAMES`)."""
-        if name not in STAT_NAMES:
-            raise FovealError(f"unknown COCO statistic '{name}': choose one of {', '.join(STAT_NAMES)}")
-        return self.stats[STAT_NAMES.index(name)]
-
-    @property
-    def ap(self) -> float:
-        return self.stats[0]
-
-    @property
-    def ap50(self) -> float:
-        return self.stats[1]
-
-    @property
-    def ap75(self) -> float:
-        return self.stats[2]
-
-    @property
-    def ap_small(self) -> float:
-        return self.stats[3]
-
-    @property
-    def ap_medium(self) -> float:
-        return self.stats[4]
-
-    @property
-    def ap_large(self) -> float:
-        return self.stats[5]
-
-    @property
-    def ar100(self) -> float:
-        return self.stats[8]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary: the 12 numbers by name, per-class AP and AP50, counts; undefined values are None."""
-
-        def value(v: float) -> float | None:
-            return None if v < 0 else float(v)
-
-        return {
-            **{name: value(v) for name, v in zip(STAT_NAMES, self.stats, strict=True)},
-            "per_class": {
-                name: {"AP": value(float(a)), "AP50": value(float(b))}
-                for name, a, b in zip(self.classes, self.per_class_ap, self.per_class_ap50, strict=True)
-            },
-            "backend": self.backend,
-            "num_images": self.num_images,
-            "num_boxes": self.num_boxes,
-            "num_detections": self.num_detections,
-        }
-
-    def format(self) -> str:
-        """A small text table: the summary numbers, then AP and AP50 per class ("n/a" where undefined)."""
-
-        def cell(v: float) -> str:
-            return f"{v:6.3f}" if v >= 0 else f"{'n/a':>6s}"
-
-        shown = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-        lines = [
-            f"COCO box evaluation: {self.num_images} images, {self.num_boxes} boxes, {self.num_detections} detections",
-            "  " + " ".join(f"{n:>6s}" for n in shown),
-            "  " + " ".join(cell(self.stat(n)) for n in shown),
-        ]
-        width = max([5, *(len(c) for c in self.classes)])
-        lines.append(f"  {'class':<{width}s} {'AP':>6s} {'AP50':>6s}")
-        for name, a, b in zip(self.classes, self.per_class_ap, self.per_class_ap50, strict=True):
-            lines.append(f"  {name:<{width}s} {cell(float(a))} {cell(float(b))}")
-        return "\n".join(lines)
 
 
 def coco_evaluate(

@@ -20,13 +20,13 @@ Boxes are (x1, y1, x2, y2), x2 and y2 exclusive (see :mod:`foveal.explain.boxes`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from foveal.errors import FovealError
+from foveal.results import LocalizationResult, MaxBoxAccResult
 
 IOU_THRESHOLD = 0.5
 TOP_K = 5
@@ -38,30 +38,6 @@ MAX_BOX_ACC_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
 MAX_BOX_ACC_THRESHOLDS: tuple[float, ...] = tuple(step / 100 for step in range(100))
 """0.00, 0.01, …, 0.99: the map thresholds τ of MaxBoxAccV2 (the paper's step of 0.01)."""
 _LABEL_PIXELS = 1 << 22  # pixels per max-tree of MaxBoxAccMeter (a few int64 tensors of that length)
-
-
-@dataclass(frozen=True)
-class LocalizationResult:
-    """Error rates (fractions 0..1) over every image seen.
-
-    Attributes:
-        top1_loc_error: first prediction has the wrong class or IoU < threshold with every ground-truth box.
-        top5_loc_error: none of the first five predictions has the right class and IoU ≥ threshold (``None`` when
-            fewer than five predictions per image were given).
-        gt_known_loc_error: the true class's box has IoU < threshold (``None`` when no such boxes were given).
-        top1_cls_error / top5_cls_error: classification errors of the same predictions.
-        count: images seen.
-    """
-
-    top1_loc_error: float
-    top5_loc_error: float | None
-    gt_known_loc_error: float | None
-    top1_cls_error: float
-    top5_cls_error: float | None
-    count: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class LocalizationMeter:
@@ -207,30 +183,6 @@ def threshold_sweep(
     accuracy = [float((best_iou(b[:, None], gts)[:, 0] >= iou_threshold).float().mean()) for b in boxes.values()]
     best = max(range(len(accuracy)), key=lambda i: (accuracy[i], -i))
     return ThresholdSweep(thresholds, accuracy, thresholds[best], accuracy[best])
-
-
-@dataclass(frozen=True)
-class MaxBoxAccResult:
-    """MaxBoxAccV2 and what it is made of (fractions 0..1).
-
-    Attributes:
-        max_box_acc_v2: mean of ``max_box_acc`` over the IoU thresholds.
-        max_box_acc: per IoU threshold δ (keys "0.3", "0.5", "0.7"), the best box accuracy over map thresholds.
-        best_threshold: per δ, the map threshold τ that reaches it (ties: the smallest τ).
-        thresholds: the map thresholds τ tried.
-        box_acc: per δ, the box accuracy at each τ (a curve over ``thresholds``).
-        count: images seen.
-    """
-
-    max_box_acc_v2: float
-    max_box_acc: dict[str, float]
-    best_threshold: dict[str, float]
-    thresholds: list[float]
-    box_acc: dict[str, list[float]]
-    count: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class MaxBoxAccMeter:

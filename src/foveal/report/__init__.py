@@ -3,7 +3,6 @@
 from foveal.report.plots import DEFAULT_CURVE_KEYS, plot_confusion, plot_curves
 from foveal.report.tables import (
     CSV_HEADER,
-    ClassScore,
     Prediction,
     format_metrics,
     format_table,
@@ -17,7 +16,6 @@ from foveal.report.tables import (
 __all__ = [
     "CSV_HEADER",
     "DEFAULT_CURVE_KEYS",
-    "ClassScore",
     "Prediction",
     "format_metrics",
     "format_table",

@@ -9,22 +9,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from foveal.errors import FovealError
 from foveal.io import atomic_output
-from foveal.metrics.classification import ClassificationResult
-
-
-class ClassScore(NamedTuple):
-    """One entry of a top-k list: class index, class name, probability."""
-
-    class_index: int
-    name: str
-    probability: float
+from foveal.results import ClassificationResult, ClassScore
 
 
 @dataclass(frozen=True)

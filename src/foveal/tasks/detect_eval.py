@@ -22,10 +22,10 @@ from foveal.engine.device import placement, to_device, uses_channels_last
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.io import staged_output, writable_dir, write_json
-from foveal.metrics.detection import DetectionResult
 from foveal.models.anchors import AnchorGenerator
 from foveal.models.retinanet import RetinaOutput, postprocess
 from foveal.preprocess import boxes_to_original
+from foveal.results import DetectionResult
 from foveal.tasks.detect import DetectConfig, DetectInferenceConfig, check_task, eval_transform
 from foveal.tasks.scaffold import load_for_inference
 
@@ -211,7 +211,7 @@ def evaluate_checkpoint(
         out: folder for ``metrics.json``, ``detections.json`` (COCO results) and ``pr_curve.png``; None writes nothing.
 
     Returns:
-        The :class:`~foveal.metrics.detection.DetectionResult`.
+        The :class:`~foveal.results.DetectionResult`.
     """
     from foveal.data.coco import write_results_json
     from foveal.data.formats import open_detection

@@ -43,14 +43,14 @@ from foveal.explain.boxes import PAPER_THRESHOLD, maps_to_boxes
 from foveal.explain.cam import CAM, ClassTarget, GradCAM
 from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.io import staged_output, write_json
-from foveal.metrics.localization import TOP_K, LocalizationMeter, LocalizationResult
+from foveal.metrics.localization import TOP_K, LocalizationMeter
 from foveal.models.efficientnet import EfficientNet, dilated_copy
 from foveal.preprocess import normalize
+from foveal.results import Explanation, LocalizationResult
 from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
 from foveal.tasks.explain_common import (
     RESULTS_FILE,
     ExplainOptions,
-    ExplainRecord,
     check_options,
     crop_region,
     load_with_channels,
@@ -60,7 +60,7 @@ from foveal.tasks.explain_common import (
 from foveal.tasks.explain_detect import explain_detector
 from foveal.tasks.explain_segment import explain_segmenter
 
-Explainer = Callable[[Path, list[Path], Path, ExplainOptions], list[ExplainRecord]]
+Explainer = Callable[[Path, list[Path], Path, ExplainOptions], list[Explanation]]
 """One task's explanation: (checkpoint, image files, output folder, options) → one record per image."""
 
 MapFn = Callable[[Tensor, Tensor], Tensor]
@@ -84,7 +84,7 @@ def explain(
     true_boxes: Mapping[str, Sequence[Sequence[float]]] | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
-) -> list[ExplainRecord]:
+) -> list[Explanation]:
     """Explain a checkpoint's predictions on images; write figures and ``explanations.json`` to ``out``.
 
     Args:
@@ -111,7 +111,7 @@ def explain(
             BatchNorm-folded copy); maps, boxes and scores are computed in fp32.
 
     Returns:
-        One :class:`ExplainRecord` per image, in input order (also written to ``out/explanations.json``).
+        One :class:`Explanation` per image, in input order (also written to ``out/explanations.json``).
     """
     options = check_options(top_k, method, threshold, relative_to, score_thresh, map_stride, map_scales, flip)
     options = _placed(options, true_boxes, device, precision)
@@ -131,7 +131,7 @@ def _run(
     out: str | Path,
     options: ExplainOptions,
     started: float,
-) -> list[ExplainRecord]:
+) -> list[Explanation]:
     """Explain ``files`` into ``out`` with ``explainer``: figures, ``explanations.json`` and the run record."""
     with staged_output(out) as staged:  # the figures of one command appear together, or not at all
         records = explainer(checkpoint, files, staged.staging, options)
@@ -186,7 +186,7 @@ def _check_out(out: str | Path) -> None:
         raise FovealError(f"output folder {path} is a file: pass a folder for the figures and {RESULTS_FILE}")
 
 
-def format_records(records: list[ExplainRecord]) -> str:
+def format_records(records: list[Explanation]) -> str:
     """A short table: one line per image and explained class, with its score and box."""
     lines = [f"{'image':<28} {'class':<16} {'score':>6}  box (x1, y1, x2, y2)"]
     for r in records:
@@ -297,12 +297,12 @@ def _weighted_features(model: EfficientNet, x: Tensor, classes: Tensor) -> Tenso
     return torch.einsum("nkc,nchw->nkhw", weights.to(features.dtype), features)
 
 
-def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[ExplainRecord]:
+def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[Explanation]:
     clf = load_classifier(checkpoint, device=opt.device, precision=opt.precision)
     k = min(opt.top_k, len(clf.classes))
     transform = eval_transform(clf.resolution)
     grid = grid_of(clf.model)
-    records: list[ExplainRecord] = []
+    records: list[Explanation] = []
     used: set[str] = set()
     with class_maps(clf.model, opt.method, opt.map_stride) as own_maps:
         maps_of = _views(own_maps, grid, opt.map_scales, opt.flip)
@@ -327,7 +327,7 @@ def _explain_classifier(checkpoint: Path, files: list[Path], out_dir: Path, opt:
             figures = _class_figures(image, full, names, scores[0], boxes[0], out_dir / stem, opt.method, truth)
             peaks = full.flatten(1).argmax(1)
             records.append(
-                ExplainRecord(
+                Explanation(
                     file=str(f),
                     task="classify",
                     method=opt.method,

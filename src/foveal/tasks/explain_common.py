@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,41 +19,6 @@ METHODS = ("cam", "gradcam")
 RESULTS_FILE = "explanations.json"
 #: The largest image scale of ``map_scales`` (a 224-px image becomes 3584 px a side).
 MAX_MAP_SCALE = 16.0
-
-
-@dataclass(frozen=True)
-class ExplainRecord:
-    """What :func:`explain` found for one image.
-
-    Attributes:
-        file: the image file.
-        task: "classify", "segment" or "detect".
-        method: "cam" or "gradcam".
-        size: (height, width) of the image in pixels.
-        classes: classify: the top-k class names, best first; segment: ["foreground"]; detect: the class of each of
-            the top-k detections, best first.
-        scores: classify: soft-max probability of each class; segment: fraction of pixels predicted foreground;
-            detect: each detection's score.
-        boxes: one (x1, y1, x2, y2) per class, in original image pixels (x2, y2 exclusive), from the map's largest
-            region above the threshold.
-        figures: PNG files written for this image.
-        detections: detect only: each detection's own box (x1, y1, x2, y2) in original image pixels.
-        peaks: classify only: where each class's map is largest, (x, y) in original image pixels.
-    """
-
-    file: str
-    task: str
-    method: str
-    size: tuple[int, int]
-    classes: list[str]
-    scores: list[float]
-    boxes: list[list[float]]
-    figures: list[str]
-    detections: list[list[float]] | None = None
-    peaks: list[list[int]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import DetectionTarget, GradCAM
 from foveal.models.retinanet import RetinaNet, RetinaOutput, postprocess
 from foveal.preprocess import boxes_to_original
-from foveal.tasks.explain_common import ExplainOptions, ExplainRecord, load_with_channels, unique_stem
+from foveal.results import Explanation
+from foveal.tasks.explain_common import ExplainOptions, load_with_channels, unique_stem
 
 
 def detection_gradcam(model: RetinaNet, x: Tensor, output: RetinaOutput, anchors: Tensor, labels: Tensor) -> Tensor:
@@ -54,7 +55,7 @@ def detection_gradcam(model: RetinaNet, x: Tensor, output: RetinaOutput, anchors
     return maps
 
 
-def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[ExplainRecord]:
+def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[Explanation]:
     """``foveal explain`` for a detection checkpoint: the ``top_k`` best detections of each image (those above the
     checkpoint's score threshold), each with its Grad-CAM map and the box of the map's largest region above
     ``threshold``. Figures: the top-k panel (``<stem>_top<k>.png``, titled "class (score)") and the best detection's
@@ -69,7 +70,7 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: Ex
     model = cast(RetinaNet, det.model)
     transform, inference = det.transform(), det.config.inference
     score_thresh = inference.score_thresh if opt.score_thresh is None else opt.score_thresh
-    records: list[ExplainRecord] = []
+    records: list[Explanation] = []
     used: set[str] = set()
     for f in files:
         image = load_with_channels(f, det.channels, "detector")
@@ -83,7 +84,7 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: Ex
             found = {k: v.cpu() for k, v in found.items()}
         stem = unique_stem(f, used)
         if len(found["scores"]) == 0:
-            records.append(ExplainRecord(str(f), "detect", "gradcam", (int(height), int(width)), [], [], [], []))
+            records.append(Explanation(str(f), "detect", "gradcam", (int(height), int(width)), [], [], [], []))
             continue
         try:
             maps = detection_gradcam(model, x, output, found["anchors"], found["labels"]).cpu()
@@ -98,7 +99,7 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: Ex
         scores = found["scores"].float()
         figures = _figures(image, maps, names, scores, detected[0], boxes[0], out_dir / stem)
         records.append(
-            ExplainRecord(
+            Explanation(
                 file=str(f),
                 task="detect",
                 method="gradcam",

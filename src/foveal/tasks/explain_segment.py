@@ -23,7 +23,8 @@ from foveal.errors import FovealError
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.cam import GradCAM, MaskTarget
 from foveal.io import atomic_output
-from foveal.tasks.explain_common import ExplainOptions, ExplainRecord, unique_stem
+from foveal.results import Explanation
+from foveal.tasks.explain_common import ExplainOptions, unique_stem
 
 _WHOLE_IMAGE_EDGE = 1024  # larger images are explained tile by tile
 
@@ -98,7 +99,7 @@ def _bottom_to_output(cam: Tensor, input_size: int, stride: int, border: int) ->
     return grid[border : input_size - border, border : input_size - border]
 
 
-def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[ExplainRecord]:
+def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: ExplainOptions) -> list[Explanation]:
     from PIL import Image
 
     from foveal.data.seg_io import load_seg_image
@@ -106,7 +107,7 @@ def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: E
     from foveal.tasks.segment import load_segmenter, tile_input
 
     seg = load_segmenter(checkpoint, device=opt.device, precision=opt.precision)
-    records: list[ExplainRecord] = []
+    records: list[Explanation] = []
     used: set[str] = set()
     for f in files:
         image = load_seg_image(f, channels=seg.channels, normalize=seg.normalize)
@@ -124,7 +125,7 @@ def explain_segmenter(checkpoint: Path, files: list[Path], out_dir: Path, opt: E
         with atomic_output(path, "wb") as handle:
             Image.fromarray(overlay(shown.clamp(0, 1).numpy(), heat.numpy())).save(handle, format="PNG")
         records.append(
-            ExplainRecord(
+            Explanation(
                 file=str(f),
                 task="segment",
                 method="gradcam",

@@ -41,12 +41,11 @@ from foveal.io import atomic_output, writable_dir, write_json
 from foveal.metrics.localization import (
     TOP_K,
     LocalizationMeter,
-    LocalizationResult,
     MaxBoxAccMeter,
-    MaxBoxAccResult,
     best_iou,
 )
 from foveal.preprocess import normalize
+from foveal.results import ImageRow, LocalizationReport
 from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
 from foveal.tasks.explain import MapFn, class_maps, class_scores, multiscale
 from foveal.tasks.explain_common import check_options, crop_region
@@ -57,61 +56,6 @@ PANELS = 8
 DRAWN_BOXES = 20
 """Ground-truth boxes drawn on a panel at most: those that overlap the predicted box most (a box file may give an
 image thousands, which would hide the image and take minutes to draw)."""
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    """The verdict on one image: ``classes`` / ``scores`` its top-k, ``box`` the top-1 class's box and ``iou`` its
-    best IoU with the ground truth, ``true_class_box`` / ``true_class_iou`` the same for the true class's map,
-    ``localized`` whether the top-1 prediction localizes the image."""
-
-    file: str
-    label: str
-    classes: list[str]
-    scores: list[float]
-    box: list[float]
-    iou: float
-    true_class_box: list[float]
-    true_class_iou: float
-    localized: bool
-
-
-@dataclass(frozen=True)
-class LocalizationReport:
-    """What an evaluation found: the CAM paper's errors, MaxBoxAccV2, one row per image and the options used."""
-
-    localization: LocalizationResult
-    max_box_acc: MaxBoxAccResult
-    images: list[ImageRow]
-    options: dict[str, Any]
-    figures: dict[str, list[str]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The metrics, options and figures (without the per-image rows)."""
-        return {
-            "localization": self.localization.to_dict(),
-            "max_box_acc": self.max_box_acc.to_dict(),
-            "options": self.options,
-            "figures": self.figures,
-        }
-
-    def format(self) -> str:
-        """A few lines for the terminal."""
-
-        def pct(v: float | None) -> str:
-            return "–" if v is None else f"{100 * v:.1f} %"
-
-        loc, mba = self.localization, self.max_box_acc
-        per_iou = ", ".join(f"IoU {k}: {pct(v)} at τ {mba.best_threshold[k]:.2f}" for k, v in mba.max_box_acc.items())
-        return "\n".join(
-            [
-                f"weakly supervised localization of {loc.count} images ({self.options['method']})",
-                f"  top-1 loc error {pct(loc.top1_loc_error)}  top-5 loc error {pct(loc.top5_loc_error)}  "
-                f"GT-known loc error {pct(loc.gt_known_loc_error)}",
-                f"  top-1 cls error {pct(loc.top1_cls_error)}  top-5 cls error {pct(loc.top5_cls_error)}",
-                f"  MaxBoxAccV2 {pct(mba.max_box_acc_v2)} ({per_iou})",
-            ]
-        )
 
 
 @dataclass

@@ -21,47 +21,8 @@ from foveal.engine.device import placement
 from foveal.engine.runinfo import write_run_info
 from foveal.errors import FovealError
 from foveal.io import staged_output, writable_dir, write_json
+from foveal.results import SegEvaluation
 from foveal.tasks.segment import LoadedSegmenter, PostConfig, Prepared, attach_context, load_segmenter, prepare
-
-
-@dataclass
-class SegEvaluation:
-    """Pixel metrics (per-class IoU / Dice, pixel error), and for instance data the instance matching at IoU
-    0.5 … 0.9, the number of touching ground-truth pairs merged by the prediction and the Rand error."""
-
-    pixels: Any
-    instances: Any | None
-    merged: tuple[int, int] | None
-    rand_error: float | None
-
-    def summary(self) -> dict[str, Any]:
-        """Flat numbers for logs and the progress line; "score" (higher is better) picks the best checkpoint."""
-        p = self.pixels
-        out: dict[str, Any] = {"fg_iou": p.foreground_iou, "mean_iou": p.mean_iou, "pixel_error": p.pixel_error}
-        if self.instances is not None:
-            out["f1_50"] = self.instances.f1_at(0.5)
-            out["ap"] = self.instances.mean_ap
-        if self.merged is not None:
-            out["merged_pairs"], out["touching_pairs"] = self.merged
-        if self.rand_error is not None:
-            out["rand_error"] = self.rand_error
-        out["score"] = out.get("f1_50", out["mean_iou"])
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"summary": {k: v for k, v in self.summary().items() if k != "score"}}
-        d["pixels"] = self.pixels.to_dict()
-        if self.instances is not None:
-            d["instances"] = self.instances.to_dict()
-        return d
-
-    def format(self) -> str:
-        lines = []
-        for k, v in self.summary().items():
-            if k != "score":
-                lines.append(f"{k:>15}: {v:.4f}" if isinstance(v, float) else f"{k:>15}: {v}")
-        return "\n".join(lines)
-
 
 TTA_MODES = ("none", "dihedral")
 
