@@ -180,3 +180,17 @@ def test_results_is_a_bottom_layer() -> None:
     top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert "torch" not in top
+
+
+def test_nothing_imports_the_package_root_for_a_name() -> None:
+    """``import foveal`` runs the package's ``__init__``; a module that needs the version imports foveal.version."""
+    modules = _modules()
+    known = set(modules)
+    leaks = sorted(
+        (name, imported or "import foveal")
+        for name, (path, tree) in modules.items()
+        if name != "foveal"
+        for target, imported, _ in _imports(name, path, tree, known)
+        if target == "foveal"
+    )
+    assert leaks == []

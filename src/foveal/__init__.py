@@ -12,12 +12,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from foveal.errors import FovealError
+from foveal.version import __version__
 
 if TYPE_CHECKING:
     from foveal.api import Classifier, Detector, Model, Segmenter, load, train
     from foveal.results import Classification, ClassScore, Detections, Explanation, Segmentation
-
-__version__ = "0.1.0"
 
 _LAZY = {
     **dict.fromkeys(("Classifier", "Detector", "Model", "Segmenter", "load", "train"), "foveal.api"),

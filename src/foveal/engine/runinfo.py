@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from foveal.io import write_json
+from foveal.version import __version__
 
 RUN_INFO = "run_info.json"
 
@@ -56,13 +57,11 @@ def environment() -> dict[str, Any]:
     import torch
     import torchvision
 
-    import foveal
-
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     )
     return {
-        "foveal": foveal.__version__,
+        "foveal": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foveal.errors import FovealError
+from foveal.version import __version__
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -158,8 +159,6 @@ class Page:
         self.sections.append((title, anchor, list(parts)))
 
     def render(self) -> str:
-        from foveal import __version__
-
         nav = " ".join(link(f"#{a}", t) for t, a, _ in self.sections)
         body = "".join(f'<section id="{esc(a)}"><h2>{esc(t)}</h2>{"".join(p)}</section>' for t, a, p in self.sections)
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
