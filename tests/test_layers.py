@@ -194,3 +194,14 @@ def test_nothing_imports_the_package_root_for_a_name() -> None:
         if target == "foveal"
     )
     assert leaks == []
+
+
+def test_every_package_folder_has_an_init() -> None:
+    """A folder of modules without ``__init__.py`` is a namespace package: no docstring, and mypy and setuptools
+    treat it differently from its siblings."""
+    missing = sorted(
+        str(folder.relative_to(SRC))
+        for folder in (SRC / "foveal").rglob("*")
+        if folder.is_dir() and any(folder.glob("*.py")) and not (folder / "__init__.py").exists()
+    )
+    assert missing == []
