@@ -6,10 +6,10 @@ An EfficientNet-B0 classifier (224², 1 channel, 10 classes; one training step o
 its weights are as good as random, which does not change its speed) predicts a batch of 16 in-memory 224² images:
 
 - ``api``: ``foveal.load(run, device="cpu").predict(arrays)`` — decoding the arrays, preparing, forward, top-5;
-- ``cli predictor``: :class:`foveal.tasks.classify.ClassifyPredictor` (what ``foveal predict`` runs per batch) on the
-  same decoded uint8 tensors, prepared the same way, forward, top-5;
-- ``eager``: the checkpoint loaded without ``fuse`` (BatchNorm not folded, contiguous memory), forward and soft-max on
-  the same prepared batch: what a user gets from the loader alone.
+- ``cli predictor``: :class:`foveal.tasks.classify_predict.ClassifyPredictor` (what ``foveal predict`` runs per
+  batch) on the same decoded uint8 tensors, prepared the same way, forward, top-5;
+- ``eager``: the checkpoint loaded without ``fast`` (BatchNorm not folded, contiguous memory), forward and soft-max
+  on the same prepared batch: what a user gets from the loader alone.
 
 The process keeps freed memory (``foveal.load`` sets it, as the CLI does) for every setting alike. Interleaved rounds,
 warm-up first, medians. ``python bench/api_speed.py`` writes ``bench/results/api_speed.json``.
@@ -40,7 +40,8 @@ def main() -> None:
     torch.set_num_threads(THREADS)
 
     import foveal
-    from foveal.tasks.classify import ClassifyPredictor, load_classifier
+    from foveal.tasks.classify import load_classifier
+    from foveal.tasks.classify_predict import ClassifyPredictor
 
     with tempfile.TemporaryDirectory() as tmp:
         short = {"train__max_steps": 1, "data__limit": 8, "data__val_limit": 8, "data__batch_size": 8}

@@ -34,7 +34,16 @@ from foveal.demo import DETECTOR, LOCALIZER
 from foveal.engine.allocator import keep_freed_memory
 from foveal.explain.boxes import maps_to_boxes
 from foveal.explain.upsample import grid_of, upsample_maps
-from foveal.tasks import classify, classify_train, detect_eval, explain, segment, segment_eval, segment_train
+from foveal.tasks import (
+    classify,
+    classify_explain,
+    classify_train,
+    detect_eval,
+    explain_common,
+    segment,
+    segment_eval,
+    segment_train,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs/bench-bf16")
@@ -57,7 +66,9 @@ def _predict(models: dict[str, Any], x_all: torch.Tensor) -> tuple[dict[str, tor
     preds, seconds = {}, {}
     for name, clf in models.items():
         start = time.perf_counter()
-        out = [clf.model(explain.on_model(x_all[i : i + 256], clf.model)).float() for i in range(0, len(x_all), 256)]
+        out = [
+            clf.model(explain_common.on_model(x_all[i : i + 256], clf.model)).float() for i in range(0, len(x_all), 256)
+        ]
         seconds[name] = time.perf_counter() - start
         preds[name] = torch.cat(out).argmax(1)
     return preds, seconds
@@ -67,7 +78,7 @@ def _predict(models: dict[str, Any], x_all: torch.Tensor) -> tuple[dict[str, tor
 def _classification(checkpoint: Path, data: Any, cam_images: int, truth: torch.Tensor | None) -> dict[str, Any]:
     """Top-1 agreement and accuracy of fp32 and bf16 on ``data``; with ``truth`` (N, 4) object boxes, also the CAM
     box agreement on the first ``cam_images`` images and each one's box accuracy (IoU ≥ 0.5 with the object)."""
-    models = {p: classify.load_classifier(checkpoint, fuse=True, device="cpu", precision=p) for p in ("fp32", "bf16")}
+    models = {p: classify.load_classifier(checkpoint, fast=True, device="cpu", precision=p) for p in ("fp32", "bf16")}
     ref = models["fp32"]
     samples = classify.ClassifySamples(data, classify.eval_transform(ref.resolution), ref.mean, ref.std)
     x_all = torch.stack([samples[i][0] for i in range(len(samples))])
@@ -88,10 +99,10 @@ def _classification(checkpoint: Path, data: Any, cam_images: int, truth: torch.T
     boxes = {}
     for name, clf in models.items():
         grid = grid_of(clf.model)
-        with explain.class_maps(clf.model, "cam") as maps_of:
+        with classify_explain.class_maps(clf.model, "cam") as maps_of:
             maps = torch.cat(
                 [
-                    maps_of(explain.on_model(x[i : i + 256], clf.model), classes[i : i + 256]).float()
+                    maps_of(explain_common.on_model(x[i : i + 256], clf.model), classes[i : i + 256]).float()
                     for i in range(0, len(x), 256)
                 ]
             )
@@ -119,7 +130,7 @@ def _segmentation(run: Path) -> dict[str, Any]:
     labels = {}
     for name in ("fp32", "bf16"):
         seg = segment.load_segmenter(run, fast=True, device="cpu", precision=name)
-        labels[name] = segment_eval.predict_logits(seg.model, image, seg.config.data.eval_tile).argmax(0)
+        labels[name] = segment.predict_logits(seg.model, image, seg.config.data.eval_tile).argmax(0)
     out["pixel_label_agreement"] = float((labels["fp32"] == labels["bf16"]).float().mean())
     out["f1_50_delta"] = out["bf16"].get("f1_50", 0.0) - out["fp32"].get("f1_50", 0.0)
     return out

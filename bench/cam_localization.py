@@ -18,8 +18,8 @@ Usage: python bench/cam_localization.py [--quick] [--reuse] [--map-stride 2] [--
    1.5.7's ``GradCAM`` on the same model and layer. pytorch-grad-cam min–max normalises its maps, so its 20 % is of
    the range; it is scored as it is used (MaxBoxAccV2 normalises every map alike). More CAM rows use maps on a finer
    grid from the same weights (``--map-stride``, default 2; :func:`foveal.models.efficientnet.dilated_copy`) and
-   multi-scale / mirrored maps (:func:`foveal.tasks.explain.multiscale`, a named deviation from the paper's single
-   scale) with the scales and mirroring chosen among ``SCALE_CANDIDATES`` × (no mirror, mirror) on the validation
+   multi-scale / mirrored maps (:func:`foveal.tasks.classify_explain.multiscale`, a named deviation from the paper's
+   single scale) with the scales and mirroring chosen among ``SCALE_CANDIDATES`` × (no mirror, mirror) on the validation
    canvases, never on the test canvases (``--no-map-scales`` leaves them out).
 
 ``--reuse`` evaluates the trained runs already in ``--out`` (their training figures are read from their logs) and
@@ -54,7 +54,7 @@ from foveal.engine.checkpoint import latest_checkpoint
 from foveal.explain.boxes import PAPER_THRESHOLD
 from foveal.results import LocalizationReport
 from foveal.tasks import classify, classify_train
-from foveal.tasks.explain import MapFn, localization_eval
+from foveal.tasks.classify_explain import MapFn, localization_eval
 from foveal.tasks.localize_eval import evaluate_canvases
 
 RESULTS = Path(__file__).resolve().parent / "results"

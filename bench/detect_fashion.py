@@ -187,7 +187,7 @@ def main() -> None:
     steps = int(metrics["step"])
     final = latest_checkpoint(args.out / "foveal")
     assert final is not None
-    loaded = detect_eval.load_detector(final)
+    loaded = detect.load_detector(final)
     ours, _ = detect_eval.evaluate(loaded.model, val_data, loaded.transform(), cfg.inference, cfg.data.eval_batch_size)
     assert load_checkpoint(final).step == steps
 

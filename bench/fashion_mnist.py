@@ -18,7 +18,7 @@ import torch
 
 from _common import write_result
 from foveal.config import CONFIG_DIR, load_config
-from foveal.tasks import classify, classify_train
+from foveal.tasks import classify, classify_eval, classify_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,7 +43,7 @@ def main() -> int:
 
     final = latest_checkpoint(run)
     assert final is not None
-    result = classify.evaluate_checkpoint(final, "fashion-mnist", "test", None)
+    result = classify_eval.evaluate_checkpoint(final, "fashion-mnist", "test", None)
     out = {
         "benchmark": "Fashion-MNIST 60k train / 10k test, recipe configs/classify_cpu.yaml",
         "command": "python bench/fashion_mnist.py " + " ".join(args.overrides),

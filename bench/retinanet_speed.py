@@ -16,7 +16,7 @@ What is timed, per image of S × S (S = 512 and 800; torchvision with ``min_size
 - torchvision: ``model([image])`` in eval mode under ``torch.inference_mode()`` — its transform (normalisation, a
   resize by 1.0, batching), the network, its post-processing and the map back to the input size;
 - foveal: :func:`resize_for_detection` (also a resize by 1.0), normalisation, then
-  :func:`foveal.tasks.detect_eval.detect_batch` (the network, post-processing, the map back) under
+  :func:`foveal.tasks.detect.detect_batch` (the network, post-processing, the map back) under
   ``torch.inference_mode()`` — the same steps, so the pre-processing is included equally. foveal's inference model is
   :func:`foveal.inference.fast.inference_model` (BatchNorm folded into the convolutions, channels-last, and in
   fp32 the 3×3 stride-1 convolutions of ≥ 128 channels computed with Winograd F(4×4, 3×3),
@@ -73,8 +73,7 @@ from foveal.engine.allocator import keep_freed_memory
 from foveal.inference.fast import inference_model
 from foveal.models.retinanet import RetinaNet, import_torchvision_retinanet, retinanet_loss
 from foveal.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_for_detection
-from foveal.tasks.detect import DetectInferenceConfig
-from foveal.tasks.detect_eval import detect_batch
+from foveal.tasks.detect import DetectInferenceConfig, detect_batch
 
 THREADS = 2
 DETECTIONS = 100

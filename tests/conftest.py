@@ -9,6 +9,7 @@ import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -77,3 +78,21 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
         "segment": str(kit.segmenter_checkpoint(root / "segment")),
         "detect": str(kit.detector_checkpoint(root / "detect")),
     }
+
+
+@pytest.fixture(scope="session")
+def predict_records() -> Any:
+    """``predict_records(checkpoint, inputs, out, **options)``: ``foveal predict`` of ``inputs`` into ``out`` (its
+    :func:`foveal.tasks.predict.run_predict`, the path the command line and the demo run) → the records of
+    ``predictions.jsonl``, in input order."""
+    from foveal.inference.batch_predict import PREDICTIONS, iter_records
+    from foveal.tasks.predict import PredictRequest, run_predict
+
+    def run(checkpoint: Any, inputs: Any, out: Any, **options: Any) -> list[dict[str, Any]]:
+        request = PredictRequest(
+            str(checkpoint), tuple(str(i) for i in inputs), out=str(out), progress=False, **options
+        )
+        run_predict(request)
+        return list(iter_records(Path(out) / PREDICTIONS))
+
+    return run

@@ -216,7 +216,7 @@ def _damage(kind: str, ckpt_run: Path, tmp_path: Path) -> tuple[Path, str]:
         return ckpt, "weights in"
     if kind == "other-task":
         _edit_meta(ckpt, lambda m: m.update(task="track"))
-        return ckpt, "'track' checkpoint, not a classifier"
+        return ckpt, "'track' checkpoint, which this version of foveal does not know"
     if kind == "weights-do-not-fit":
         _edit_meta(ckpt, lambda m: m["model"]["args"].update(num_classes=5))
         return ckpt, "classifier.weight"

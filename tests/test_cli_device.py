@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import foveal
 from foveal.cli import main
 from foveal.engine.device import native_bf16
 from foveal.tasks import classify
@@ -76,8 +77,8 @@ def test_fp16_is_for_cuda_only(run, images, capsys):
 
 def test_bf16_predict_and_eval_agree_with_fp32_where_fp32_is_clear(run, images, tmp_path, capsys):
     files = [str(p) for p in sorted(images.glob("*.png"))]
-    fp32 = classify.predict(run, files, top_k=2, device="cpu")
-    bf16 = classify.predict(run, files, top_k=2, device="cpu", precision="bf16")
+    fp32 = foveal.load(run, device="cpu").predict(files, top_k=2)
+    bf16 = foveal.load(run, device="cpu", precision="bf16").predict(files, top_k=2)
     clf = classify.load_classifier(run, device="cpu", precision="bf16")
     assert next(clf.model.parameters()).dtype == torch.bfloat16
     for a, b in zip(fp32, bf16, strict=True):

@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+import foveal
 from foveal.cli import main
 from foveal.data.detection_set import build_detection_set
 from foveal.data.synthetic import write_cells_folder
 from foveal.engine.device import resolve_device
 from foveal.errors import FovealError
-from foveal.tasks import classify, detect_eval, explain, segment, segment_eval
+from foveal.tasks import classify_eval, detect_eval, explain, segment, segment_eval
 
 pytestmark = pytest.mark.cuda
 TINY = ["train.max_steps=3", "data.limit=64", "data.val_limit=32", "data.batch_size=16", "train.progress=false"]
@@ -49,15 +50,15 @@ def test_classifier_trained_with_amp_on_the_gpu_predicts_alike_on_gpu_and_cpu(cl
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(path)
         files.append(str(path))
-    cpu = classify.predict(classifier, files, top_k=3, device="cpu")
-    gpu = classify.predict(classifier, files, top_k=3, device="cuda")
+    cpu = foveal.load(classifier, device="cpu").predict(files, top_k=3)
+    gpu = foveal.load(classifier, device="cuda").predict(files, top_k=3)
     for a, b in zip(cpu, gpu, strict=True):
         assert [s.probability for s in a.topk] == pytest.approx([s.probability for s in b.topk], abs=1e-3)
-    r_cpu = classify.evaluate_checkpoint(classifier, None, "test", None, device="cpu")
-    r_gpu = classify.evaluate_checkpoint(classifier, None, "test", None, device="cuda")
+    r_cpu = classify_eval.evaluate_checkpoint(classifier, None, "test", None, device="cpu")
+    r_gpu = classify_eval.evaluate_checkpoint(classifier, None, "test", None, device="cuda")
     assert abs(r_cpu.top1 - r_gpu.top1) <= 1 / 32
     for precision in ("bf16", "fp16"):
-        half = classify.predict(classifier, files, top_k=1, device="cuda", precision=precision)
+        half = foveal.load(classifier, device="cuda", precision=precision).predict(files, top_k=1)
         assert all(abs(a.topk[0].probability - h.topk[0].probability) < 0.05 for a, h in zip(cpu, half, strict=True))
     (rec,) = explain.explain(classifier, files[:1], tmp_path / "x", top_k=2, device="cuda")
     (ref,) = explain.explain(classifier, files[:1], tmp_path / "y", top_k=2, device="cpu")
@@ -88,8 +89,8 @@ def test_segmenter_overlap_tile_on_the_gpu_matches_the_cpu(tmp_path):
     image = torch.rand(1, 300, 260)
     cpu = segment.load_segmenter(run, fast=True, device="cpu")
     gpu = segment.load_segmenter(run, fast=True, device="cuda")
-    a = segment_eval.predict_logits(cpu.model, image, 28, batch=8)
-    b = segment_eval.predict_logits(gpu.model, image, 28, batch=8)
+    a = segment.predict_logits(cpu.model, image, 28, batch=8)
+    b = segment.predict_logits(gpu.model, image, 28, batch=8)
     torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
     r_cpu = segment_eval.evaluate_checkpoint(run, None, None, device="cpu").summary()
     r_gpu = segment_eval.evaluate_checkpoint(run, None, None, device="cuda").summary()
@@ -99,7 +100,7 @@ def test_segmenter_overlap_tile_on_the_gpu_matches_the_cpu(tmp_path):
     assert rec.task == "segment" and len(rec.boxes) == 1
 
 
-def test_detector_on_the_gpu_finds_the_cpu_detections(tmp_path):
+def test_detector_on_the_gpu_finds_the_cpu_detections(tmp_path, predict_records):
     canvases = build_detection_set(
         tmp_path / "canvas", source="fashion-mnist-sample", n_train=6, n_val=2, size=64, objects=(1, 3), scale=(14, 30)
     )
@@ -116,8 +117,8 @@ def test_detector_on_the_gpu_finds_the_cpu_detections(tmp_path):
         ]
     )
     files = [str(p) for p in sorted((canvases / "val").glob("*.png"))[:2]]
-    a = detect_eval.predict(run, files, tmp_path / "a", score_thresh=0.0, device="cpu")
-    b = detect_eval.predict(run, files, tmp_path / "b", score_thresh=0.0, device="cuda")
+    a = predict_records(run, files, tmp_path / "a", score_thresh=0.0, device="cpu")
+    b = predict_records(run, files, tmp_path / "b", score_thresh=0.0, device="cuda")
     for ra, rb in zip(a, b, strict=True):
         best = ra["detections"][0]
         assert any(

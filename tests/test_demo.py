@@ -47,7 +47,7 @@ def test_the_demo_detection_figures_show_mostly_right_boxes():
     from torchvision.ops import box_iou
 
     from foveal.data.coco import open_coco
-    from foveal.tasks.detect_eval import DetectPredictor, _shown
+    from foveal.tasks.detect_predict import DetectPredictor, _shown
 
     val = open_coco("fashion-canvas-sample", split="val")
     predictor = DetectPredictor(DETECTOR, device="cpu")
@@ -69,7 +69,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, Any, Any]], mod
     real = getattr(module, name)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        calls.append((name, kwargs.get("device"), kwargs.get("precision")))
+        request = args[0] if args and hasattr(args[0], "precision") else None  # a PredictRequest
+        where = (getattr(request, "device", None), getattr(request, "precision", None))
+        calls.append((name, kwargs.get("device", where[0]), kwargs.get("precision", where[1])))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, spy)
@@ -79,16 +81,26 @@ def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, Any, Any]], mod
 def test_demo_quick_honours_the_placement_and_links_every_stage(tmp_path, capsys, monkeypatch):
     """Every stage trains on the given device and evaluates, predicts and explains on it in the given precision; the
     demo's report links every stage's reports and the demo ends by printing its path."""
-    from foveal.tasks import classify, classify_train, detect_eval, detect_train, explain, segment_eval, segment_train
+    from foveal.tasks import (
+        classify_eval,
+        classify_train,
+        detect_eval,
+        detect_train,
+        explain,
+        predict,
+        segment_eval,
+        segment_train,
+    )
 
     calls: list[tuple[str, Any, Any]] = []
     for module, names in (
         (classify_train, ("train",)),
-        (classify, ("evaluate_checkpoint", "predict")),
+        (classify_eval, ("evaluate_checkpoint",)),
         (segment_train, ("train",)),
-        (segment_eval, ("evaluate_checkpoint", "predict")),
+        (segment_eval, ("evaluate_checkpoint",)),
         (detect_train, ("train",)),
-        (detect_eval, ("evaluate_checkpoint", "predict")),
+        (detect_eval, ("evaluate_checkpoint",)),
+        (predict, ("run_predict",)),
         (explain, ("explain",)),
     ):
         for name in names:

@@ -30,18 +30,33 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+import torch
+from torch import nn
+
 from foveal import api_args as args
+from foveal.config import load_config, recipe_path
+from foveal.engine.allocator import keep_freed_memory
+from foveal.engine.device import resolve_device, resolve_precision
 from foveal.errors import FovealError, missing_message, path_note
-from foveal.io import missing_reason
+from foveal.inference.batch_predict import Item, Streamed
+from foveal.inference.export import ExportReport, ExportSpec, check_export_options, export_checked
+from foveal.inference.inputs import Images, InMemory, batches, gather
+from foveal.io import missing_reason, writable_dir
+from foveal.tasks.explain_common import check_options
+from foveal.tasks.table import TASK_NAMES, TaskSpec, checkpoint_spec, task_spec
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-    from torch import nn
-
-    from foveal.inference.export import ExportReport, ExportSpec
-    from foveal.inference.inputs import Images, InMemory
-    from foveal.results import Classification, Detections, Explanation, Segmentation
+    from foveal.results import (
+        Classification,
+        ClassificationResult,
+        DetectionResult,
+        Detections,
+        Explanation,
+        LocalizationReport,
+        SegEvaluation,
+        Segmentation,
+    )
 
 __all__ = ["Classifier", "Detector", "Model", "Segmenter", "load", "train"]
 
@@ -57,26 +72,22 @@ class Model:
         precision_reason: why that format runs, in words (e.g. "auto: bf16 is emulated on this CPU (AVX2, …)").
     """
 
-    task: ClassVar[str]
-    noun: ClassVar[str]
-    batch_size: ClassVar[int]
+    kind: ClassVar[str | None] = None  # the task of a typed subclass (None: any task)
 
     def __init__(
         self, path: str | Path, device: str | torch.device = "auto", precision: str | torch.dtype = "auto"
     ) -> None:
-        from foveal.engine.allocator import keep_freed_memory
-        from foveal.engine.checkpoint import checkpoint_task
-        from foveal.engine.device import resolve_device, resolve_precision
-
         path = _checkpoint(path)
         device = args.device(device)
-        task = checkpoint_task(path)
-        if task != self.task:
+        self.spec: TaskSpec = checkpoint_spec(path)
+        if self.kind is not None and self.spec.name != self.kind:
             raise FovealError(
-                f"checkpoint {path} is a '{task}' checkpoint, not a {self.noun}: load it with foveal.load, which "
-                "picks the model of its task"
+                f"checkpoint {path} is a '{self.spec.name}' checkpoint, not a {task_spec(self.kind).noun}: load it "
+                "with foveal.load, which picks the model of its task"
             )
         self.path = Path(path)
+        self.task = self.spec.name
+        self.batch_size = self.spec.batch_size
         self.device = resolve_device(device)
         placed = resolve_precision(precision, self.device)
         self.precision, self.precision_reason = placed.name, placed.reason
@@ -117,8 +128,6 @@ class Model:
         Returns:
             The :class:`~foveal.inference.export.ExportReport` (file, input, outputs, max |onnx − torch|).
         """
-        from foveal.inference.export import check_export_options, export_checked
-
         path = args.path(path, "path", "model.export('model.onnx')")
         sizes = args.numbers_of(size, "size", "size=224 or size=(224, 320)")
         if sizes is not None and not all(v == int(v) for v in sizes):
@@ -129,8 +138,10 @@ class Model:
         return export_checked(self.export_spec(), path, edges, opset)
 
     def export_spec(self) -> ExportSpec:
-        """What :meth:`export` writes: the fp32 network, its input and its outputs."""
-        raise NotImplementedError
+        """What :meth:`export` writes: the fp32 network, its input and its outputs (see the task's ``export_spec``:
+        a classifier at its resolution with one output "logits"; a U-Net at its evaluation tile's input; a detector
+        without post-processing, outputs cls_logits, box_deltas and anchors)."""
+        return self.spec.export_spec(self.path, self.device)  # type: ignore[no-any-return]
 
     def explain(
         self,
@@ -147,8 +158,8 @@ class Model:
         flip: bool = False,
     ) -> list[Explanation]:
         """CAM / Grad-CAM boxes of each image, as ``foveal explain`` computes them (see
-        :func:`foveal.tasks.explain.explain` for the options; map_stride, map_scales and flip are for classifiers,
-        score_thresh for detectors).
+        :class:`foveal.tasks.explain_common.ExplainOptions` for the options; map_stride, map_scales and flip are for
+        classifiers, score_thresh for detectors).
 
         Args:
             images: as for ``predict``; images in memory are written to lossless temporary files first.
@@ -158,75 +169,93 @@ class Model:
             One :class:`~foveal.results.Explanation` per image, in order: classes, scores, boxes (x1, y1, x2, y2) in
             the image's pixels, and for classifiers the maps' peaks.
         """
-        from foveal.tasks.explain import explain
+        from foveal.tasks.explain import explain  # deferred: it imports every task's explainer
 
         out = args.optional_path(out, "out", "out='explanations'")
-        top_k = args.integer(top_k, "top_k", 1, "top_k=5")
-        method = args.text(method, "method", ("cam", "gradcam"))
-        threshold = args.number(threshold, "threshold", "threshold=0.2")
-        relative_to = args.text(relative_to, "relative_to", ("max", "range"))
-        score_thresh = args.optional_number(score_thresh, "score_thresh", "score_thresh=0.05")
-        map_stride = args.optional_integer(map_stride, "map_stride", 1, "map_stride=2")
-        scales = args.numbers_of(map_scales, "map_scales", "map_scales=(1, 2)")
-        flip = args.flag(flip, "flip")
+        options = check_options(
+            args.integer(top_k, "top_k", 1, "top_k=5"),
+            args.text(method, "method", ("cam", "gradcam")),
+            args.number(threshold, "threshold", "threshold=0.2"),
+            args.text(relative_to, "relative_to", ("max", "range")),
+            args.optional_number(score_thresh, "score_thresh", "score_thresh=0.05"),
+            args.optional_integer(map_stride, "map_stride", 1, "map_stride=2"),
+            args.numbers_of(map_scales, "map_scales", "map_scales=(1, 2)"),
+            args.flag(flip, "flip"),
+        )
+        options = replace(options, device=str(self.device), precision=self._asked)
         with _as_files(images, self._file_pixels) as (inputs, names), _folder(out) as folder:
-            records = explain(
-                self.path,
-                inputs,
-                folder,
-                top_k=top_k,
-                method=method,
-                threshold=threshold,
-                relative_to=relative_to,
-                score_thresh=score_thresh,
-                map_stride=map_stride,
-                map_scales=scales,
-                flip=flip,
-                device=self.device,
-                precision=self._asked,
-            )
+            records = explain(self.path, inputs, folder, options)
         return [
             replace(r, file=names.get(r.file, r.file), figures=r.figures if out is not None else []) for r in records
         ]
 
-    def predict(self, images: Images, batch_size: int | None = None, **options: Any) -> list[Any]:
+    def predict(
+        self, images: Images, batch_size: int | None = None, out: str | Path | None = None, **options: Any
+    ) -> list[Any]:
         """Results of each image of ``images`` (files, folders, globs, list files, PIL images, arrays, tensors; see
-        :mod:`foveal.inference.inputs`), in order, ``batch_size`` images per forward pass (default: the task's); see
-        the subclass for the options and the result type."""
-        from foveal.inference.inputs import InMemory, batches, gather
+        :mod:`foveal.inference.inputs`), in order, ``batch_size`` images per forward pass (default: the task's), by
+        the batched predictor ``foveal predict`` runs; see the subclass for the options and the result type.
 
+        ``out``: where an image too large for memory (a large TIFF, a zarr store; segmentation) is streamed to: a
+        folder, or for one such image its labels file (``.tif`` or ``.zarr``)."""
         size = args.optional_integer(batch_size, "batch_size", 1, "batch_size=8") or self.batch_size
-        predictor = self._predictor(**options)
+        target = None if out is None else _StreamTarget(args.path(out, "out", "out='labels.tif'"))
+        predictor = self.spec.predictor(self.loaded, **options)
+        writer = self.spec.writer(predictor, **options)
+        items = gather(images)
+        if target is not None:
+            target.check(items)
         results: list[Any] = []
-        for chunk in batches(gather(images), size):
-            prepared = [self._prepare(predictor, x) if isinstance(x, InMemory) else predictor.prepare(x) for x in chunk]
-            for x, p, r in zip(chunk, prepared, predictor.predict_batch(prepared), strict=True):
-                results.append(self._result(x.name if isinstance(x, InMemory) else str(x), p, r))
+        for chunk in batches(items, size):
+            prepared = [
+                self.spec.prepare_memory(predictor, x) if isinstance(x, InMemory) else predictor.prepare(x)
+                for x in chunk
+            ]
+            for x, p, r in zip(chunk, prepared, self._outputs(predictor, writer, chunk, prepared, target), strict=True):
+                source = x.name if isinstance(x, InMemory) else str(x)
+                results.append(self.spec.result(source, p, r, self.loaded))
         return results
 
+    def _outputs(
+        self, predictor: Any, writer: Any, chunk: list[Any], prepared: list[Any], target: _StreamTarget | None
+    ) -> list[Any]:
+        """The predictor's outputs of one chunk: one forward pass for those that batch, each streamed image streamed
+        into ``target`` (an error without one)."""
+        batched = [p for p in prepared if not isinstance(p, Streamed)]
+        outputs = iter(predictor.predict_batch(batched) if batched else [])
+        done = []
+        for x, p in zip(chunk, prepared, strict=True):
+            if not isinstance(p, Streamed):
+                done.append(next(outputs))
+                continue
+            if target is None:
+                raise FovealError(
+                    f"image {x} is too large to hold in memory: pass out='labels.tif' (or a folder) and its labels "
+                    "are streamed there tile by tile, or run 'foveal predict'",
+                    options=("out",),
+                )
+            done.append(predictor.stream(p.path, writer.stream_targets(Item(0, p.path, p.path.stem), target)))
+        return done
+
+    def evaluate(self, data: str | Path | None = None, out: str | Path | None = None, **options: Any) -> Any:
+        """The task's metrics on ``data`` (default: the checkpoint's validation data), with ``out`` also its files;
+        see the subclass for the options and the result type."""
+        return self.spec.evaluate(
+            self.path, data=_data(data), out=_out(out), device=self.device, precision=self._asked, **options
+        )
+
     def _load(self) -> Any:
-        raise NotImplementedError
+        return self.spec.load(self.path, fast=True, device=self.device, precision=self._asked)
 
     def _file_pixels(self, item: InMemory) -> np.ndarray:
         """(H, W, C) pixels of an in-memory image as a file for the functions that read files."""
-        from foveal.inference.inputs import uint8_pixels
-
-        return uint8_pixels(item, self.loaded.channels).permute(1, 2, 0).numpy()
-
-    def _predictor(self, **options: Any) -> Any:
-        raise NotImplementedError
-
-    def _prepare(self, predictor: Any, item: InMemory) -> Any:
-        raise NotImplementedError
-
-    def _result(self, source: str, prepared: Any, result: Any) -> Any:
-        raise NotImplementedError
+        return self.spec.file_pixels(item, self.loaded)  # type: ignore[no-any-return]
 
 
 class Classifier(Model):
     """An EfficientNet classifier: ``predict`` gives :class:`~foveal.results.Classification` (top-k classes)."""
 
-    task, noun, batch_size = "classify", "classifier", 32
+    kind = "classify"
 
     def predict(  # type: ignore[override]
         self, images: Images, top_k: int = 5, *, batch_size: int | None = None
@@ -234,7 +263,7 @@ class Classifier(Model):
         """The ``top_k`` classes of each image (see :meth:`Model.predict` for ``images`` and ``batch_size``)."""
         return super().predict(images, batch_size, top_k=args.integer(top_k, "top_k", 1, "top_k=5"))
 
-    def evaluate(
+    def evaluate(  # type: ignore[override]
         self,
         data: str | Path | None = None,
         split: str = "test",
@@ -245,7 +274,7 @@ class Classifier(Model):
         map_stride: int | None = None,
         map_scales: Sequence[float] | None = None,
         flip: bool = False,
-    ) -> Any:
+    ) -> ClassificationResult | LocalizationReport:
         """Top-1 / top-5 / per-class accuracy on ``data`` (default: the checkpoint's validation data), with ``out``
         also metrics.json, confusion.png and the most confident mistakes, as ``foveal eval`` writes them.
 
@@ -253,70 +282,25 @@ class Classifier(Model):
         MaxBoxAccV2 instead (:func:`foveal.tasks.localize_eval.localization_eval_folder`).
 
         Returns:
-            A :class:`~foveal.metrics.classification.ClassificationResult`, or with ``boxes`` a
-            :class:`~foveal.tasks.localize_eval.LocalizationReport`.
+            A :class:`~foveal.results.ClassificationResult`, or with ``boxes`` a
+            :class:`~foveal.results.LocalizationReport`.
         """
-        folder, split, out = _data(data), args.text(split, "split", ("train", "val", "test")), _out(out)
-        boxes = args.optional_path(boxes, "boxes", "boxes='boxes.csv'")
-        box_format = args.optional_text(box_format, "box_format")
-        map_stride = args.optional_integer(map_stride, "map_stride", 1, "map_stride=2")
-        scales = args.numbers_of(map_scales, "map_scales", "map_scales=(1, 2)")
-        flip = args.flag(flip, "flip")
-        if boxes is None:
-            if box_format is not None or map_stride is not None or scales is not None or flip:
-                raise FovealError("box_format, map_stride, map_scales and flip apply to localization: pass boxes")
-            from foveal.tasks.classify import evaluate_checkpoint
-
-            return evaluate_checkpoint(self.path, folder, split, out, device=self.device, precision=self._asked)
-        if folder is None:
-            raise FovealError("boxes needs data: pass the folder that holds the box file's images, data='images/'")
-        from foveal.tasks.localize_eval import localization_eval_folder
-
-        return localization_eval_folder(
-            self.path,
-            folder,
-            boxes,
-            box_format=box_format,
-            split=split,
-            map_stride=map_stride,
-            map_scales=scales,
-            flip=flip,
-            out=out,
+        return super().evaluate(  # type: ignore[no-any-return]
+            data,
+            out,
+            split=args.text(split, "split", ("train", "val", "test")),
+            boxes=args.optional_path(boxes, "boxes", "boxes='boxes.csv'"),
+            box_format=args.optional_text(box_format, "box_format"),
+            map_stride=args.optional_integer(map_stride, "map_stride", 1, "map_stride=2"),
+            map_scales=args.numbers_of(map_scales, "map_scales", "map_scales=(1, 2)"),
+            flip=args.flag(flip, "flip"),
         )
-
-    def export_spec(self) -> ExportSpec:
-        """The classifier at its resolution; one output, "logits" (N, K)."""
-        from foveal.inference.export import ExportSpec
-        from foveal.tasks.classify import load_classifier
-
-        clf = load_classifier(self.path, device=self.device)
-        return ExportSpec(clf.model, clf.channels, (clf.resolution, clf.resolution))
-
-    def _load(self) -> Any:
-        from foveal.tasks.classify import load_classifier
-
-        return load_classifier(self.path, fuse=True, device=self.device, precision=self._asked)
-
-    def _predictor(self, top_k: int = 5) -> Any:  # type: ignore[override]
-        from foveal.tasks.classify import ClassifyPredictor
-
-        return ClassifyPredictor(self.loaded, top_k)
-
-    def _prepare(self, predictor: Any, item: InMemory) -> Any:
-        from foveal.inference.inputs import uint8_pixels
-
-        return predictor.prepare.image(uint8_pixels(item, self.loaded.channels))
-
-    def _result(self, source: str, prepared: Any, result: Any) -> Classification:
-        from foveal.results import Classification
-
-        return Classification(source, tuple(result))
 
 
 class Segmenter(Model):
     """A U-Net: ``predict`` gives :class:`~foveal.results.Segmentation` (labels at the image's size)."""
 
-    task, noun, batch_size = "segment", "segmentation model", 1
+    kind = "segment"
 
     def predict(  # type: ignore[override]
         self,
@@ -326,6 +310,7 @@ class Segmenter(Model):
         probabilities: bool = False,
         *,
         batch_size: int | None = None,
+        out: str | Path | None = None,
     ) -> list[Segmentation]:
         """Each image segmented by overlap-tile inference (see :meth:`Model.predict` for ``images`` and
         ``batch_size``).
@@ -334,78 +319,37 @@ class Segmenter(Model):
             tile: output tile edge (default: the checkpoint's evaluation tile).
             tta: "none" or "dihedral" (average over the 8 rotations / flips; default: the checkpoint's).
             probabilities: also return the (H, W, K) soft-max probabilities.
+            out: where an image too large for memory (a TIFF over 4096² pixels, a zarr store) is streamed, tile by
+                tile with bounded memory, as ``foveal predict`` does: a folder (``<stem>_labels.tif``), or for one
+                image its labels file (``labels.tif`` or ``labels.zarr``). Its result's ``labels`` then reads that
+                file lazily and ``path`` names it.
         """
         return super().predict(
             images,
             batch_size,
+            out,
             tile=args.optional_integer(tile, "tile", 1, "tile=100"),
             tta=args.optional_text(tta, "tta", ("none", "dihedral")),
             probabilities=args.flag(probabilities, "probabilities"),
         )
 
-    def evaluate(self, data: str | Path | None = None, out: str | Path | None = None, tta: str | None = None) -> Any:
+    def evaluate(  # type: ignore[override]
+        self, data: str | Path | None = None, out: str | Path | None = None, tta: str | None = None
+    ) -> SegEvaluation:
         """Pixel and instance metrics on ``data`` (an images/ + masks/ folder; default: the checkpoint's validation
         part), with ``out`` also metrics.json and figures, as ``foveal eval`` writes them.
 
         Returns:
-            A :class:`~foveal.tasks.segment_eval.SegEvaluation`.
+            A :class:`~foveal.results.SegEvaluation`.
         """
-        from foveal.tasks.segment_eval import evaluate_checkpoint
-
         tta = args.optional_text(tta, "tta", ("none", "dihedral"))
-        return evaluate_checkpoint(
-            self.path, _data(data), _out(out), tta=tta, device=self.device, precision=self._asked
-        )
-
-    def export_spec(self) -> ExportSpec:
-        """The U-Net at its evaluation tile's input (any valid input edge with ``size``); one output, "logits"."""
-        from foveal.inference.export import ExportSpec
-        from foveal.tasks.segment import load_segmenter, tile_input
-
-        seg = load_segmenter(self.path, device=self.device)
-        edge = tile_input(seg.model, seg.config.data.eval_tile)
-        return ExportSpec(seg.model, seg.channels, (edge, edge), check_size=_OutputTile(seg.model))
-
-    def _load(self) -> Any:
-        from foveal.tasks.segment import load_segmenter
-
-        return load_segmenter(self.path, fast=True, device=self.device, precision=self._asked)
-
-    def _predictor(  # type: ignore[override]
-        self, tile: int | None = None, tta: str | None = None, probabilities: bool = False
-    ) -> Any:
-        from foveal.tasks.segment_eval import SegmentPredictor
-
-        return SegmentPredictor(self.loaded, tile, tta, probabilities=probabilities)
-
-    def _prepare(self, predictor: Any, item: InMemory) -> Any:
-        from foveal.inference.inputs import native_pixels
-
-        return predictor.prepare.image(native_pixels(item), item.name)
-
-    def _file_pixels(self, item: InMemory) -> np.ndarray:
-        from foveal.inference.inputs import native_pixels
-
-        return native_pixels(item)
-
-    def _result(self, source: str, prepared: Any, result: Any) -> Segmentation:
-        from foveal.results import Segmentation
-        from foveal.tasks.segment_eval import Streamed
-
-        if isinstance(prepared, Streamed):
-            raise FovealError(
-                f"image {source} is too large to segment in memory: segment it with 'foveal predict', which streams "
-                "it tile by tile into a BigTIFF or zarr label image"
-            )
-        labels, foreground, probs = result
-        instances = self.loaded.masks == "instances"
-        return Segmentation(source, labels, foreground, instances, tuple(self.loaded.classes), probs)
+        return super().evaluate(data, out, tta=tta)  # type: ignore[no-any-return]
 
 
 class Detector(Model):
     """A RetinaNet: ``predict`` gives :class:`~foveal.results.Detections` (boxes in the image's own pixels)."""
 
-    task, noun, batch_size = "detect", "detector", 4
+    kind = "detect"
 
     def predict(  # type: ignore[override]
         self, images: Images, score_thresh: float | None = None, *, batch_size: int | None = None
@@ -419,78 +363,51 @@ class Detector(Model):
         thresh = args.optional_number(score_thresh, "score_thresh", "score_thresh=0.05")
         return super().predict(images, batch_size, score_thresh=thresh)
 
-    def evaluate(self, data: str | Path | None = None, split: str | None = None, out: str | Path | None = None) -> Any:
+    def evaluate(  # type: ignore[override]
+        self, data: str | Path | None = None, split: str | None = None, out: str | Path | None = None
+    ) -> DetectionResult:
         """COCO AP / AP50 / AP75 / S / M / L on ``data`` (COCO JSON or folder; default: the checkpoint's validation
         data), with ``out`` also metrics.json, detections.json and figures, as ``foveal eval`` writes them.
 
         Returns:
-            A :class:`~foveal.metrics.detection.DetectionResult`.
+            A :class:`~foveal.results.DetectionResult`.
         """
-        from foveal.tasks.detect_eval import evaluate_checkpoint
-
-        folder, split = _data(data), args.optional_text(split, "split")
-        return evaluate_checkpoint(self.path, folder, split, _out(out), device=self.device, precision=self._asked)
-
-    def export_spec(self) -> ExportSpec:
-        """The network without post-processing: outputs cls_logits (N, A, K), box_deltas (N, A, 4), anchors (A, 4)."""
-        from foveal.inference.export import DETECTOR_OUTPUTS, DetectorGraph, ExportSpec
-        from foveal.tasks.detect_eval import load_detector
-
-        det = load_detector(self.path, fast=False, device=self.device)
-        edge = -(-det.min_size // 32) * 32
-        note = (
-            "; resize and normalise outside the graph, post-process its outputs (foveal.models.retinanet.postprocess)"
-        )
-        return ExportSpec(DetectorGraph(det.model), det.channels, (edge, edge), DETECTOR_OUTPUTS, ("anchors",), note)
-
-    def _load(self) -> Any:
-        from foveal.tasks.detect_eval import load_detector
-
-        return load_detector(self.path, device=self.device, precision=self._asked)
-
-    def _predictor(self, score_thresh: float | None = None) -> Any:  # type: ignore[override]
-        from foveal.tasks.detect_eval import DetectPredictor
-
-        return DetectPredictor(self.loaded, score_thresh)
-
-    def _prepare(self, predictor: Any, item: InMemory) -> Any:
-        from foveal.inference.inputs import uint8_pixels
-
-        return predictor.prepare.image(uint8_pixels(item, self.loaded.channels))
-
-    def _result(self, source: str, prepared: Any, result: Any) -> Detections:
-        from foveal.results import Detections
-
-        size = (int(prepared[0].shape[-2]), int(prepared[0].shape[-1]))
-        labels = result["labels"].numpy()
-        names = tuple(self.loaded.classes[k] for k in labels.tolist())
-        return Detections(source, size, result["boxes"].numpy(), result["scores"].numpy(), labels, names)
+        return super().evaluate(data, out, split=args.optional_text(split, "split"))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
-class _OutputTile:
-    """A U-Net's export check: each input edge must be one it takes; says which output tile an input gives."""
+class _StreamTarget:
+    """Where ``predict(out=…)`` streams images too large for memory: a folder (files named as ``foveal predict``
+    names them), or a labels file (``.tif`` / ``.tiff`` / ``.zarr``) for one image."""
 
-    model: Any
+    path: Path
 
-    def __call__(self, size: tuple[int, int]) -> str:
-        for edge in sorted(set(size)):
-            up = int(self.model.valid_input_size(edge, round="up"))
-            if up == edge:
-                continue
-            try:
-                down = int(self.model.valid_input_size(edge, round="down"))
-            except FovealError:
-                down = None
-            options = " or ".join(str(v) for v in (down, up) if v)
-            raise FovealError(f"--size {edge}: this U-Net cannot take a {edge}-px input; use {options}")
-        border = int(getattr(self.model, "border", 0))
-        h, w = size[0] - 2 * border, size[1] - 2 * border
-        return f"; a {size[0]}×{size[1]} input gives a {h}×{w} output tile (overlap-tile larger images)"
+    @property
+    def is_file(self) -> bool:
+        return self.path.suffix.lower() in (".tif", ".tiff", ".zarr")
+
+    def check(self, items: list[Any]) -> None:
+        """A labels file takes one image; its folder must exist."""
+        if self.is_file and len(items) != 1:
+            raise FovealError(
+                f"out={str(self.path)!r} is one labels file, but {len(items)} images were given: pass a folder",
+                options=("out",),
+            )
+        folder = self.path.parent if self.is_file else self.path
+        writable_dir(folder, "output folder")
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def staged(self, name: str) -> Path:
+        """The path of output ``name`` (the labels file itself, or ``name`` beside it / in the folder)."""
+        if self.is_file:
+            return (
+                self.path if "_labels." in name else self.path.with_name(f"{self.path.stem}{name[name.rfind('_') :]}")
+            )
+        return self.path / name
 
 
-#: The model of each task.
-MODELS: dict[str, type[Model]] = {"classify": Classifier, "segment": Segmenter, "detect": Detector}
+#: The typed model of each task that has one (a task without one loads as a :class:`Model`).
+MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (Classifier, Segmenter, Detector) if cls.kind}
 
 
 def load(path: str | Path, device: str | torch.device = "auto", precision: str | torch.dtype = "auto") -> Model:
@@ -510,42 +427,16 @@ def load(path: str | Path, device: str | torch.device = "auto", precision: str |
         FovealError: no checkpoint there, a damaged one, or one of another task; a device this machine lacks; an
             unknown precision (also one that is not a name or a torch dtype).
     """
-    from foveal.engine.checkpoint import checkpoint_task
-
     path = _checkpoint(path)
     device = args.device(device)
-    task = checkpoint_task(path)
-    cls = MODELS.get(task)
-    if cls is None:
-        raise FovealError(
-            f"checkpoint {path} is a '{task}' checkpoint, not a classifier, U-Net or detector: pass a classify, "
-            "segment or detect checkpoint"
-        )
-    return cls(path, device=device, precision=precision)
+    return MODELS.get(checkpoint_spec(path).name, Model)(path, device=device, precision=precision)
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Trainer:
-    """Where a task's training lives: the module and name of its config class, and the module whose ``train`` runs
-    it."""
-
-    config_module: str
-    config: str
-    train_module: str
-
-
-#: The training of each task.
-TRAINERS = {
-    "classify": Trainer("foveal.tasks.classify", "ClassifyConfig", "foveal.tasks.classify_train"),
-    "segment": Trainer("foveal.tasks.segment", "SegmentConfig", "foveal.tasks.segment_train"),
-    "detect": Trainer("foveal.tasks.detect", "DetectConfig", "foveal.tasks.detect_train"),
-}
-
-
-@dataclass(frozen=True)
 class TrainPlan:
-    """A training to run: the task, its checked config and the run directory (``resume``: continue the run there)."""
+    """A training to run: the task, its checked config and the run directory (``resume``: continue the run there
+    with the config stored in it; ``config`` is then None)."""
 
     task: str
     config: Any
@@ -567,22 +458,12 @@ def plan_training(
     ``key=value`` overrides), the config's ``train.device`` when no ``device`` is given, ``train.precision``, and the
     run directory (``out``, default the config's ``out``); ``resume`` continues the run in that directory with its
     stored config."""
-    import importlib
-
-    from foveal.config import load_config, recipe_path
-    from foveal.io import writable_dir
-
-    if not isinstance(task, str) or task not in TRAINERS:
-        raise FovealError(f"unknown task {task!r}: train one of {', '.join(TRAINERS)}")
-    trainer = TRAINERS[task]
-    config_cls = getattr(importlib.import_module(trainer.config_module), trainer.config)
+    spec = task_spec(task)
     if resume is not None:
         if overrides or config is not None:
             raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
-        return TrainPlan(task, config_cls(), Path(resume), resume=True)
-    cfg = load_config(config_cls, recipe_path(None if config is None else str(config), task), list(overrides))
-    from foveal.engine.device import resolve_device, resolve_precision
-
+        return TrainPlan(task, None, Path(resume), resume=True)
+    cfg = load_config(spec.config, recipe_path(None if config is None else str(config), task), list(overrides))
     # the device (the config's train.device when none is given) and the precision, checked before the run directory
     # is made (a bf16 the device emulates is warned about here)
     resolve_precision(cfg.train.precision_name, resolve_device(device or cfg.train.device), training=True)
@@ -601,12 +482,10 @@ def plan_training(
 def run_training(plan: TrainPlan, device: str | torch.device | None = None) -> dict[str, Any]:
     """Run ``plan``; returns the final validation metrics with "run_dir" and "step" (``device`` None: the config's
     ``train.device``)."""
-    import importlib
-
-    module = importlib.import_module(TRAINERS[plan.task].train_module)
+    train = task_spec(plan.task).train
     if plan.resume:
-        return module.train(plan.config, resume=plan.run_dir, device=device)  # type: ignore[no-any-return]
-    return module.train(plan.config, run_dir=plan.run_dir, device=device)  # type: ignore[no-any-return]
+        return train(plan.config, resume=plan.run_dir, device=device)
+    return train(plan.config, run_dir=plan.run_dir, device=device)
 
 
 def train(
@@ -634,7 +513,7 @@ def train(
 
         model = foveal.train("classify", "classify_cpu", out="runs/x", train__max_steps=200)
     """
-    task = args.text(task, "task", tuple(TRAINERS))
+    task = args.text(task, "task", TASK_NAMES)
     config = args.optional_path(config, "config", "config='classify_cpu' or config='my_recipe.yaml'")
     out = args.optional_path(out, "out", "out='runs/classify'")
     resume = args.optional_path(resume, "resume", "resume='runs/classify'")
@@ -695,8 +574,6 @@ def _as_files(
     """Paths of ``images`` for the functions that read files: paths as they are, in-memory images written losslessly
     (``pixels_of`` them: PNG for 8-bit gray or RGB, TIFF otherwise) to a temporary folder; with the map of those files
     back to the images' names."""
-    from foveal.inference.inputs import InMemory, gather
-
     items = gather(images)
     with tempfile.TemporaryDirectory(prefix="foveal-images-") as tmp:
         paths, names = [], {}
@@ -712,7 +589,6 @@ def _as_files(
 
 def _write_lossless(pixels: np.ndarray, stem: Path) -> Path:
     """``pixels`` (H, W, C) as ``stem``.png (uint8, 1 or 3 channels) or ``stem``.tif (any other), exactly."""
-    import numpy as np
     from PIL import Image
 
     flat = pixels[..., 0] if pixels.shape[-1] == 1 else pixels

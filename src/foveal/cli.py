@@ -9,9 +9,11 @@ shows its traceback. Ctrl-C exits with 130. Python warnings raised while a comma
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -24,6 +26,7 @@ from typing import Any, NoReturn
 from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.runinfo import set_command
 from foveal.errors import FovealError, rank_prefix
+from foveal.tasks.table import TASK_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,28 +36,18 @@ class _Parser(argparse.ArgumentParser):
         raise FovealError(f"{message} (see '{self.prog} --help')")
 
 
-@dataclass(frozen=True)
-class Task:
-    """What the command line does per task beyond :func:`foveal.api.load`: the keywords of the model's ``evaluate``
-    from ``foveal eval``'s options, and what ``foveal predict`` writes."""
-
-    eval_options: Callable[[argparse.Namespace], dict[str, Any]]
-    writes: str
+#: The flag of an API parameter whose name differs from its flag's (else ``--`` and the name with dashes).
+_FLAGS = {"fmt": "--format", "inputs": "INPUTS", "checkpoint": "CHECKPOINT"}
 
 
-TASKS: dict[str, Task] = {
-    "classify": Task(
-        lambda a: {
-            "data": a.data,
-            "split": a.split or "test",
-            "out": a.out,
-            **{k: getattr(a, k) for k in ("boxes", "box_format", "map_stride", "map_scales", "flip")},
-        },
-        "predictions",
-    ),
-    "segment": Task(lambda a: {"data": a.data, "out": a.out, "tta": a.tta}, "label images and overlays"),
-    "detect": Task(lambda a: {"data": a.data, "split": a.split, "out": a.out}, "detections"),
-}
+def as_flags(exc: FovealError) -> str:
+    """The message of ``exc`` with the API parameters it names (``exc.options``) written as this command line's flags:
+    "tta applies to …" → "--tta applies to …"."""
+    text = str(exc)
+    for name in exc.options:
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        text = re.sub(rf"(?<![\w.=/-]){re.escape(name)}(?![\w/-])", flag, text)
+    return text
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -114,23 +107,38 @@ def _print_metrics(metrics: dict[str, object]) -> None:
     print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
 
-def _tta_only_for_segmentation(args: argparse.Namespace, task: str) -> None:
-    if args.tta is not None and task != "segment":
-        raise FovealError(f"--tta applies to segmentation checkpoints; {args.checkpoint} is a '{task}' checkpoint")
+#: ``foveal eval``'s options that go to the model's ``evaluate`` when its task takes them.
+EVAL_OPTIONS = ("data", "split", "out", "tta", "boxes", "box_format", "map_stride", "map_scales", "flip")
+
+
+def eval_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The keywords of ``model.evaluate`` from ``foveal eval``'s options: those given that its task takes; one given
+    that it does not take is an error naming the tasks that do."""
+    from foveal.api import MODELS
+    from foveal.tasks.table import task_spec
+
+    takes = inspect.signature(model.evaluate).parameters
+    given = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k) not in (None, False)}
+    for name in given.keys() - takes.keys():
+        nouns = [task_spec(k).noun for k, cls in MODELS.items() if name in inspect.signature(cls.evaluate).parameters]
+        raise FovealError(
+            f"{name} applies to {' and '.join(nouns)} checkpoints; {args.checkpoint} is a '{model.task}' checkpoint",
+            options=(name,),
+        )
+    if given.get("boxes") is None and given.keys() & {"box_format", "map_stride", "map_scales", "flip"}:
+        shown = sorted(given.keys() & {"box_format", "map_stride", "map_scales", "flip"})
+        raise FovealError(f"{' and '.join(shown)} apply to localization: add boxes FILE", options=(*shown, "boxes"))
+    return given
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from foveal.engine.checkpoint import checkpoint_task
-
-    task = checkpoint_task(args.checkpoint)
-    _tta_only_for_segmentation(args, task)
-    _boxes_only_for_classifiers(args, task)
+    model = _load(args)
+    options = eval_options(args, model)
     if args.out:
         from foveal.io import check_unmixed
 
         check_unmixed(args.out, "eval")  # metrics beside a run's or predictions' files would replace some of them
-    model = _load(args)
-    result = model.evaluate(**TASKS[model.task].eval_options(args))
+    result = model.evaluate(**options)
     if hasattr(result, "format"):
         print(result.format())
     else:
@@ -143,22 +151,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _boxes_only_for_classifiers(args: argparse.Namespace, task: str) -> None:
-    maps = [
-        f for f, v in (("--map-stride", args.map_stride), ("--map-scales", args.map_scales), ("--flip", args.flip)) if v
-    ]
-    if args.boxes is None and (maps or args.box_format):
-        raise FovealError(f"{' and '.join(maps or ['--box-format'])} apply to localization: add --boxes FILE")
-    if args.boxes is not None and task != "classify":
-        raise FovealError(f"--boxes evaluates a classifier's localization; {args.checkpoint} is a '{task}' checkpoint")
-    if args.boxes is not None and args.data is None:
-        raise FovealError("--boxes needs --data FOLDER: the folder that holds the box file's images")
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from foveal.tasks.predict import PredictRequest, run_predict
 
     options = {k: getattr(args, k) for k in ("top_k", "tile", "probabilities", "tta", "batch_size", "workers")}
+    options |= {"score_thresh": args.score_thresh, "show_thresh": args.show_thresh}
     options |= {k: getattr(args, k) for k in ("resume", "strict", "overwrite", "json", "csv", "ray", "out")}
     fmt = "tif" if args.format == "tiff" else args.format
     request = PredictRequest(args.checkpoint, tuple(args.inputs), fmt=fmt, **options, **_placement(args))
@@ -173,7 +170,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"foveal: skipped {done.summary.failed - len(done.reasons)} more (see errors.jsonl)", file=sys.stderr)
     print(done.summary.format(lasting=done.out is not None))
     if done.out is not None and not done.finished_before:
-        print(f"{TASKS[done.task].writes} written to {done.out}")
+        from foveal.tasks.table import task_spec
+
+        print(f"{task_spec(done.task).writes} written to {done.out}")
     return 0
 
 
@@ -318,7 +317,7 @@ VERBS: dict[str, Verb] = {
         "train a model (task: classify, segment or detect)",
         cmd_train,
         (
-            _opt("task", choices=list(TASKS), help="what to train"),
+            _opt("task", choices=list(TASK_NAMES), help="what to train"),
             _opt("--config", help="YAML recipe (path, or bundled name such as classify_cpu or segment_cpu)"),
             _opt("--out", help="run directory (default: the config's 'out')"),
             _opt("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint"),
@@ -375,6 +374,18 @@ VERBS: dict[str, Verb] = {
                 help="segmentation: also write the soft-max probabilities (H, W, K)",
             ),
             _TTA,
+            _opt(
+                "--score-thresh",
+                type=float,
+                default=None,
+                help="detection: lowest score kept (default: the checkpoint's, 0.05 in the paper)",
+            ),
+            _opt(
+                "--show-thresh",
+                type=float,
+                default=0.3,
+                help="detection: lowest score drawn on the figures (default 0.3)",
+            ),
             _opt(
                 "--batch-size",
                 type=_count(1),
@@ -588,7 +599,7 @@ def _run(argv: list[str] | None, args: argparse.Namespace, started: float) -> in
             _check_placement(args)
             return int(args.func(args))
     except FovealError as exc:
-        print(f"foveal: error: {rank_prefix()}{exc}", file=sys.stderr)
+        print(f"foveal: error: {rank_prefix()}{as_flags(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"foveal: interrupted{_resume_hint(args, started)}", file=sys.stderr)

@@ -26,10 +26,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foveal.config import CONFIG_DIR, load_config
 from foveal.errors import FovealError
+
+if TYPE_CHECKING:
+    from foveal.tasks.predict import PredictOutcome
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "data" / "samples" / "demo-weights"
 LOCALIZER = DEMO_WEIGHTS / "localize"
@@ -117,16 +120,12 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise FovealError(f"demo output {out} exists and is not a folder: choose another --out")
     started = time.time()
-    stage_functions = {
-        "classify": _classify_stage,
-        "explain": _explain_stage,
-        "segment": _segment_stage,
-        "detect": _detect_stage,
-    }
     records = []
-    for name in (n for n in stage_functions if n in stages):
+    for name, stage in STAGES:
+        if name not in stages:
+            continue
         wall, cpu = time.perf_counter(), time.process_time()
-        record = stage_functions[name](out, quick, place)
+        record = stage(out, quick, place)
         record["seconds"] = {"wall": round(time.perf_counter() - wall, 1), "cpu": round(time.process_time() - cpu, 1)}
         print(f"[demo] {name} stage: {record['seconds']['wall']:.0f} s wall, {record['seconds']['cpu']:.0f} s CPU")
         record["numbers"]["stage time (wall / CPU)"] = (
@@ -145,11 +144,26 @@ def _report(folder: Path, out: Path) -> str:
     return str(write_report(folder).relative_to(out))
 
 
+def _predict(checkpoint: Path, images: list[Path], place: Placement, **options: Any) -> PredictOutcome:
+    """``foveal predict`` of ``images`` (its batched predictor and writer, :mod:`foveal.tasks.predict`)."""
+    from foveal.tasks.predict import PredictRequest, run_predict
+
+    inputs = tuple(str(p) for p in images)
+    return run_predict(PredictRequest(str(checkpoint), inputs, **options, progress=False, **place.inference))
+
+
+def _records(done: PredictOutcome) -> list[dict[str, Any]]:
+    """The prediction records of a run with an output folder."""
+    from foveal.inference.batch_predict import PREDICTIONS, iter_records
+
+    return list(iter_records(Path(str(done.out)) / PREDICTIONS))
+
+
 # -- classification --------------------------------------------------------------------------------------------------
 def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.inference.export import check_onnx, export_onnx
-    from foveal.report.tables import format_metrics, format_table, write_csv, write_predictions_json
-    from foveal.tasks import classify, classify_train
+    from foveal.report.tables import format_metrics
+    from foveal.tasks import classify, classify_eval, classify_train
 
     quick_cut = ["train.max_steps=12", "data.limit=384", "data.val_limit=200"] if quick else []
     overrides = [*CLASSIFY_SHORT, *quick_cut]
@@ -160,16 +174,14 @@ def _classify_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     classify_train.train(cfg, run_dir=run_dir, device=place.device)
 
     print("[classify] evaluating on the sample's 1000 test images")
-    result = classify.evaluate_checkpoint(run_dir, None, "test", stage / "eval", **place.inference)
+    result = classify_eval.evaluate_checkpoint(run_dir, None, "test", stage / "eval", **place.inference)
     (stage / "eval" / "metrics.txt").write_text(format_metrics(result) + "\n")
     print(format_metrics(result))
 
     print("[classify] predicting a few test images")
     images = _save_sample_images(stage / "images", 8)
-    preds = classify.predict(run_dir, [str(p) for p in images], top_k=3, **place.inference)
-    write_predictions_json(preds, stage / "predictions.json")
-    write_csv(preds, stage / "predictions.csv")
-    print(format_table(preds))
+    done = _predict(run_dir, images, place, top_k=3, json=stage / "predictions.json", csv=stage / "predictions.csv")
+    print(done.table)
 
     print("[classify] exporting to ONNX")
     import torch
@@ -273,7 +285,6 @@ def _explain_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
 # -- segmentation ----------------------------------------------------------------------------------------------------
 def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.segmentation import NUCLEI_SAMPLE
-    from foveal.io import write_json
     from foveal.tasks import segment, segment_eval, segment_train
 
     stage = out / "segment"
@@ -292,13 +303,12 @@ def _segment_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     print(result.format())
 
     print("[segment] segmenting the whole image by overlap-tile inference")
-    rows = segment_eval.predict(
-        run_dir, [str(NUCLEI_SAMPLE / "image_top.tif")], stage / "predictions", **place.inference
-    )
-    write_json(stage / "predictions.json", [r.__dict__ for r in rows])
-    print(segment_eval.format_predictions(rows))
+    image = NUCLEI_SAMPLE / "image_top.tif"
+    done = _predict(run_dir, [image], place, out=stage / "predictions", json=stage / "predictions.json")
+    print(done.table)
     summary = result.summary()
-    overlay = Path(rows[0].overlay).relative_to(out.resolve()) if Path(rows[0].overlay).is_absolute() else None
+    shown = Path(_records(done)[0]["overlay"])
+    overlay = shown.relative_to(out.resolve()) if shown.is_absolute() else None
     return {
         "name": "segment",
         "title": "Segmentation: U-Net on nuclei",
@@ -315,7 +325,7 @@ def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
     from foveal.data.coco import open_coco
     from foveal.io import write_json
     from foveal.tasks import detect, detect_train
-    from foveal.tasks.detect_eval import evaluate_checkpoint, format_predictions, predict
+    from foveal.tasks.detect_eval import evaluate_checkpoint
 
     stage = out / "detect"
     overrides = [*DETECT_SHORT, *(["train.max_steps=3", "data.val_limit=8"] if quick else [])]
@@ -331,10 +341,10 @@ def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
 
     print("[detect] detecting garments in four validation canvases")
     val = open_coco("fashion-canvas-sample", split="val")
-    files = [str(r.path) for r in val.images[:4]]
-    records = predict(DETECTOR, files, stage / "predictions", show_thresh=SHOW_SCORE, **place.inference)
-    write_json(stage / "predictions.json", records)
-    print(format_predictions(records, SHOW_SCORE))
+    files = [r.path for r in val.images[:4]]
+    done = _predict(DETECTOR, files, place, out=stage / "predictions", show_thresh=SHOW_SCORE)
+    write_json(stage / "predictions.json", _records(done))
+    print(done.table)
     return {
         "name": "detect",
         "title": "Detection: RetinaNet with focal loss",
@@ -348,3 +358,12 @@ def _detect_stage(out: Path, quick: bool, place: Placement) -> dict[str, Any]:
         "numbers": {"AP": f"{result.ap:.3f}", "AP50": f"{result.ap50:.3f}", "AP75": f"{result.ap75:.3f}"},
         "figures": {"precision–recall": "detect/eval/pr_curve.png"},
     }
+
+
+#: The demo's stages, in the order they run.
+STAGES = (
+    ("classify", _classify_stage),
+    ("explain", _explain_stage),
+    ("segment", _segment_stage),
+    ("detect", _detect_stage),
+)

@@ -9,7 +9,13 @@ class FovealError(Exception):
     """A problem with the user's input (path, file, option, checkpoint).
 
     The message says what was wrong and how to fix it; the CLI prints it without a traceback and exits non-zero.
+    It names the caller's parameters as the Python API spells them ("tta applies to segmentation model checkpoints");
+    ``options`` lists those names, which the command line writes as its flags ("--tta applies to …").
     """
+
+    def __init__(self, message: str, *, options: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.options = options
 
 
 def rank_prefix() -> str:

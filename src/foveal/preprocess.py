@@ -69,3 +69,27 @@ def batch_images(images: Sequence[Tensor], size_divisible: int = 32) -> tuple[Te
     for b, im in zip(batch, images, strict=True):
         b[:, : im.shape[-2], : im.shape[-1]].copy_(im)
     return batch, sizes
+
+
+def resize_square(image: Tensor, resolution: int) -> Tensor:
+    """Resize the shorter side of ``image`` ((C, H, W) or (N, C, H, W); uint8 or float) to ``resolution`` (bilinear,
+    antialiased) and centre-crop a ``resolution`` square; an image already that size is returned as it is.
+
+    The classifiers' evaluation transform: the sizes, the rounding of the crop's corner and the uint8 kernel are
+    torchvision's ``Resize(resolution, antialias=True)`` then ``CenterCrop(resolution)``, so training (which uses
+    those) and inference agree pixel for pixel, without importing torchvision for inference.
+    """
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    if (height, width) == (resolution, resolution):
+        return image
+    if height <= width:
+        size = (resolution, int(resolution * width / height))
+    else:
+        size = (int(resolution * height / width), resolution)
+    if size != (height, width):
+        batch = image if image.dim() == 4 else image.unsqueeze(0)
+        batch = torch.nn.functional.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+        image = batch if image.dim() == 4 else batch.squeeze(0)
+        height, width = size
+    top, left = int(round((height - resolution) / 2.0)), int(round((width - resolution) / 2.0))
+    return image[..., top : top + resolution, left : left + resolution]

@@ -106,18 +106,26 @@ class Segmentation:
         instances: whether ``labels`` holds instances.
         classes: the model's class names (index 0 is background).
         probabilities: (H, W, K) float32 soft-max probabilities when asked for, else None.
+        path: for an image streamed to disk (``predict(out=…)``), its labels file; ``labels`` and ``probabilities``
+            are then read-only array views of the files that read only what is indexed (``labels[:512, :512]``;
+            ``labels[:]`` reads it whole). None for an image segmented in memory.
+        objects: for a streamed image, the objects (or classes) its streaming counted.
     """
 
     source: str
-    labels: np.ndarray
+    labels: Any
     foreground: float
     instances: bool
     classes: tuple[str, ...]
-    probabilities: np.ndarray | None = None
+    probabilities: Any = None
+    path: str | None = None
+    objects: int | None = None
 
     @property
     def count(self) -> int:
         """Objects found (instance models), or foreground classes present."""
+        if self.objects is not None:
+            return self.objects
         if self.instances:
             return int(self.labels.max(initial=0))
         return int(len(np.unique(self.labels[self.labels > 0])))

@@ -22,7 +22,7 @@ from foveal.inference import stream
 from foveal.inference.stream import statistics
 from foveal.inference.tiling import TileGeometry
 from foveal.models.unet import UNet
-from foveal.tasks import segment_eval
+from foveal.tasks import segment, segment_predict
 from foveal.tasks.segment import SegmentConfig
 
 zarr = pytest.importorskip("zarr")
@@ -157,7 +157,7 @@ def test_unet_logits_equal_whole_image_for_every_input_layout(tmp_path, unet, la
     bands = list(stream.logit_bands(unet, source, stream.normalizer(source, "percentile"), geom, batch=3))
     source.close()
     assert [y for y, _ in bands] == [0, 28, 56, 84]
-    reference = segment_eval.predict_logits(unet, image, 28, batch=3)
+    reference = segment.predict_logits(unet, image, 28, batch=3)
     assert torch.equal(torch.cat([b for _, b in bands], 1), reference)
 
 
@@ -253,7 +253,7 @@ def test_predict_streams_a_large_tiff_to_the_in_memory_labels(tmp_path, checkpoi
     args = ["predict", str(checkpoint), str(src), "--tile", "28", "--probabilities"]
     assert main([*args, "--out", str(tmp_path / "mem")]) == 0
     reference = tifffile.imread(tmp_path / "mem" / "big_labels.tif")
-    monkeypatch.setattr(segment_eval, "STREAM_PIXELS", 100 * 100)
+    monkeypatch.setattr(segment_predict, "STREAM_PIXELS", 100 * 100)
     assert main([*args, "--out", str(tmp_path / "big")]) == 0
     with tifffile.TiffFile(tmp_path / "big" / "big_labels.tif") as tif:
         assert tif.is_bigtiff and tif.pages[0].is_tiled
@@ -292,3 +292,32 @@ def test_class_map_is_argmax_with_its_ties_and_nans():
     logits[2, 0, :3] = float("nan")
     logits[0, 1, :2] = float("nan")
     assert np.array_equal(stream.class_map(logits), logits.argmax(0).numpy())
+
+
+def test_the_api_streams_a_large_image_to_the_labels_file_it_is_given(tmp_path, checkpoint, monkeypatch):
+    """``foveal.load(seg).predict("huge.tif", out="labels.tif")`` streams as ``foveal predict`` does: the same labels,
+    written tile by tile to that file, read back lazily through the result; without ``out`` it says how to stream."""
+    import foveal
+
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, _blobs((150, 170), seed=2), tile=(32, 32), compression="zlib", bigtiff=True)
+    model = foveal.load(checkpoint, device="cpu")
+    (whole,) = model.predict(src, tile=28)  # in memory: under the streaming threshold
+    monkeypatch.setattr(segment_predict, "STREAM_PIXELS", 100 * 100)
+    with pytest.raises(FovealError, match="too large to hold in memory: pass out='labels.tif'"):
+        model.predict(src, tile=28)
+    (streamed,) = model.predict(src, tile=28, out=tmp_path / "labels.tif", probabilities=True)
+    assert streamed.path == str(tmp_path / "labels.tif")
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled
+    np.testing.assert_array_equal(streamed.labels[:], whole.labels)
+    np.testing.assert_array_equal(streamed.labels[40:60, 100:130], whole.labels[40:60, 100:130])  # read in part
+    assert streamed.count == whole.count and streamed.foreground == pytest.approx(whole.foreground, abs=1e-6)
+    assert streamed.probabilities is not None and streamed.probabilities.shape == (150, 170, 2)
+    assert (tmp_path / "labels_probabilities.tif").is_file()
+    other = tmp_path / "other.tif"
+    other.write_bytes(src.read_bytes())
+    folder = model.predict([src, other], tile=28, out=tmp_path / "many")  # a folder for several images
+    assert [Path(str(r.path)).name for r in folder] == ["big_labels.tif", "other_labels.tif"]
+    with pytest.raises(FovealError, match="one labels file, but 2 images were given"):
+        model.predict([src, other], tile=28, out=tmp_path / "one.tif")

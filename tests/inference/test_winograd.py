@@ -15,7 +15,7 @@ from foveal.inference.winograd import (
 )
 from foveal.models.retinanet import RetinaNet
 from foveal.models.unet import UNet
-from foveal.tasks.explain_detect import detection_gradcam
+from foveal.tasks.detect_explain import detection_gradcam
 
 
 def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:

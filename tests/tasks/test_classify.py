@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import foveal
 from foveal.config import CONFIG_DIR, load_config
-from foveal.tasks import classify, classify_train
+from foveal.tasks import classify, classify_eval, classify_train
 
 TINY = ["data.limit=64", "data.val_limit=32", "data.batch_size=16", "train.progress=false", "train.max_steps=3"]
 
@@ -57,13 +58,13 @@ def test_image_folder_train_predict_and_eval(tmp_path):
     assert out["step"] == 3
     clf = classify.load_classifier(tmp_path / "run")
     assert clf.classes == ["cat", "dog"] and clf.channels == 3 and clf.resolution == 32
-    preds = classify.predict(tmp_path / "run", [str(data / "dog")], top_k=5)
+    preds = foveal.load(tmp_path / "run").predict([str(data / "dog")], top_k=5)
     assert len(preds) == 12
     for p in preds:
         assert len(p.topk) == 2  # top-k is capped at the number of classes
         assert sum(s.probability for s in p.topk) == pytest.approx(1.0, abs=1e-5)
         assert p.topk[0].probability >= p.topk[1].probability
-    result = classify.evaluate_checkpoint(tmp_path / "run", str(data), "val", tmp_path / "eval")
+    result = classify_eval.evaluate_checkpoint(tmp_path / "run", str(data), "val", tmp_path / "eval")
     assert result.count == 24  # no val/ sub-folder: the whole folder is evaluated
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
@@ -79,7 +80,7 @@ def test_held_out_split_of_a_plain_image_folder_is_disjoint(tmp_path):
 def test_fused_model_predicts_like_the_trained_one(tmp_path):
     classify_train.train(_cfg(), run_dir=tmp_path)
     plain = classify.load_classifier(tmp_path)
-    fused = classify.load_classifier(tmp_path, fuse=True)
+    fused = classify.load_classifier(tmp_path, fast=True)
     x = torch.randn(4, plain.channels, plain.resolution, plain.resolution)
     with torch.no_grad():
         torch.testing.assert_close(

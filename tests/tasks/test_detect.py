@@ -21,7 +21,7 @@ from foveal.explain.upsample import upsample_maps
 from foveal.models.retinanet import RetinaNet, postprocess
 from foveal.preprocess import batch_images, boxes_to_original
 from foveal.tasks import detect, detect_eval, detect_train, explain
-from foveal.tasks.explain_detect import detection_gradcam
+from foveal.tasks.detect_explain import detection_gradcam
 
 # tests/configs/detect_tiny.yaml (resnet18-FPN with 16 channels, one conv per subnet, anchors for 64-px canvases)
 TINY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "detect_tiny.yaml"
@@ -146,12 +146,12 @@ def _assert_same_detections(got, want, score_tol=1e-4, box_tol=1e-3):
         free.remove(near[0])
 
 
-def test_predict_maps_boxes_to_the_original_image(trained, canvases, tmp_path):
+def test_predict_maps_boxes_to_the_original_image(trained, canvases, tmp_path, predict_records):
     run, _ = trained
     val = canvases / "val" / "000000.png"
     odd = tmp_path / "odd.png"  # another size: resized to a shorter side of 64 and mapped back
     Image.open(val).resize((80, 100)).save(odd)
-    records = detect_eval.predict(run, [str(val), str(odd)], tmp_path / "pred", score_thresh=0.0, show_thresh=0.0)
+    records = predict_records(run, [str(val), str(odd)], tmp_path / "pred", score_thresh=0.0, show_thresh=0.0)
     assert [r["image_id"] for r in records] == [1, 2]
     assert (records[1]["width"], records[1]["height"]) == (80, 100)
     for r in records:
@@ -160,7 +160,7 @@ def test_predict_maps_boxes_to_the_original_image(trained, canvases, tmp_path):
         assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= r["width"]).all() and (boxes[:, [1, 3]] <= r["height"]).all()
         assert Image.open(r["figure"]).size[0] >= 384
     # the same as running the model by hand on the resized image (zero-padded to a multiple of 32, as in a batch)
-    det = detect_eval.load_detector(run)
+    det = detect.load_detector(run)
     image = torch.from_numpy(np.array(Image.open(odd)))[None]
     sample = DetectionTransform(min_size=64, max_size=64, mean=(0.12,), std=(0.26,))(
         image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
@@ -189,20 +189,20 @@ def test_predict_maps_boxes_to_the_original_image(trained, canvases, tmp_path):
 
 def test_fast_inference_model_matches_the_trained_one(trained):
     run, _ = trained
-    slow, fast = detect_eval.load_detector(run, fast=False).model, detect_eval.load_detector(run).model
+    slow, fast = detect.load_detector(run, fast=False).model, detect.load_detector(run).model
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         a, b = slow(x), fast(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(b.cls_logits, a.cls_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b.box_deltas, a.box_deltas, rtol=1e-4, atol=1e-4)
-    half = detect_eval.load_detector(run, bf16=True)
+    half = detect.load_detector(run, bf16=True)
     assert next(half.model.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         c = half.model(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(c.cls_logits.float(), a.cls_logits, rtol=0.0, atol=0.1)
     # detections of the bf16 model are decoded in fp32 from fp32 anchors: not rounded to bf16's 8-bit mantissa
-    (d16,) = detect_eval.detect_batch(
+    (d16,) = detect.detect_batch(
         half.model, x[:1], [(64, 64)], [0.5], [(128, 128)], detect.DetectInferenceConfig(0.0, max_detections=20)
     )
     assert d16["boxes"].dtype == torch.float32 and len(d16["boxes"]) == 20
@@ -228,7 +228,7 @@ def _rgb_copy(canvases, root):
     return root
 
 
-def test_other_channel_count_and_other_task_are_errors(trained, canvases, tmp_path):
+def test_other_channel_count_and_other_task_are_errors(trained, canvases, tmp_path, predict_records):
     run, _ = trained
     rgb = _rgb_copy(canvases, tmp_path / "rgb")
     with pytest.raises(FovealError, match="3-channel images but the model takes 1"):
@@ -240,11 +240,9 @@ def test_other_channel_count_and_other_task_are_errors(trained, canvases, tmp_pa
         tmp_path / "seg", model=torch.nn.Linear(1, 1), meta={"task": "segment", "model": {}}, with_rng=False
     )
     with pytest.raises(FovealError, match="not a detector"):
-        detect_eval.load_detector(other)
-    with pytest.raises(FovealError, match="not a detector"):
-        detect_eval.predict(other, [str(canvases / "val")], tmp_path / "p")
+        detect.load_detector(other)
     with pytest.raises(FovealError, match="is a file"):
-        detect_eval.predict(run, [str(canvases / "val")], canvases / "val" / "000000.png")
+        predict_records(run, [str(canvases / "val")], canvases / "val" / "000000.png")
 
 
 def test_weights_from_a_detect_checkpoint_and_a_mismatch(trained, canvases, tmp_path):
@@ -252,7 +250,7 @@ def test_weights_from_a_detect_checkpoint_and_a_mismatch(trained, canvases, tmp_
     cfg = load_config(detect.DetectConfig, TINY_RECIPE, [f"data.train={canvases}", *TINY, f"model.weights={run}"])
     model = detect.build_detector(cfg.model, 10, 1)
     detect.init_weights(model, cfg.model)
-    trained_model = detect_eval.load_detector(run, fast=False).model
+    trained_model = detect.load_detector(run, fast=False).model
     for (name, a), b in zip(model.state_dict().items(), trained_model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     fewer = detect.build_detector(cfg.model, 3, 1)  # another class count: the class layer stays new
@@ -328,7 +326,7 @@ def _gradcam_by_hand(model, x, anchor, label, level):
 
 def test_detection_gradcam_equals_the_hand_written_one(trained, canvases):
     run, _ = trained
-    det = detect_eval.load_detector(run, fast=False)
+    det = detect.load_detector(run, fast=False)
     image = torch.from_numpy(np.array(Image.open(canvases / "val" / "000001.png")))[None]
     sample = det.transform()(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
     x, sizes = batch_images([sample.image])
@@ -347,14 +345,14 @@ def test_detection_gradcam_equals_the_hand_written_one(trained, canvases):
         torch.testing.assert_close(maps[row], expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()) + 1e-12)
 
 
-def test_explain_a_detector_matches_predict(trained, canvases, tmp_path):
+def test_explain_a_detector_matches_predict(trained, canvases, tmp_path, predict_records):
     run, _ = trained
     val = canvases / "val" / "000000.png"
     # a detector trained for one epoch scores below the default 0.05: no detection, an empty record
     (empty,) = explain.explain(run, [str(val)], tmp_path / "none", top_k=3)
     assert (empty.classes, empty.boxes, empty.figures) == ([], [], [])
     (record,) = explain.explain(run, [str(val)], tmp_path / "explain", top_k=3, score_thresh=0.0)
-    (pred,) = detect_eval.predict(run, [str(val)], tmp_path / "pred", score_thresh=0.0)
+    (pred,) = predict_records(run, [str(val)], tmp_path / "pred", score_thresh=0.0)
     best = pred["detections"][:3]
     assert record.task == "detect" and record.method == "gradcam" and len(record.classes) == len(best) > 0
     assert record.classes == [d["label"] for d in best]
@@ -377,11 +375,11 @@ def test_export_cli_writes_the_detector_network(trained, tmp_path, capsys):
     assert (tmp_path / "det.onnx").stat().st_size > 0
 
 
-def test_bf16_predict_and_eval_from_the_command_line_decode_in_fp32(trained, canvases, tmp_path):
+def test_bf16_predict_and_eval_from_the_command_line_decode_in_fp32(trained, canvases, tmp_path, predict_records):
     run, _ = trained
     val = str(canvases / "val" / "000000.png")
-    fp32 = detect_eval.predict(run, [val], tmp_path / "a", score_thresh=0.0, device="cpu")
-    bf16 = detect_eval.predict(run, [val], tmp_path / "b", score_thresh=0.0, device="cpu", precision="bf16")
+    fp32 = predict_records(run, [val], tmp_path / "a", score_thresh=0.0, device="cpu")
+    bf16 = predict_records(run, [val], tmp_path / "b", score_thresh=0.0, device="cpu", precision="bf16")
     a, b = fp32[0]["detections"], bf16[0]["detections"]
     assert len(b) == len(a) > 0
     # the best fp32 detection is found by the bf16 network too: same class, a box within a pixel, a close score
@@ -394,7 +392,7 @@ def test_bf16_predict_and_eval_from_the_command_line_decode_in_fp32(trained, can
     e16 = detect_eval.evaluate_checkpoint(run, device="cpu", precision="bf16")
     assert abs(e32.ap - e16.ap) < 0.05
     with pytest.raises(FovealError, match="fp16 runs on CUDA only"):
-        detect_eval.load_detector(run, device="cpu", precision="fp16")
+        detect.load_detector(run, device="cpu", precision="fp16")
 
 
 def test_detector_gradcam_in_bf16_explains_the_same_best_detection(trained, canvases, tmp_path):

@@ -19,12 +19,12 @@ from foveal.explain.upsample import grid_of, upsample_maps
 from foveal.preprocess import normalize
 from foveal.tasks import (
     classify,
+    classify_explain,
     classify_train,
     explain,
     explain_common,
-    explain_segment,
     segment,
-    segment_eval,
+    segment_explain,
     segment_train,
 )
 from foveal.tasks.classify import eval_transform
@@ -136,7 +136,7 @@ def test_localization_eval_rates_and_a_perfect_map_source(classifier):
     run, _ = classifier
     data = build_localization_set("fashion-mnist-sample", "test", 8, seed=2)
     for method in ("cam", "gradcam"):
-        result = explain.localization_eval(run, data, method=method, batch_size=5)
+        result = classify_explain.localization_eval(run, data, method=method, batch_size=5)
         assert result.count == 8 and result.top5_loc_error is not None and result.gt_known_loc_error is not None
         for value in (result.top1_loc_error, result.top5_loc_error, result.gt_known_loc_error, result.top1_cls_error):
             assert 0.0 <= value <= 1.0
@@ -148,7 +148,7 @@ def test_localization_eval_rates_and_a_perfect_map_source(classifier):
             maps[i, :, y1:y2, x1:x2] = 1.0
         return maps
 
-    perfect = explain.localization_eval(run, data, method=ground_truth_maps, batch_size=8)
+    perfect = classify_explain.localization_eval(run, data, method=ground_truth_maps, batch_size=8)
     assert perfect.gt_known_loc_error == 0.0 and perfect.top1_loc_error == pytest.approx(perfect.top1_cls_error)
 
 
@@ -175,21 +175,21 @@ def test_segmenter_gradcam_of_the_predicted_foreground(segmenter, tmp_path):
 def test_segmenter_single_tile_covers_the_image_and_tiles_agree_on_shape(segmenter):
     run, images = segmenter
     seg = segment.load_segmenter(run)
-    tile = explain_segment._single_tile(seg.model, 72, 80)
+    tile = segment_explain._single_tile(seg.model, 72, 80)
     border = seg.model.border
     assert seg.model.output_size(tile + 2 * border) == tile and tile // seg.model.stride * seg.model.stride >= 80
     image = torch.rand(1, 40, 44)
-    whole, predicted = explain_segment.segment_gradcam(seg.model, image)
-    tiled, predicted_tiled = explain_segment.segment_gradcam(seg.model, image, tile=28)  # 2 × 2 tiles
+    whole, predicted = segment_explain.segment_gradcam(seg.model, image)
+    tiled, predicted_tiled = segment_explain.segment_gradcam(seg.model, image, tile=28)  # 2 × 2 tiles
     assert whole.shape == tiled.shape == (40, 44) and bool((whole >= 0).all() and (tiled >= 0).all())
     # overlap-tile inference: the same logits for any tile (to float rounding: other tiles, other kernels), so the
     # same prediction wherever the two best classes are not within rounding of each other
-    logits = segment_eval.predict_logits(seg.model, image, explain_segment._single_tile(seg.model, 40, 44))
-    torch.testing.assert_close(segment_eval.predict_logits(seg.model, image, 28), logits, rtol=1e-4, atol=1e-4)
+    logits = segment.predict_logits(seg.model, image, segment_explain._single_tile(seg.model, 40, 44))
+    torch.testing.assert_close(segment.predict_logits(seg.model, image, 28), logits, rtol=1e-4, atol=1e-4)
     top2 = logits.topk(2, dim=0).values
     clear = top2[0] - top2[1] > 1e-3
     assert clear.float().mean() > 0.9 and torch.equal(predicted[clear], predicted_tiled[clear])
-    assert explain_segment.bottom_layer(seg.model) == "down.2"
+    assert segment_explain.bottom_layer(seg.model) == "down.2"
 
 
 def test_localization_recipe_gives_16x16_maps_on_64_px_canvases():
@@ -217,7 +217,7 @@ def test_max_pooling_classifier_gets_the_weighted_sum_that_cam_refuses():
     with pytest.raises(FovealError, match="does not give the model's"):
         CAM(model)(x)  # the average-pooling identity does not hold
     classes = torch.tensor([[1, 3], [0, 2]])
-    with explain.class_maps(model, "cam") as maps_of:
+    with classify_explain.class_maps(model, "cam") as maps_of:
         maps = maps_of(x, classes)
     expected = torch.einsum("nkc,nchw->nkhw", model.classifier.weight[classes], features)
     torch.testing.assert_close(maps, expected)
@@ -231,12 +231,15 @@ def test_map_stride_gives_finer_maps_of_the_same_predictions(classifier, tmp_pat
     stride = clf.model.feature_info[-1].stride
     x = normalize(eval_transform(clf.resolution)(torch.zeros(2, 1, 64, 64)), clf.mean, clf.std)
     classes = torch.tensor([[0, 1], [2, 3]])
-    with explain.class_maps(clf.model, "cam") as own, explain.class_maps(clf.model, "cam", stride // 2) as finer:
+    with (
+        classify_explain.class_maps(clf.model, "cam") as own,
+        classify_explain.class_maps(clf.model, "cam", stride // 2) as finer,
+    ):
         coarse, fine = own(x, classes), finer(x, classes)
     assert fine.shape[-2:] == tuple(2 * s for s in coarse.shape[-2:])
     data = build_localization_set("fashion-mnist-sample", "test", 8, seed=2)
-    plain = explain.localization_eval(run, data, batch_size=8)
-    dense = explain.localization_eval(run, data, batch_size=8, map_stride=stride // 2)
+    plain = classify_explain.localization_eval(run, data, batch_size=8)
+    dense = classify_explain.localization_eval(run, data, batch_size=8, map_stride=stride // 2)
     assert dense.top1_cls_error == plain.top1_cls_error  # classes come from the network as trained
     (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, map_stride=stride // 2)
     (same,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out2", top_k=2)
@@ -244,9 +247,11 @@ def test_map_stride_gives_finer_maps_of_the_same_predictions(classifier, tmp_pat
     with pytest.raises(FovealError, match=r"map stride 3 is not reachable .* use one of"):
         explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out3", map_stride=3)
     with pytest.raises(FovealError, match="map_stride=0: use a stride finer"):
-        explain.localization_eval(run, data, map_stride=0)
+        classify_explain.localization_eval(run, data, map_stride=0)
     with pytest.raises(FovealError, match="not to a map function"):
-        explain.localization_eval(run, data, method=lambda x, c: torch.zeros(len(x), c.shape[1], 4, 4), map_stride=2)
+        classify_explain.localization_eval(
+            run, data, method=lambda x, c: torch.zeros(len(x), c.shape[1], 4, 4), map_stride=2
+        )
 
 
 def test_map_stride_is_for_classifiers(segmenter, tmp_path):
@@ -258,7 +263,8 @@ def test_map_stride_is_for_classifiers(segmenter, tmp_path):
 
 
 def _peak(m: torch.Tensor) -> torch.Tensor:
-    """What :func:`explain.multiscale` divides each map by: its max, or its largest magnitude when none is positive."""
+    """What :func:`classify_explain.multiscale` divides each map by: its max, or its largest magnitude when none is
+    positive."""
     top = m.amax((-2, -1), keepdim=True)
     return torch.where(top > 0, top, m.abs().amax((-2, -1), keepdim=True))
 
@@ -271,9 +277,9 @@ def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp
     x = normalize(eval_transform(clf.resolution)(torch.rand(2, 1, 64, 64) * 255), clf.mean, clf.std)
     classes = torch.tensor([[0, 1], [2, 3]])
     r = x.shape[-1]  # the classifier's resolution
-    with explain.class_maps(clf.model, "cam") as own:
-        one = explain.multiscale(own, (1.0,), grid)(x, classes)
-        both = explain.multiscale(own, (1.0, 2.0), grid)(x, classes)
+    with classify_explain.class_maps(clf.model, "cam") as own:
+        one = classify_explain.multiscale(own, (1.0,), grid)(x, classes)
+        both = classify_explain.multiscale(own, (1.0, 2.0), grid)(x, classes)
         single = upsample_maps(own(x, classes).float(), (r, r), grid, (r, r))
         enlarged = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         double = upsample_maps(own(enlarged, classes).float(), (r, r), grid, (2 * r, 2 * r))
@@ -283,13 +289,13 @@ def test_multiscale_maps_average_each_scale_on_the_images_pixels(classifier, tmp
     torch.testing.assert_close(both, (single / _peak(single) + double / _peak(double)) / 2)
     assert float(one.amax()) == pytest.approx(1.0) and bool((one.amax((-2, -1)) <= 1 + 1e-6).all())
     data = build_localization_set("fashion-mnist-sample", "test", 8, seed=2)
-    plain = explain.localization_eval(run, data, batch_size=8)
-    scaled = explain.localization_eval(run, data, batch_size=8, map_scales=(1, 2.5))
+    plain = classify_explain.localization_eval(run, data, batch_size=8)
+    scaled = classify_explain.localization_eval(run, data, batch_size=8, map_scales=(1, 2.5))
     assert scaled.top1_cls_error == plain.top1_cls_error  # classes come from the unscaled canvas
     (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, map_scales=(1, 2))
     assert len(record.boxes) == 2
     with pytest.raises(FovealError, match=r"map_scales=\(\): give one or more image scales > 0"):
-        explain.localization_eval(run, data, map_scales=())
+        classify_explain.localization_eval(run, data, map_scales=())
     with pytest.raises(FovealError, match=r"map_scales=.*> 0"):
         explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out2", map_scales=(1, -2))
 
@@ -304,25 +310,25 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
     r = x.shape[-1]
     with torch.no_grad():
         plain, mirrored = clf.model(x).softmax(1), clf.model(x.flip(-1)).softmax(1)
-    torch.testing.assert_close(explain.class_scores(clf.model, x), plain)
-    torch.testing.assert_close(explain.class_scores(clf.model, x, flip=True), (plain + mirrored) / 2)
-    with explain.class_maps(clf.model, "cam") as own:
-        averaged = explain.multiscale(own, (1.0,), grid, flip=True)(x, classes)
+    torch.testing.assert_close(classify_explain.class_scores(clf.model, x), plain)
+    torch.testing.assert_close(classify_explain.class_scores(clf.model, x, flip=True), (plain + mirrored) / 2)
+    with classify_explain.class_maps(clf.model, "cam") as own:
+        averaged = classify_explain.multiscale(own, (1.0,), grid, flip=True)(x, classes)
         single = upsample_maps(own(x, classes).float(), (r, r), grid)
         back = upsample_maps(own(x.flip(-1), classes).float(), (r, r), grid).flip(-1)
 
     torch.testing.assert_close(averaged, (single / _peak(single) + back / _peak(back)) / 2)
     # the averaged maps are mirror-symmetric in the image (the network's own grid is not: its cells sit at 0, S, 2S…)
-    with explain.class_maps(clf.model, "cam") as own:
-        of_mirror = explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x.flip(-1), classes)
-        of_image = explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x, classes)
+    with classify_explain.class_maps(clf.model, "cam") as own:
+        of_mirror = classify_explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x.flip(-1), classes)
+        of_image = classify_explain.multiscale(own, (1.0, 2.0), grid, flip=True)(x, classes)
     torch.testing.assert_close(of_mirror.flip(-1), of_image)
     assert not torch.allclose(back, single, atol=1e-3)  # so mirroring adds information
 
     data = build_localization_set("fashion-mnist-sample", "test", 16, seed=2)
-    result = explain.localization_eval(run, data, batch_size=8, flip=True, map_scales=(1, 2))
+    result = classify_explain.localization_eval(run, data, batch_size=8, flip=True, map_scales=(1, 2))
     norm = normalize(eval_transform(clf.resolution)(data.images), clf.mean, clf.std)
-    scores = explain.class_scores(clf.model, norm, flip=True)
+    scores = classify_explain.class_scores(clf.model, norm, flip=True)
     wrong = scores.argmax(1) != data.labels
     # a barely trained model: where the two best scores are within rounding (batches of 8 against 16: other
     # kernels), either class may come out first
@@ -330,9 +336,9 @@ def test_flip_averages_class_scores_and_maps_with_the_mirrored_image(classifier,
     unsure = int((top2[:, 0] - top2[:, 1] < 1e-4).sum())
     assert abs(result.top1_cls_error - float(wrong.float().mean())) <= unsure / len(wrong) + 1e-6
     (record,) = explain.explain(run, [str(images / "canvas0.png")], tmp_path / "out", top_k=2, flip=True)
-    image = explain.load_with_channels(images / "canvas0.png", clf.channels)
+    image = explain_common.load_with_channels(images / "canvas0.png", clf.channels)
     shown = normalize(eval_transform(clf.resolution)(image), clf.mean, clf.std)[None]
-    top = explain.class_scores(clf.model, shown, flip=True)
+    top = classify_explain.class_scores(clf.model, shown, flip=True)
     assert record.scores == pytest.approx(top[0].topk(2).values.tolist(), abs=1e-5)
     with pytest.raises(FovealError, match="flip='yes': use True"):
-        explain.localization_eval(run, data, flip="yes")  # type: ignore[arg-type]
+        classify_explain.localization_eval(run, data, flip="yes")  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from PIL import Image
 from foveal.config import CONFIG_DIR, load_config
 from foveal.data.localization_set import LocalizationData, build_localization_set
 from foveal.errors import FovealError
-from foveal.tasks import classify, classify_train, explain
+from foveal.tasks import classify, classify_explain, classify_train
 from foveal.tasks.localize_eval import evaluate_canvases, localization_eval_folder
 
 TINY = ["data.limit=null", "data.batch_size=16", "train.progress=false", "train.max_steps=2"]
@@ -85,7 +85,9 @@ def _box_files(folder: Path, test: LocalizationData) -> dict[str, tuple[Path, st
 def test_every_box_format_gives_the_canvas_protocols_figures(setup, tmp_path: Path) -> None:
     run, images, test = setup
     reference = evaluate_canvases(run, test, batch_size=5)
-    assert reference.localization == explain.localization_eval(run, test)  # the canvases' protocol, another path
+    assert reference.localization == classify_explain.localization_eval(
+        run, test
+    )  # the canvases' protocol, another path
     assert reference.max_box_acc.count == N and 0.0 <= reference.max_box_acc.max_box_acc_v2 <= 1.0
     for name, (path, fmt) in _box_files(tmp_path / "boxes", test).items():
         found = localization_eval_folder(run, images, path, box_format=fmt)

@@ -14,7 +14,7 @@ from foveal.cli import main
 from foveal.config import load_config
 from foveal.data.synthetic import write_cells_folder
 from foveal.errors import FovealError
-from foveal.tasks import segment, segment_eval, segment_train
+from foveal.tasks import segment, segment_train
 
 # A depth-2 valid U-Net of width 4: output tile 24 needs 64-px inputs (border 20).
 TINY = [
@@ -83,10 +83,10 @@ def test_eval_and_predict_cli(trained, tmp_path, capsys):
     assert Image.open(out / "cell0_overlay.png").size == (80, 72)
 
 
-def test_predict_png_labels(trained, tmp_path):
+def test_predict_png_labels(trained, tmp_path, predict_records):
     data, run = trained
-    rows = segment_eval.predict(run, [str(data / "images" / "cell1.png")], tmp_path, fmt="png")
-    labels = np.asarray(Image.open(rows[0].labels))
+    rows = predict_records(run, [str(data / "images" / "cell1.png")], tmp_path, fmt="png")
+    labels = np.asarray(Image.open(rows[0]["labels"]))
     assert labels.shape == (72, 80)
 
 
@@ -158,13 +158,13 @@ def test_demo_segment_stage(tmp_path):
         ["model.padding=same", "data.tile=32", "data.eval_tile=32", "loss=focal"],
     ],
 )
-def test_other_networks_and_losses_train_and_predict(tmp_path, options):
+def test_other_networks_and_losses_train_and_predict(tmp_path, options, predict_records):
     data = _cells_folder(tmp_path / "d", n=2, size=(64, 72))
     cfg = load_config(segment.SegmentConfig, None, [f"data.train={data}", *TINY, *options])
     metrics = segment_train.train(cfg, run_dir=tmp_path / "run")
     assert 0.0 <= metrics["fg_iou"] <= 1.0
-    rows = segment_eval.predict(tmp_path / "run", [str(data / "images" / "cell0.png")], tmp_path / "pred")
-    assert rows[0].size == (64, 72)
+    rows = predict_records(tmp_path / "run", [str(data / "images" / "cell0.png")], tmp_path / "pred")
+    assert tuple(rows[0]["size"]) == (64, 72)
 
 
 def test_dihedral_test_time_averaging_is_invariant_to_rotations_and_flips():
@@ -173,18 +173,18 @@ def test_dihedral_test_time_averaging_is_invariant_to_rotations_and_flips():
     torch.manual_seed(0)
     model = UNet(1, 3, depth=2, base_width=4).eval()
     image = torch.rand(1, 37, 53)  # not square, not a tile multiple
-    plain = segment_eval.predict_logits(model, image, 28)
-    averaged = segment_eval.predict_logits(model, image, 28, tta="dihedral")
+    plain = segment.predict_logits(model, image, 28)
+    averaged = segment.predict_logits(model, image, 28, tta="dihedral")
     assert averaged.shape == plain.shape == (3, 37, 53)
     torch.testing.assert_close(averaged.exp().sum(0), torch.ones(37, 53))  # log of averaged probabilities
     assert not torch.allclose(averaged, plain.log_softmax(0), atol=1e-3)  # a valid U-Net is not rotation invariant
     # the average over the whole dihedral group does not change when the input is turned or mirrored first
-    turned = segment_eval.predict_logits(model, torch.rot90(image, 1, (-2, -1)), 28, tta="dihedral")
+    turned = segment.predict_logits(model, torch.rot90(image, 1, (-2, -1)), 28, tta="dihedral")
     torch.testing.assert_close(torch.rot90(turned, -1, (-2, -1)), averaged, rtol=1e-4, atol=1e-5)
-    mirrored = segment_eval.predict_logits(model, image.flip(-2), 28, tta="dihedral")
+    mirrored = segment.predict_logits(model, image.flip(-2), 28, tta="dihedral")
     torch.testing.assert_close(mirrored.flip(-2), averaged, rtol=1e-4, atol=1e-5)
     with pytest.raises(FovealError, match="unknown test-time augmentation 'flips'"):
-        segment_eval.predict_logits(model, image, 28, tta="flips")
+        segment.predict_logits(model, image, 28, tta="flips")
 
 
 def test_export_cli_writes_the_unet_at_its_evaluation_tile_or_a_valid_size(trained, tmp_path, capsys):
@@ -206,8 +206,8 @@ def test_bf16_overlap_tile_labels_agree_with_fp32(trained, tmp_path):
     bf16 = segment.load_segmenter(run, device="cpu", precision="bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     image = torch.rand(1, 72, 80)
-    a = segment_eval.predict_logits(fp32.model, image, 28)
-    b = segment_eval.predict_logits(bf16.model, image, 28)
+    a = segment.predict_logits(fp32.model, image, 28)
+    b = segment.predict_logits(bf16.model, image, 28)
     assert b.dtype == torch.float32 and b.device.type == "cpu" and b.shape == a.shape
     torch.testing.assert_close(b, a, rtol=0.0, atol=0.05 * float(a.abs().max()))
     top2 = a.topk(2, dim=0).values

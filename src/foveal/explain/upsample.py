@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
@@ -38,9 +37,9 @@ def grid_of(model: nn.Module) -> str:
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module) and backbone is not model:  # a detector: its backbone's grid
         return grid_of(backbone)
-    if isinstance(model, (torchvision.models.ResNet, torchvision.models.EfficientNet)):
+    kind = type(model)  # torchvision and timm models are recognised by name: neither is imported for a foveal model
+    if kind.__module__.startswith("torchvision.models") and kind.__name__ in ("ResNet", "EfficientNet"):
         return "stride"
-    kind = type(model)  # timm is optional: recognised by name, not imported
     if kind.__module__.startswith("timm.models") and kind.__name__ == "EfficientNet":
         stem = getattr(model, "conv_stem", None)
         return "cell" if type(stem).__name__ == "Conv2dSame" else "stride"

@@ -63,8 +63,20 @@ class Unreadable:
     message: str
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """What ``prepare`` gives for an image too large for a batch (a large TIFF, a zarr store): only its path travels;
+    the predictor streams it tile by tile on the main thread (:meth:`Predictor.stream`), between two batches, into
+    the files the writer names (:meth:`Writer.stream_targets`)."""
+
+    path: Path
+
+
 class Predictor(Protocol):
-    """A task's batched inference. ``prepare`` must be picklable and light (it runs in worker processes)."""
+    """A task's batched inference. ``prepare`` must be picklable and light (it runs in worker processes). A task
+    whose ``prepare`` can give :class:`Streamed` also has ``stream(path, targets) → result``: it predicts the image
+    straight into ``targets`` (the writer's :meth:`Writer.stream_targets`), raising :class:`FovealError` for an image
+    found unusable while read; the writer then records the result."""
 
     @property
     def prepare(self) -> Callable[[Path], Any]:
@@ -77,7 +89,9 @@ class Predictor(Protocol):
 
 
 class Writer(Protocol):
-    """A task's outputs: per-image files and records, and the summary files at the end."""
+    """A task's outputs: per-image files and records, and the summary files at the end. A task whose images can be
+    :class:`Streamed` also has ``stream_targets(item, out) → targets``: the staged files a streamed image's outputs
+    go to (given to :meth:`Predictor.stream`)."""
 
     def write(self, item: Item, prepared: Any, result: Any, out: StagedOutput) -> dict[str, Any]:
         """Write the image's files under ``out.staging`` and return its JSON record (paths as published), or
@@ -236,14 +250,24 @@ def run_batch(
 ) -> list[dict[str, Any]]:
     """Predict one batch and write its outputs; returns one record per item (``{"index", "file", …}``, or with
     ``"error"`` for an unreadable image), in order."""
-    return write_batch(writer, items, prepared, predict_good(predictor, prepared), out)
+    return write_batch(writer, items, prepared, predict_good(predictor, writer, items, prepared, out), out)
 
 
-def predict_good(predictor: Predictor, prepared: Sequence[Any]) -> dict[int, Any]:
-    """The predictor's results for the readable images of a batch, by position in the batch."""
-    good = [i for i, p in enumerate(prepared) if not isinstance(p, Unreadable)]
-    results = predictor.predict_batch([prepared[i] for i in good]) if good else []
-    return dict(zip(good, results, strict=True))
+def predict_good(
+    predictor: Predictor, writer: Writer, items: Sequence[Item], prepared: Sequence[Any], out: StagedOutput
+) -> dict[int, Any]:
+    """The predictor's results for the readable images of a batch, by position in the batch: one forward pass for
+    those that batch, then each :class:`Streamed` one streamed into the writer's files (an image found unusable
+    while streamed: :class:`Unreadable`). Runs on the calling thread: the model is used by one thread at a time."""
+    good = [i for i, p in enumerate(prepared) if not isinstance(p, (Unreadable, Streamed))]
+    results = dict(zip(good, predictor.predict_batch([prepared[i] for i in good]) if good else [], strict=True))
+    for i, p in enumerate(prepared):
+        if isinstance(p, Streamed):
+            try:
+                results[i] = predictor.stream(p.path, writer.stream_targets(items[i], out))  # type: ignore[attr-defined]
+            except FovealError as exc:  # found while reading it (a corrupt tile): skipped and listed
+                results[i] = Unreadable(str(exc))
+    return results
 
 
 def write_batch(
@@ -253,8 +277,9 @@ def write_batch(
     records = []
     for position, (item, data) in enumerate(zip(items, prepared, strict=True)):
         head = {"index": item.index, "file": str(item.path)}
-        if isinstance(data, Unreadable):
-            records.append({**head, "error": data.message})
+        problem = data if isinstance(data, Unreadable) else results.get(position)  # unreadable, or found so streamed
+        if isinstance(problem, Unreadable):
+            records.append({**head, "error": problem.message})
         else:
             records.append({**head, **writer.write(item, data, results[position], out)})
     return records
@@ -376,6 +401,8 @@ def predict_stream(
     total = count_inputs(inputs)
     if total == 0:
         raise FovealError(f"{', '.join(inputs)}: no images there; pass image files, folders, globs or list files")
+    if hasattr(predictor, "check_inputs"):
+        predictor.check_inputs(inputs)  # what only the inputs can tell (an option a streamed image cannot have)
     records_path = out.staging / RECORDS
     done, last_file = recorded(records_path, batch_size, total)
     stream = unique_stems(iter_paths(inputs))
@@ -392,7 +419,13 @@ def predict_stream(
                 raise FovealError(write_failed(exc, out, resumable)) from None
             bar.update(len(items))
 
-        _pipeline(loader, stream, predictor, write)
+        def predict(items: list[Item], prepared: list[Any]) -> dict[int, Any]:
+            try:
+                return predict_good(predictor, writer, items, prepared, out)
+            except OSError as exc:  # a streamed image's files could not be written
+                raise FovealError(write_failed(exc, out, resumable)) from None
+
+        _pipeline(loader, stream, predict, write)
     failed = count_errors(records_path)
     if failed == total:
         raise FovealError(nothing_predicted(records_path, total))
@@ -403,10 +436,11 @@ def predict_stream(
 def _pipeline(
     loader: Iterable[list[Any]],
     stream: Iterator[Item],
-    predictor: Predictor,
+    predict: Callable[[list[Item], list[Any]], dict[int, Any]],
     write: Callable[[list[Item], list[Any], dict[int, Any]], None],
 ) -> None:
-    """Each batch of ``loader`` through the model, its files written in a thread while the next batch runs."""
+    """Each batch of ``loader`` through the model (``predict``, on this thread), its files written in a thread while
+    the next batch runs."""
     with ThreadPoolExecutor(1, thread_name_prefix="foveal-writer") as pool:
         writing: Future[None] | None = None
         for batch in loader:
@@ -414,7 +448,9 @@ def _pipeline(
             for item, (index, _, _) in zip(items, batch, strict=True):
                 assert item.index == index, "workers must hand batches back in stream order"
             prepared = [p for _, _, p in batch]
-            results = predict_good(predictor, prepared)
+            if writing is not None and any(isinstance(p, Streamed) for p in prepared):
+                writing.result()  # the previous batch's files first: a streamed image's files are written here
+            results = predict(items, prepared)
             if writing is not None:
                 writing.result()  # in order, and an error of the writer (--strict) stops the stream here
             writing = pool.submit(write, items, prepared, results)

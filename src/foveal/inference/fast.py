@@ -52,7 +52,7 @@ def inference_model(
     where the CPU has bf16 units, AMX or AVX512-BF16; several times slower where it has not and emulates bf16, see
     :func:`foveal.engine.device.native_bf16`; logits then differ from fp32 by about 1 %); the number format is chosen
     by :func:`foveal.engine.device.resolve_precision`, which warns about an emulated bf16. Callers cast the input to
-    the model's dtype and post-process in fp32 (:func:`foveal.tasks.detect_eval.detect_batch` decodes boxes with fp32
+    the model's dtype and post-process in fp32 (:func:`foveal.tasks.detect.detect_batch` decodes boxes with fp32
     anchors, so boxes keep their precision).
 
     Args:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from foveal.errors import FovealError
@@ -20,12 +19,8 @@ from foveal.models.features import GRIDS, Backbone, FeatureInfo
 
 __all__ = ["GRIDS", "Backbone", "FeatureInfo", "ResNetBackbone", "backbone_names", "build_backbone", "check_backbone"]
 
-_RESNETS = {
-    "resnet18": (torchvision.models.resnet18, 64, 512),
-    "resnet34": (torchvision.models.resnet34, 64, 512),
-    "resnet50": (torchvision.models.resnet50, 256, 2048),
-    "resnet101": (torchvision.models.resnet101, 256, 2048),
-}
+#: torchvision's ResNets: the channels of their first and last stages.
+_RESNETS = {"resnet18": (64, 512), "resnet34": (64, 512), "resnet50": (256, 2048), "resnet101": (256, 2048)}
 CUSTOM_PREFIX = "module:"  # what a model's args record in place of a backbone passed as a module
 
 
@@ -36,8 +31,11 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in _RESNETS:
             raise FovealError(f"unknown ResNet '{name}': choose one of {', '.join(_RESNETS)}")
-        build, c2, c5 = _RESNETS[name]
-        net = build(weights=None)
+        # deferred: importing torchvision imports torch._dynamo (about a second), which only a ResNet backbone needs
+        import torchvision
+
+        c2, c5 = _RESNETS[name]
+        net = getattr(torchvision.models, name)(weights=None)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)

@@ -14,7 +14,6 @@ from torch import nn
 
 from foveal.errors import FovealError
 from foveal.models import efficientnet as _eff
-from foveal.models import retinanet as _retina
 from foveal.models import unet as _unet
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -23,7 +22,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "efficientnet": _eff.from_args,
     "unet": _unet.from_args,
-    "retinanet": _retina.from_args,
+    "retinanet": lambda args: _retinanet().from_args(args),
 }
 
 
@@ -36,7 +35,15 @@ for _v in _eff.VARIANTS:
 register("efficientnet", _eff.efficientnet)  # needs phi=...
 register("unet", _unet.UNet)
 register("backbone_unet", _unet.BackboneUNet)
-register("retinanet", _retina.RetinaNet)
+register("retinanet", lambda **kw: _retinanet().RetinaNet(**kw))
+
+
+def _retinanet() -> Any:
+    """The RetinaNet module, imported when a detector is built or rebuilt: it imports torchvision's detection ops,
+    which import torch._dynamo (about a second) that a classifier or U-Net does not need."""
+    from foveal.models import retinanet
+
+    return retinanet
 
 
 def model_names() -> list[str]:

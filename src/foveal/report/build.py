@@ -10,7 +10,8 @@ from foveal.engine.runinfo import RUN_INFO
 from foveal.errors import FovealError
 from foveal.io import atomic_output
 from foveal.report import sections, task_sections
-from foveal.report.html import REPORT, read_json
+from foveal.report.html import REPORT, Page, read_json
+from foveal.tasks.table import TASK_NAMES, spec_of_metrics, task_spec
 
 
 def report_kind(folder: Path) -> str:
@@ -46,13 +47,28 @@ def build_report(folder: str | os.PathLike[str]) -> str:
     kind = report_kind(root)
     builders = {
         "train": sections.training_page,
-        "eval": task_sections.evaluation_page,
+        "eval": _evaluation_page,
         "localization": task_sections.localization_page,
-        "explain": task_sections.explanation_page,
+        "explain": _explanation_page,
         "demo": task_sections.demo_page,
     }
     page = builders[kind](root)
     return page.render()
+
+
+def _evaluation_page(folder: Path) -> Page:
+    """The report of an ``eval --out`` folder, with the section of its task (from its run record, else recognised by
+    the keys of its metrics)."""
+    task = sections.run_info(folder).get("task")
+    spec = task_spec(task) if task in TASK_NAMES else spec_of_metrics(read_json(folder / "metrics.json", "the metrics"))
+    return task_sections.evaluation_page(folder, spec.name if spec else task, spec.report_section if spec else None)
+
+
+def _explanation_page(folder: Path) -> Page:
+    """The report of an ``explain --out`` folder, its rows named as the task explains them."""
+    return task_sections.explanation_page(
+        folder, lambda task: task_spec(task).explained if task in TASK_NAMES else "class"
+    )
 
 
 def write_report(folder: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ worst images and a sample), and the tables here are bounded too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,12 @@ MAX_FIGURES = 24
 """Figures shown of a folder of PNGs (a generic evaluation or an explanation)."""
 
 
-def evaluation_page(folder: Path) -> Page:
-    """The report of an ``eval --out`` folder: the task's metrics, tables and figures, then the provenance."""
+def evaluation_page(folder: Path, task: str | None, section: Callable[[Page, Path, Any], None] | None) -> Page:
+    """The report of an ``eval --out`` folder: the ``section`` of its ``task`` (its metrics, tables and figures; None:
+    the metrics as they are), then the provenance."""
     metrics = read_json(folder / "metrics.json", "the metrics")
-    task = run_info(folder).get("task") or _task_of(metrics)
-    builder = {"classify": _classification, "segment": _segmentation, "detect": _detection}.get(str(task), _generic)
     page = Page(f"Evaluation: {folder.name}", f"{task or 'metrics'} evaluation in {folder.resolve()}")
-    builder(page, folder, metrics)
+    (section or generic_section)(page, folder, metrics)
     provenance_section(page, folder)
     return page
 
@@ -49,25 +49,13 @@ def localization_page(folder: Path) -> Page:
     worst and a sample of the images (map, predicted and true boxes)."""
     metrics = read_json(folder / "localization.json", "the localization metrics")
     page = Page(f"Localization: {folder.name}", f"weakly supervised localization in {folder.resolve()}")
-    _generic(page, folder, metrics)
+    generic_section(page, folder, metrics)
     provenance_section(page, folder)
     return page
 
 
-def _task_of(metrics: Any) -> str | None:
-    if not isinstance(metrics, dict):
-        return None
-    if "confusion" in metrics and "top1" in metrics:
-        return "classify"
-    if "pixels" in metrics and "summary" in metrics:
-        return "segment"
-    if "AP50" in metrics and "per_class" in metrics:
-        return "detect"
-    return None
-
-
 # -- classification --------------------------------------------------------------------------------------------------
-def _classification(page: Page, folder: Path, m: dict[str, Any]) -> None:
+def classification_section(page: Page, folder: Path, m: dict[str, Any]) -> None:
     k = m.get("top5_k", 5)
     page.add(
         "Accuracy",
@@ -110,7 +98,7 @@ def _classification(page: Page, folder: Path, m: dict[str, Any]) -> None:
 
 
 # -- segmentation ----------------------------------------------------------------------------------------------------
-def _segmentation(page: Page, folder: Path, m: dict[str, Any]) -> None:
+def segmentation_section(page: Page, folder: Path, m: dict[str, Any]) -> None:
     summary = dict(m.get("summary", {}))
     page.add("Summary", [key_values((k.replace("_", " "), number(v)) for k, v in summary.items())], "summary")
     pixels = dict(m.get("pixels", {}))
@@ -195,7 +183,7 @@ _COCO = (
 )
 
 
-def _detection(page: Page, folder: Path, m: dict[str, Any]) -> None:
+def detection_section(page: Page, folder: Path, m: dict[str, Any]) -> None:
     counts = f"{m.get('num_images')} images, {m.get('num_boxes')} boxes, {m.get('num_detections')} detections"
     rows = [(label, number(m.get(key), 3)) for key, label in _COCO if key in m]
     page.add("COCO metrics", [paragraph(counts), table(("metric", "value"), rows, (1,))], "coco")
@@ -246,7 +234,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return []
 
 
-def _generic(page: Page, folder: Path, m: Any) -> None:
+def generic_section(page: Page, folder: Path, m: Any) -> None:
     rows = [(k, number(v)) for k, v in _flatten(m)][:200]
     page.add("Metrics", [table(("metric", "value"), rows, (1,))], "metrics")
     pngs = sorted(p for p in folder.rglob("*.png"))[:MAX_FIGURES]
@@ -255,8 +243,9 @@ def _generic(page: Page, folder: Path, m: Any) -> None:
 
 
 # -- explanations ----------------------------------------------------------------------------------------------------
-def explanation_page(folder: Path) -> Page:
-    """The report of an ``explain --out`` folder: per image the explained classes and their figures."""
+def explanation_page(folder: Path, explained: Callable[[str], str] = lambda task: "class") -> Page:
+    """The report of an ``explain --out`` folder: per image the explained classes (or what ``explained`` of the
+    record's task names: "detection") and their figures."""
     records = read_json(folder / "explanations.json", "the explanations", list)
     page = Page(f"Explanations: {folder.name}", f"class activation maps in {folder.resolve()}")
     truth = _ground_truth(folder)
@@ -268,9 +257,7 @@ def explanation_page(folder: Path) -> Page:
             (c, number(s, 3), ", ".join(f"{v:.0f}" for v in b))
             for c, s, b in zip(r["classes"], r["scores"], r["boxes"], strict=True)
         ]
-        parts = [
-            table(("class" if r["task"] != "detect" else "detection", "score", "map box (x1, y1, x2, y2)"), rows, (1,))
-        ]
+        parts = [table((explained(str(r["task"])), "score", "map box (x1, y1, x2, y2)"), rows, (1,))]
         if truth is not None and name in truth:
             t = truth[name]
             parts.append(

@@ -1,32 +1,30 @@
-"""Image classification with EfficientNet: config, data pipeline, evaluation and prediction.
+"""Image classification with EfficientNet: the config, the model's build and initial weights, the data pipeline,
+and the checkpoint loaded for inference.
 
-Training is in :mod:`foveal.tasks.classify_train`."""
+The task's other files: training (:mod:`foveal.tasks.classify_train`), prediction (:mod:`foveal.tasks.
+classify_predict`), evaluation (:mod:`foveal.tasks.classify_eval`) and explanation (:mod:`foveal.tasks.
+classify_explain`)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
 from foveal.engine import checkpoint as ckpt_io
-from foveal.engine.device import placement, to_device, uses_channels_last
 from foveal.engine.optim import OptimConfig
-from foveal.engine.runinfo import write_run_info
 from foveal.engine.trainer import TrainConfig, seeded
 from foveal.errors import FovealError
-from foveal.io import atomic_output, write_json
 from foveal.models import efficientnet as eff
 from foveal.models.hub import efficientnet_kwargs, is_hub_spec, resolve_weights
-from foveal.preprocess import normalize
+from foveal.preprocess import normalize, resize_square
 from foveal.tasks.scaffold import load_for_inference
 
 TASK = "classify"
@@ -188,44 +186,10 @@ def _check_channels(stem: Tensor | None, in_channels: int, source: str) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
-class _Square(v2.Transform):
-    """Resize the shorter side to ``resolution`` and centre-crop a square; images already that size pass untouched."""
-
-    def __init__(self, resolution: int) -> None:
-        super().__init__()
-        self.resolution = resolution
-        self.resize = v2.Compose([v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
-
-    def forward(self, *inputs: Any) -> Any:
-        image = inputs[0]
-        if isinstance(image, Tensor) and image.shape[-2:] == (self.resolution, self.resolution):
-            return image
-        return self.resize(*inputs)
-
-
-def eval_transform(resolution: int) -> v2.Transform:
-    """Resize the shorter side to ``resolution`` and centre-crop a square (uint8 tensors)."""
-    return _Square(resolution)
-
-
-def train_transform(resolution: int, augment: str) -> v2.Transform:
-    if augment == "autoaugment":
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(resolution, antialias=True),
-                v2.RandomHorizontalFlip(),
-                v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
-            ]
-        )
-    base = eval_transform(resolution)
-    if augment == "crop-flip":
-        pad = max(1, resolution // 8)
-        return v2.Compose(
-            [base, v2.RandomCrop(resolution, padding=pad, padding_mode="reflect"), v2.RandomHorizontalFlip()]
-        )
-    if augment == "flip":
-        return v2.Compose([base, v2.RandomHorizontalFlip()])
-    return base
+def eval_transform(resolution: int) -> Callable[[Tensor], Tensor]:
+    """Resize the shorter side to ``resolution`` and centre-crop a square (:func:`foveal.preprocess.resize_square`:
+    torchvision's ``Resize`` + ``CenterCrop`` pixel for pixel, without importing torchvision)."""
+    return functools.partial(resize_square, resolution=resolution)
 
 
 class ClassifySamples(Dataset[tuple[Tensor, int]]):
@@ -235,7 +199,9 @@ class ClassifySamples(Dataset[tuple[Tensor, int]]):
     seed (the global RNG is forked around it), which makes resumed and distributed runs exact.
     """
 
-    def __init__(self, data: Any, transform: v2.Transform, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self, data: Any, transform: Callable[[Tensor], Tensor], mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
         self.data, self.transform, self.mean, self.std = data, transform, mean, std
 
     def __len__(self) -> int:
@@ -293,42 +259,6 @@ def open_data(cfg: DataConfig) -> tuple[Any, Any]:
     return train, val
 
 
-# -- evaluation ------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    samples: Dataset[Any],
-    classes: list[str],
-    batch_size: int = 128,
-    outcomes: list[Any] | None = None,
-) -> Any:
-    """Top-1, top-5, per-class accuracy and confusion matrix of ``model`` on ``samples``; with ``outcomes``, also
-    appends (top-1 probability, predicted class, true class) for each sample, in order."""
-    from torch.utils.data import DataLoader
-
-    from foveal.metrics.classification import ClassificationMeter
-
-    meter = ClassificationMeter(len(classes), classes)
-    # A generator of its own keeps evaluation from drawing on the global RNG (exact resume depends on it).
-    weight = next(model.parameters())
-    loader = DataLoader(
-        samples,
-        batch_size=batch_size,
-        collate_fn=collate,
-        generator=torch.Generator(),
-        pin_memory=weight.device.type == "cuda",  # non-blocking copies to the GPU
-    )
-    channels_last = uses_channels_last(model)
-    for images, targets in loader:
-        # on the model's device and in its dtype (bf16 / fp16 weights); logits and metrics in fp32 on the CPU
-        logits = model(to_device(images, weight.device, weight.dtype, channels_last)).float().cpu()
-        meter.update(logits, targets, loss=F.cross_entropy(logits, targets, reduction="sum") / len(targets))
-        if outcomes is not None:
-            conf, pred = logits.softmax(1).max(1)
-            outcomes.extend(zip(conf.tolist(), pred.tolist(), targets.tolist(), strict=True))
-    return meter.compute()
-
-
 # -- loading for inference -------------------------------------------------------------------------------------------
 @dataclass
 class LoadedClassifier:
@@ -341,26 +271,18 @@ class LoadedClassifier:
     meta: dict[str, Any]
 
 
-def check_task(ckpt: ckpt_io.Checkpoint) -> None:
-    task = ckpt.meta.get("task")
-    if task != TASK:
-        raise FovealError(
-            f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a classifier; pass a classify checkpoint"
-        )
-
-
 def load_classifier(
-    path: str | Path, fuse: bool = False, device: str | torch.device = "cpu", precision: str = "auto"
+    path: str | Path, fast: bool = False, device: str | torch.device = "cpu", precision: str = "auto"
 ) -> LoadedClassifier:
-    """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fuse``).
+    """Load a classification checkpoint for inference (eval mode; BN folded and channels-last when ``fast``).
 
     Args:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
         precision: ``auto`` (fp32 for inference), ``fp32``, ``bf16`` or ``fp16`` (CUDA): the weights' format (see
-            :func:`foveal.engine.device.resolve_precision`); bf16 / fp16 imply ``fuse``.
+            :func:`foveal.engine.device.resolve_precision`); bf16 / fp16 imply ``fast``.
     """
     model, (classes, resolution, channels, mean, std), ckpt = load_for_inference(
-        path, check_task, _read_record, fast=fuse, device=device, precision=precision
+        path, TASK, _read_record, fast=fast, device=device, precision=precision
     )
     if not isinstance(model, eff.EfficientNet):
         raise FovealError(f"checkpoint {ckpt.path} does not hold an EfficientNet classifier")
@@ -372,165 +294,3 @@ def _read_record(meta: dict[str, Any]) -> tuple[list[str], int, int, tuple[float
     inp = meta["input"]
     mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
     return list(meta["classes"]), int(inp["resolution"]), int(inp["channels"]), mean, std
-
-
-class _PrepareClassify:
-    """Path → (C, R, R) normalised float image, as evaluation prepares it (runs in DataLoader workers)."""
-
-    def __init__(self, clf: LoadedClassifier) -> None:
-        self.channels, self.mean, self.std = clf.channels, clf.mean, clf.std
-        self.transform = eval_transform(clf.resolution)
-
-    def __call__(self, path: Path) -> Tensor:
-        from foveal.data.images import load_image
-
-        return self.image(load_image(path, self.channels))
-
-    def image(self, pixels: Tensor) -> Tensor:
-        """(C, H, W) uint8 pixels (:func:`foveal.data.images.load_image`'s) → the model's (C, R, R) input."""
-        return normalize(self.transform(pixels), self.mean, self.std)
-
-
-class ClassifyPredictor:
-    """Batched top-k classification (a :class:`foveal.inference.batch_predict.Predictor`): each result is the
-    image's ``top_k`` ``(class index, name, probability)``, best first."""
-
-    def __init__(
-        self,
-        checkpoint: str | Path | LoadedClassifier,
-        top_k: int = 5,
-        device: str | torch.device = "auto",
-        precision: str = "auto",
-    ) -> None:
-        if top_k < 1:
-            raise FovealError(f"--top-k {top_k}: use a positive number of classes, e.g. --top-k 5")
-        if isinstance(checkpoint, LoadedClassifier):  # already loaded (device and precision as it was loaded)
-            self.clf = checkpoint
-        else:
-            self.clf = load_classifier(checkpoint, fuse=True, device=device, precision=precision)
-        self.k = min(top_k, len(self.clf.classes))
-        self.prepare = _PrepareClassify(self.clf)
-
-    @torch.no_grad()
-    def predict_batch(self, prepared: Sequence[Tensor]) -> list[tuple[Any, ...]]:
-        from foveal.report.tables import predictions_from_logits
-
-        weight = next(self.clf.model.parameters())
-        batch = to_device(torch.stack(list(prepared)), weight.device, weight.dtype, channels_last=True)
-        logits = self.clf.model(batch).float().cpu()  # probabilities in fp32
-        return [p.topk for p in predictions_from_logits([""] * len(prepared), logits, self.clf.classes, k=self.k)]
-
-
-class ClassifyWriter:
-    """Records ``{"predictions": [{"class", "index", "probability"}]}`` and, at the end, ``predictions.csv``."""
-
-    def write(self, item: Any, prepared: Any, result: tuple[Any, ...], out: Any) -> dict[str, Any]:
-        return {
-            "predictions": [{"class": s.name, "index": s.class_index, "probability": s.probability} for s in result]
-        }
-
-    def finish(self, records: Callable[[], Iterator[dict[str, Any]]], out: Any) -> None:
-        write_predictions_csv(records(), out.staged("predictions.csv"))
-
-
-def write_predictions_csv(records: Iterator[dict[str, Any]], path: str | Path) -> None:
-    """One CSV row per image × rank (:data:`foveal.report.tables.CSV_HEADER`) from prediction records, atomically."""
-    import csv
-
-    from foveal.report.tables import CSV_HEADER
-
-    with atomic_output(path) as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
-        for r in records:
-            for rank, s in enumerate(r["predictions"], start=1):
-                writer.writerow([r["file"], rank, s["index"], s["class"], repr(s["probability"])])
-
-
-def predict(
-    path: str | Path,
-    inputs: list[str],
-    top_k: int = 5,
-    batch_size: int = 32,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-) -> list[Any]:
-    """Top-k classes with probabilities for each image of ``inputs`` (files, folders, globs), in memory.
-
-    For streams of any length with outputs on disk, use ``foveal predict`` (:mod:`foveal.inference.batch_predict`
-    with :class:`ClassifyPredictor`)."""
-    from foveal.data.images import expand_inputs
-    from foveal.report.tables import Prediction
-
-    predictor = ClassifyPredictor(path, top_k, device, precision)
-    files = expand_inputs(list(inputs))
-    preds: list[Prediction] = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i : i + batch_size]
-        results = predictor.predict_batch([predictor.prepare(f) for f in chunk])
-        preds.extend(Prediction(str(f), topk) for f, topk in zip(chunk, results, strict=True))
-    return preds
-
-
-def evaluate_checkpoint(
-    path: str | Path,
-    data: str | None,
-    split: str,
-    out: str | Path | None,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-) -> Any:
-    """Evaluate a checkpoint on a dataset (default: its own validation data); write metrics and confusion PNG.
-
-    The network runs on ``device`` in ``precision`` (see :func:`load_classifier`); metrics are computed in fp32."""
-    from foveal.data.classification import open_dataset
-    from foveal.report.plots import plot_confusion
-    from foveal.report.tables import write_metrics_json
-
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise FovealError(f"output folder {out} is a file: pass a folder for metrics.json and confusion.png")
-    clf = load_classifier(path, fuse=True, device=device, precision=precision)
-    cfg_data = clf.meta.get("config", {}).get("data", {})
-    spec = data or cfg_data.get("val") or cfg_data.get("train")
-    if spec is None:
-        raise FovealError("the checkpoint names no dataset: pass --data")
-    dataset = open_dataset(spec, split, channels=clf.channels)
-    if len(dataset.classes) != len(clf.classes):
-        raise FovealError(
-            f"dataset {spec} has {len(dataset.classes)} classes but checkpoint has {len(clf.classes)}: "
-            "evaluate on data with the classes the model was trained on"
-        )
-    samples = ClassifySamples(dataset, eval_transform(clf.resolution), clf.mean, clf.std)
-    started, outcomes = time.time(), list[Any]()
-    result = evaluate(clf.model, samples, clf.classes, outcomes=outcomes)
-    if out is not None:
-        out = Path(out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FovealError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-        write_metrics_json(result, out / "metrics.json")
-        plot_confusion(result.confusion, clf.classes, out / "confusion.png")
-        _write_mistakes(dataset, outcomes, clf.classes, out)
-        data_info = {"data": {"spec": spec, "split": split, "samples": len(dataset)}}
-        where = placement(device, precision)
-        write_run_info(out, "eval", started, task=TASK, checkpoint=str(path), **data_info, **where)
-    return result
-
-
-MISTAKES_SHOWN = 16
-
-
-def _write_mistakes(dataset: Any, outcomes: list[Any], classes: list[str], out: Path) -> None:
-    """``mistakes.json`` and thumbnails (``mistakes/``) of the most confident misclassifications."""
-    from foveal.report.eval_figures import thumbnail
-
-    wrong = sorted((i for i, (_, p, t) in enumerate(outcomes) if p != t), key=lambda i: (-outcomes[i][0], i))
-    records = []
-    for rank, i in enumerate(wrong[:MISTAKES_SHOWN]):
-        conf, pred, true = outcomes[i]
-        image, _ = dataset.get(i)
-        thumb = thumbnail(image.numpy(), out / "mistakes" / f"{rank:02d}-{i}.png")
-        row = {"index": i, "true": classes[true], "predicted": classes[pred], "confidence": round(conf, 4)}
-        records.append({**row, "thumbnail": str(thumb.relative_to(out))})
-    write_json(out / "mistakes.json", {"errors": len(wrong), "samples": len(outcomes), "shown": records})

@@ -3,12 +3,14 @@ after each epoch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms import v2
 
 from foveal.config import check_data_keys, to_dict
 from foveal.errors import FovealError
@@ -18,20 +20,18 @@ from foveal.tasks.classify import (
     ClassifyConfig,
     ClassifySamples,
     build_classifier,
-    check_task,
     collate,
     eval_transform,
-    evaluate,
     init_weights,
     open_data,
     resolution_of,
-    train_transform,
 )
+from foveal.tasks.classify_eval import evaluate
 from foveal.tasks.scaffold import TrainingRun, fit, place_model, run_training
 
 
 def train(
-    cfg: ClassifyConfig,
+    cfg: ClassifyConfig | None,
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -40,9 +40,28 @@ def train(
 
     Returns the final validation metrics (a dict with top1, top5, ... and the run directory under "run_dir").
     """
-    return run_training(
-        cfg, _train, command="foveal train", check_task=check_task, run_dir=run_dir, resume=resume, device=device
-    )
+    return run_training(ClassifyConfig, cfg, _train, task=TASK, run_dir=run_dir, resume=resume, device=device)
+
+
+def train_transform(resolution: int, augment: str) -> Callable[[Tensor], Tensor]:
+    """The training augmentation ``augment`` ("autoaugment", "crop-flip", "flip", else none) at ``resolution``."""
+    if augment == "autoaugment":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(resolution, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+            ]
+        )
+    base = eval_transform(resolution)
+    if augment == "crop-flip":
+        pad = max(1, resolution // 8)
+        return v2.Compose(
+            [base, v2.RandomCrop(resolution, padding=pad, padding_mode="reflect"), v2.RandomHorizontalFlip()]
+        )
+    if augment == "flip":
+        return v2.Compose([base, v2.RandomHorizontalFlip()])
+    return base
 
 
 def _check_batch(cfg: ClassifyConfig, world: int, images: int | None = None) -> None:

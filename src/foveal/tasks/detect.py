@@ -14,22 +14,27 @@ evaluation and prediction are in :mod:`foveal.tasks.detect_eval`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
+import torch
 from torch import Tensor, nn
 
-from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between
+from foveal.config import ANY_FINITE, FRACTION, POSITIVE, at_least, between, from_dict
 from foveal.data.box_transforms import DetectionTransform
 from foveal.engine import checkpoint as ckpt_io
+from foveal.engine.device import to_device, uses_channels_last
 from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
-from foveal.models.anchors import Matcher
+from foveal.models.anchors import AnchorGenerator, Matcher
 from foveal.models.hub import backbone_kwargs, efficientnet_kwargs, is_hub_spec, resolve_weights
-from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, retinanet_loss
-from foveal.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from foveal.models.retinanet import SMOOTH_L1_BETA, RetinaNet, RetinaOutput, postprocess, retinanet_loss
+from foveal.preprocess import IMAGENET_MEAN, IMAGENET_STD, boxes_to_original
+from foveal.tasks.classify import TASK as CLASSIFY
+from foveal.tasks.scaffold import load_for_inference
 
 TASK = "detect"
 
@@ -206,7 +211,7 @@ def _weights_of(cfg: DetectModelConfig) -> tuple[dict[str, Tensor], str, str]:
         task = ckpt.meta.get("task")
         if task == TASK:
             return ckpt.weights, "", source
-        if task == "classify":
+        if task == CLASSIFY:  # a classifier's EfficientNet: the backbone
             drop = ("head.", "classifier.")
             return {f"backbone.{k}": v for k, v in ckpt.weights.items() if not k.startswith(drop)}, "backbone.", source
         raise FovealError(f"{source} is a '{task}' checkpoint: initialise from a detect or classify checkpoint")
@@ -343,7 +348,116 @@ def detection_loss(output: RetinaOutput, targets: list[dict[str, Tensor]], cfg: 
     )
 
 
-def check_task(ckpt: ckpt_io.Checkpoint) -> None:
-    task = ckpt.meta.get("task")
-    if task != TASK:
-        raise FovealError(f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a detector; pass a detect checkpoint")
+# -- loading for inference --------------------------------------------------------------------------------------------
+@dataclass
+class LoadedDetector:
+    """A detector ready for inference and what its inputs must look like.
+
+    Attributes:
+        model: the RetinaNet in eval mode (BatchNorm folded and channels-last when loaded with ``fast``).
+        classes: class names; label k is ``classes[k]``.
+        categories: ``[{"id", "name"}]``; label k has category id ``categories[k]["id"]``.
+        channels: image channels the model takes (1 or 3).
+        min_size, max_size: the resize of :func:`foveal.preprocess.resize_for_detection`.
+        mean, std: the normalisation of :func:`foveal.preprocess.normalize`.
+        config: the training recipe (its ``inference`` section holds the post-processing settings).
+        meta: the checkpoint record.
+    """
+
+    model: nn.Module
+    classes: list[str]
+    categories: list[dict[str, Any]]
+    channels: int
+    min_size: int
+    max_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    config: DetectConfig
+    meta: dict[str, Any]
+
+    def transform(self) -> DetectionTransform:
+        """The evaluation transform (resize + normalise) of the model's inputs."""
+        return eval_transform(self.min_size, self.max_size, self.mean, self.std)
+
+
+def load_detector(
+    path: str | Path,
+    fast: bool = True,
+    bf16: bool = False,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> LoadedDetector:
+    """Load a detection checkpoint (a checkpoint folder or a run directory) for inference.
+
+    Args:
+        path: the checkpoint.
+        fast: fold BatchNorm into the convolutions and use channels-last (:func:`inference_model`).
+        bf16: bfloat16 weights, the same as ``precision="bf16"`` (with ``fast``; see :func:`inference_model`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`foveal.engine.device.resolve_device`).
+        precision: ``auto`` (fp32 for inference), ``fp32``, ``bf16`` or ``fp16`` (CUDA) weights; anchors, box
+            decoding and NMS stay fp32.
+    """
+    precision = "bf16" if bf16 and precision in ("auto", "fp32") else precision
+    model, (classes, categories, config, geometry, mean, std), ckpt = load_for_inference(
+        path, TASK, _read_record, fast=fast, device=device, precision=precision
+    )
+    return LoadedDetector(model, classes, categories, *geometry, mean, std, config, ckpt.meta)
+
+
+def _read_record(
+    meta: dict[str, Any],
+) -> tuple[list[str], list[dict[str, Any]], DetectConfig, tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    """Classes, categories, config, input geometry (channels, min_size, max_size), mean and std of a detection
+    checkpoint's record."""
+    inp = meta["input"]
+    categories = [dict(c) for c in meta["categories"]]
+    config = from_dict(DetectConfig, meta["config"])
+    geometry = (int(inp["channels"]), int(inp["min_size"]), int(inp["max_size"]))
+    mean, std = tuple(float(v) for v in inp["mean"]), tuple(float(v) for v in inp["std"])
+    return list(meta["classes"]), categories, config, geometry, mean, std
+
+
+def fp32_output(model: nn.Module, output: RetinaOutput) -> RetinaOutput:
+    """``output`` of a bf16 / fp16 RetinaNet with fp32 logits, deltas and anchors (anchors made anew in fp32: in
+    bf16 they and the deltas would put boxes off by pixels); an fp32 output as it is."""
+    if output.cls_logits.dtype == torch.float32:
+        return output
+    generator = cast(AnchorGenerator, model.anchor_generator)
+    anchors = torch.cat(generator(output.level_sizes, output.cls_logits.device, torch.float32))
+    return output._replace(cls_logits=output.cls_logits.float(), box_deltas=output.box_deltas.float(), anchors=anchors)
+
+
+@torch.no_grad()
+def detect_batch(
+    model: nn.Module,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    scales: Sequence[float],
+    original_sizes: Sequence[tuple[int, int]],
+    inference: DetectInferenceConfig,
+) -> list[dict[str, Tensor]]:
+    """Detections of one padded batch, in the original images' pixels.
+
+    Args:
+        model: a RetinaNet in eval mode.
+        images: (N, C, H, W) resized, normalised, zero-padded images (:func:`collate_detection`).
+        image_sizes: (H', W') of each image before padding.
+        scales: resize factor of each image (resized = original · scale).
+        original_sizes: (H, W) of each original image; boxes are clipped to it.
+        inference: the post-processing settings.
+
+    Returns:
+        Per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,) int64}`` on the CPU, by decreasing score.
+    """
+    weight = next(model.parameters())
+    output = fp32_output(model, model(to_device(images, weight.device, weight.dtype, uses_channels_last(model))))
+    dets = postprocess(
+        output, image_sizes, inference.score_thresh, inference.topk, inference.nms, inference.max_detections
+    )
+    results = []
+    for det, scale, (h, w) in zip(dets, scales, original_sizes, strict=True):
+        boxes = boxes_to_original(det["boxes"].float(), scale).cpu()
+        limit = boxes.new_tensor([w, h, w, h])
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        results.append({"boxes": boxes, "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
+    return results

@@ -16,7 +16,6 @@ from foveal.tasks.detect import (
     TASK,
     DetectConfig,
     build_detector,
-    check_task,
     detection_loss,
     eval_transform,
     freeze_batchnorm,
@@ -29,7 +28,7 @@ from foveal.tasks.scaffold import TrainingRun, fit, place_model, run_training
 
 
 def train(
-    cfg: DetectConfig,
+    cfg: DetectConfig | None,
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -38,15 +37,7 @@ def train(
 
     Returns the final validation metrics (AP, AP50, AP75, APs, APm, APl, AR100 where defined), "run_dir", "step".
     """
-    return run_training(
-        cfg,
-        _train,
-        command="foveal train detect",
-        check_task=check_task,
-        run_dir=run_dir,
-        resume=resume,
-        device=device,
-    )
+    return run_training(DetectConfig, cfg, _train, task=TASK, run_dir=run_dir, resume=resume, device=device)
 
 
 def _check_config(setup: TrainingRun[DetectConfig]) -> None:

@@ -47,7 +47,7 @@ from foveal.metrics.localization import (
 from foveal.preprocess import normalize
 from foveal.results import ImageRow, LocalizationReport
 from foveal.tasks.classify import LoadedClassifier, eval_transform, load_classifier
-from foveal.tasks.explain import MapFn, class_maps, class_scores, multiscale
+from foveal.tasks.classify_explain import MapFn, class_maps, class_scores, multiscale
 from foveal.tasks.explain_common import check_options, crop_region
 
 RESULTS_FILE = "localization.json"
@@ -172,7 +172,7 @@ def evaluate_canvases(
     Args:
         checkpoint: a classification checkpoint (or its run directory) with the canvases' classes.
         data: canvases (:func:`foveal.data.localization_set.build_localization_set`).
-        method: "cam", "gradcam", or any :data:`~foveal.tasks.explain.MapFn` (e.g. another library's maps).
+        method: "cam", "gradcam", or any :data:`~foveal.tasks.classify_explain.MapFn` (e.g. another library's maps).
         threshold: the box's fraction of the map's max (0.2 in the CAM paper); MaxBoxAccV2 tries its own.
         map_stride, map_scales, flip: finer, multi-scale or mirrored maps, as in :func:`foveal.tasks.explain.explain`.
         batch_size: canvases per forward pass.

@@ -38,10 +38,8 @@ from foveal.inference.batch_predict import (
     write_json_array,
 )
 from foveal.io import STAGING_NAME, StagedOutput, folder_owner, staged_output
+from foveal.tasks.table import TaskSpec, all_specs, checkpoint_spec, task_spec
 
-#: Images per forward pass when ``batch_size`` is not given: small classifier inputs batch well; a detector's large
-#: inputs less so; a U-Net predicts each image by overlap-tile batches of its own.
-DEFAULT_BATCH = {"classify": 32, "detect": 4, "segment": 1}
 _TABLE_LIMIT = 50  # longer streams print a summary line instead of a table
 _REASONS_SHOWN = 10  # failed images named with the reason when errors.jsonl lists them all
 
@@ -54,8 +52,10 @@ class PredictRequest:
         checkpoint: checkpoint folder or run directory.
         inputs: image files, folders, glob patterns and list files (``.txt``: one path per line).
         out: output folder (None: ``predictions`` for segment / detect; classify then writes only ``json`` / ``csv``).
-        top_k: classify: classes per image. tile, fmt, tta: segment (see :class:`SegmentPredictor`).
-        batch_size: images per forward pass (None: :data:`DEFAULT_BATCH`). workers: decoding processes.
+        top_k, tile, fmt, tta, probabilities, score_thresh, show_thresh: the predictor's and writer's options (each
+            task takes some: its
+            :attr:`~foveal.tasks.table.TaskSpec.predict_options`; another task's option is an error).
+        batch_size: images per forward pass (None: the task's). workers: decoding processes.
         resume: continue the interrupted run in ``out``. strict: stop at the first unreadable image.
         overwrite: write into an ``out`` that holds another model's predictions (replaced) or another command's
             outputs.
@@ -72,6 +72,8 @@ class PredictRequest:
     fmt: str = "tif"
     probabilities: bool = False
     tta: str | None = None
+    score_thresh: float | None = None
+    show_thresh: float = 0.3
     batch_size: int | None = None
     workers: int | None = None
     resume: bool = False
@@ -85,59 +87,64 @@ class PredictRequest:
     precision: str = "auto"
 
 
-def build(task: str, req: PredictRequest) -> tuple[Predictor, Writer]:
-    """The predictor and writer of ``task`` for ``req`` (another task is loaded as a classifier, which names it)."""
-    if task == "detect":
-        from foveal.tasks.detect_eval import DetectPredictor, DetectWriter
-
-        det = DetectPredictor(req.checkpoint, device=req.device, precision=req.precision)
-        return det, DetectWriter(det.det.classes, det.det.categories)
-    if task == "segment":
-        from foveal.tasks.segment_eval import SegmentPredictor, SegmentWriter
-
-        seg = SegmentPredictor(req.checkpoint, req.tile, req.tta, req.fmt, req.probabilities, req.device, req.precision)
-        return seg, SegmentWriter(seg.seg.masks == "instances", req.fmt, req.probabilities, seg)
-    from foveal.tasks.classify import ClassifyPredictor, ClassifyWriter
-
-    return ClassifyPredictor(req.checkpoint, req.top_k, req.device, req.precision), ClassifyWriter()
+def build(spec: TaskSpec, req: PredictRequest) -> tuple[Predictor, Writer]:
+    """The predictor and writer of the task ``spec`` for ``req``."""
+    loaded = spec.load(req.checkpoint, fast=True, device=req.device, precision=req.precision)
+    predictor = spec.predictor(loaded, **spec.options_of(req))
+    return predictor, spec.writer(predictor, **spec.options_of(req))
 
 
 @dataclass(frozen=True)
 class _Factory:
-    """``build(task, req)`` as a picklable callable (sent to Ray actors)."""
+    """``build(task_spec(task), req)`` as a picklable callable (sent to Ray actors)."""
 
     task: str
     req: PredictRequest
 
     def __call__(self) -> tuple[Predictor, Writer]:
-        return build(self.task, self.req)
+        return build(task_spec(self.task), self.req)
 
 
-def _check(task: str, req: PredictRequest) -> None:
-    if req.tta is not None and task != "segment":
-        raise FovealError(f"--tta applies to segmentation checkpoints; {req.checkpoint} is a '{task}' checkpoint")
-    if req.csv is not None and task != "classify":
-        raise FovealError(f"--csv applies to classifiers; {req.checkpoint} is a '{task}' checkpoint (use --json)")
-    if req.resume and req.out is None and task == "classify":
-        raise FovealError("--resume continues the run in an --out folder: pass the --out of the interrupted run")
+#: The request's options that some task's predictor takes (given to a task that does not take them: an error).
+TASK_OPTIONS = ("top_k", "tile", "fmt", "tta", "probabilities", "score_thresh", "show_thresh", "csv")
+
+
+def check_request(spec: TaskSpec, req: PredictRequest) -> None:
+    """Refuse, before anything runs, an option the checkpoint's task does not take and options that contradict."""
+    defaults = PredictRequest("", ())
+    for name in TASK_OPTIONS:
+        takes = name in spec.predict_options or (name == "csv" and spec.csv is not None)
+        if not takes and getattr(req, name) != getattr(defaults, name):
+            nouns = [s.noun for s in all_specs() if name in s.predict_options or (name == "csv" and s.csv)]
+            raise FovealError(
+                f"{name} applies to {' and '.join(nouns)} checkpoints; {req.checkpoint} is a '{spec.name}' checkpoint",
+                options=(name,),
+            )
+    if req.resume and req.out is None and spec.default_out is None:
+        raise FovealError(
+            "resume continues the run in an out folder: pass the out folder of the interrupted run",
+            options=("resume", "out"),
+        )
     if req.ray is not None and req.workers is not None:
-        raise FovealError("--workers applies to this process; with --ray, Ray runs one predictor per CPU")
-    for flag, path in (("--json", req.json), ("--csv", req.csv)):
+        raise FovealError(
+            "workers applies to this process; with ray, Ray runs one predictor per CPU", options=("workers", "ray")
+        )
+    for name, path in (("json", req.json), ("csv", req.csv)):
         if path is not None and Path(path).is_dir():
             raise FovealError(
-                f"{flag} {path} is a folder: give a file name, e.g. {Path(path) / 'predictions'}{flag[1:]}"
+                f"{name} {path} is a folder: give a file name, e.g. {Path(path) / 'predictions'}.{name}",
+                options=(name,),
             )
 
 
-def _settings(task: str, req: PredictRequest) -> dict[str, Any]:
+def _settings(spec: TaskSpec, req: PredictRequest) -> dict[str, Any]:
     """What makes the outputs what they are (a resume must repeat it)."""
-    keep = {"classify": ("top_k",), "segment": ("tile", "fmt", "tta", "probabilities"), "detect": ()}[task]
     return {
-        "task": task,
+        "task": spec.name,
         "checkpoint": str(Path(req.checkpoint).resolve()),
         "inputs": list(req.inputs),
-        "batch_size": req.batch_size or DEFAULT_BATCH[task],
-        **{k: getattr(req, k) for k in keep},
+        "batch_size": req.batch_size or spec.batch_size,
+        **spec.options_of(req),
     }
 
 
@@ -157,18 +164,17 @@ class PredictOutcome:
 
 def run_predict(req: PredictRequest) -> PredictOutcome:
     """Run ``req`` (see the module docstring for the outputs)."""
-    from foveal.engine.checkpoint import checkpoint_task
-
-    task = checkpoint_task(req.checkpoint)
-    _check(task, req)
-    predictor, writer = build(task, req)  # another task is loaded as a classifier, which names it
-    out = req.out if req.out is not None or task == "classify" else "predictions"
-    settings = _settings(task, req)
+    spec = checkpoint_spec(req.checkpoint)
+    task = spec.name
+    check_request(spec, req)
+    predictor, writer = build(spec, req)
+    out = req.out if req.out is not None else spec.default_out
+    settings = _settings(spec, req)
     owner = {"command": "predict", "model": settings["checkpoint"], "task": task}
     finished = _finished_run(task, req, out, settings)
     if finished is not None:
         return finished
-    batch = req.batch_size or DEFAULT_BATCH[task]
+    batch = req.batch_size or spec.batch_size
     lasting = out is not None
     with (
         _folder(out) as folder,
@@ -192,7 +198,7 @@ def run_predict(req: PredictRequest) -> PredictOutcome:
                 resumable=lasting,
             )
         staged.own({**owner, "settings": settings, "total": summary.total, "failed": summary.failed})
-        table = _export_records(task, req, staged.staged(PREDICTIONS), summary)
+        table = _export_records(spec, req, staged.staged(PREDICTIONS), summary)
         shown = _REASONS_SHOWN if lasting else None  # all of them when no errors.jsonl lasts
         reasons = tuple(itertools.islice(_reasons(staged.staged(ERRORS)), shown)) if summary.failed else ()
     return PredictOutcome(task, summary, table, out, reasons)
@@ -221,15 +227,13 @@ def _on_ray(
     return summary
 
 
-def _export_records(task: str, req: PredictRequest, records: Path, summary: StreamSummary) -> str:
-    """Write ``--json`` / ``--csv`` from the staged records; the table of a short run (empty for a long one)."""
+def _export_records(spec: TaskSpec, req: PredictRequest, records: Path, summary: StreamSummary) -> str:
+    """Write ``json`` / ``csv`` from the staged records; the table of a short run (empty for a long one)."""
     if req.json:
         write_json_array(req.json, iter_records(records))
-    if req.csv:
-        from foveal.tasks.classify import write_predictions_csv
-
-        write_predictions_csv(iter_records(records), req.csv)
-    return format_records(task, iter_records(records)) if summary.total <= _TABLE_LIMIT else ""
+    if req.csv and spec.csv is not None:
+        spec.csv(iter_records(records), req.csv)
+    return spec.format_records(list(iter_records(records))) if summary.total <= _TABLE_LIMIT else ""
 
 
 def _finished_run(task: str, req: PredictRequest, out: str | None, settings: dict[str, Any]) -> PredictOutcome | None:
@@ -274,23 +278,3 @@ def _folder(out: str | None) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="foveal-predict-") as tmp:
         yield tmp
-
-
-def format_records(task: str, records: Iterator[dict[str, Any]]) -> str:
-    """The task's text table of prediction records."""
-    if task == "classify":
-        from foveal.report.tables import Prediction, format_table
-
-        preds = [
-            Prediction(r["file"], [(p["index"], p["class"], p["probability"]) for p in r["predictions"]])
-            for r in records
-        ]
-        return format_table(preds)
-    if task == "detect":
-        from foveal.tasks.detect_eval import format_predictions
-
-        return format_predictions(list(records))
-    from foveal.tasks.segment_eval import format_predictions as format_rows
-    from foveal.tasks.segment_eval import seg_prediction
-
-    return format_rows([seg_prediction(r) for r in records])

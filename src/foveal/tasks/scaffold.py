@@ -37,6 +37,7 @@ from foveal.errors import FovealError
 from foveal.inference.fast import inference_model
 from foveal.io import write_json
 from foveal.models.registry import rebuild
+from foveal.tasks.names import NOUNS
 
 
 class TaskConfig(Protocol):
@@ -98,11 +99,11 @@ def process_state() -> Iterator[None]:
 
 
 def run_training(
-    cfg: C,
+    config: type[C],
+    cfg: C | None,
     body: Callable[[TrainingRun[C]], dict[str, Any]],
     *,
-    command: str,
-    check_task: Callable[[ckpt_io.Checkpoint], None],
+    task: str,
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -110,21 +111,24 @@ def run_training(
     """Set up a run and call ``body`` with it; the process's torch state is restored when this returns.
 
     Args:
-        cfg: the task's config; with ``resume``, only its type counts (the run's stored config is used).
+        config: the task's config class.
+        cfg: the task's config; None with ``resume`` (the run's stored config is used).
         body: the task's training, given the :class:`TrainingRun`; returns the final metrics.
-        command: the command that writes such runs ("foveal train detect"), named when nothing can be resumed.
-        check_task: raises FovealError when a checkpoint belongs to another task.
+        task: the task's name (a checkpoint of another task is not resumed; messages name ``foveal train TASK``).
         run_dir: the run directory (default ``cfg.out``); ignored with ``resume``.
         resume: a run directory to continue exactly from its latest step checkpoint.
         device: wins over ``cfg.train.device`` (e.g. from ``--device``); a resumed run may change it.
     """
+    command = f"foveal train {task}"
     with process_state():
         checkpoint = None
         if resume is not None:
             checkpoint = ckpt_io.load_resume_point(resume, command)
-            check_task(checkpoint)
-            cfg = from_dict(type(cfg), checkpoint.meta["config"])
+            check_task(checkpoint, task)
+            cfg = from_dict(config, checkpoint.meta["config"])
             run_dir = Path(resume)
+        if cfg is None:
+            raise FovealError("a training needs its config, or resume: the run directory to continue")
         run = Path(run_dir or cfg.out)
         where = training_device(cfg.train.device if device is None else device)
         dist_info = init_distributed(where)
@@ -215,9 +219,19 @@ def fit(
 R = TypeVar("R")
 
 
+def check_task(checkpoint: ckpt_io.Checkpoint, task: str) -> None:
+    """Refuse a checkpoint of another task than ``task``, naming both."""
+    found = checkpoint.meta.get("task")
+    if found != task:
+        raise FovealError(
+            f"checkpoint {checkpoint.path} is a '{found}' checkpoint, not a {NOUNS.get(task, task)}; pass a {task} "
+            "checkpoint"
+        )
+
+
 def load_for_inference(
     path: str | Path,
-    check_task: Callable[[ckpt_io.Checkpoint], None],
+    task: str,
     read: Callable[[dict[str, Any]], R],
     *,
     fast: bool,
@@ -228,7 +242,7 @@ def load_for_inference(
 
     Args:
         path: the checkpoint.
-        check_task: raises FovealError when the checkpoint belongs to another task.
+        task: the task it must be of (another task's checkpoint is refused).
         read: what the task needs of the checkpoint's record (classes, input geometry, config), read from its
             ``meta``; a missing or malformed entry is reported as a damaged record.
         fast: use :func:`foveal.inference.fast.inference_model`'s copy (BatchNorm folded, channels-last).
@@ -242,7 +256,7 @@ def load_for_inference(
     where = resolve_device(device)
     prec = resolve_precision(precision, where)
     checkpoint = ckpt_io.load_checkpoint(path)
-    check_task(checkpoint)
+    check_task(checkpoint, task)
     with ckpt_io.reading_record(checkpoint):
         model = rebuild(checkpoint.meta["model"])
         record = read(checkpoint.meta)

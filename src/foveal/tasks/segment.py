@@ -20,11 +20,12 @@ from torch.utils.data import Dataset
 
 from foveal.config import POSITIVE, at_least, between, from_dict
 from foveal.data.augment import AugmentConfig, augment_batch
+from foveal.data.instances import instances_from_classes
 from foveal.engine import checkpoint as ckpt_io
 from foveal.engine.optim import OptimConfig
 from foveal.engine.trainer import TrainConfig
 from foveal.errors import FovealError
-from foveal.inference.tiling import reflect_pad
+from foveal.inference.tiling import predict_tiled, reflect_pad
 from foveal.tasks.scaffold import load_for_inference
 
 TASK = "segment"
@@ -379,14 +380,6 @@ class LoadedSegmenter:
     meta: dict[str, Any]
 
 
-def check_task(ckpt: ckpt_io.Checkpoint) -> None:
-    task = ckpt.meta.get("task")
-    if task != TASK:
-        raise FovealError(
-            f"checkpoint {ckpt.path} is a '{task}' checkpoint, not a segmentation model; pass a segment checkpoint"
-        )
-
-
 def load_segmenter(
     path: str | Path, fast: bool = False, device: str | torch.device = "cpu", precision: str = "auto"
 ) -> LoadedSegmenter:
@@ -399,7 +392,7 @@ def load_segmenter(
     stores the folded copy's weights in that format (implies ``fast``).
     """
     model, (classes, config, geometry), ckpt = load_for_inference(
-        path, check_task, _read_record, fast=fast, device=device, precision=precision
+        path, TASK, _read_record, fast=fast, device=device, precision=precision
     )
     return LoadedSegmenter(model, classes, *geometry, config, ckpt.meta)
 
@@ -409,3 +402,45 @@ def _read_record(meta: dict[str, Any]) -> tuple[list[str], SegmentConfig, tuple[
     inp = meta["input"]
     config = from_dict(SegmentConfig, meta["config"])
     return list(meta["classes"]), config, (int(inp["channels"]), str(inp["normalize"]), str(inp["masks"]))
+
+
+# -- overlap-tile inference ------------------------------------------------------------------------------------------
+TTA_MODES = ("none", "dihedral")
+
+
+def predict_logits(
+    model: nn.Module, image: Tensor, tile: int, batch: int = 2, progress: bool = False, tta: str = "none"
+) -> Tensor:
+    """Logits (K, H, W), fp32 on the CPU, of one image (C, H, W) by overlap-tile inference with output tiles of
+    ``tile``, computed on the model's device in its dtype.
+
+    ``tta="dihedral"``: the image is predicted in each of its 8 rotations / flips, each result mapped back, and the
+    soft-max probabilities averaged; their logarithm is returned (a valid logit map: its arg-max and soft-max are
+    those of the average).
+    """
+    if tta not in TTA_MODES:
+        raise FovealError(f"unknown test-time augmentation {tta!r}: use 'none' or 'dihedral' (8 rotations / flips)")
+    border, stride = int(model.border), int(model.stride)  # type: ignore[arg-type]
+
+    def once(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return predict_tiled(model, x, tile, border=border, stride=stride, batch=batch, progress=progress)[0]
+
+    param = next(model.parameters())
+    image = image.to(param.device)
+    if tta == "none":
+        return once(image).float().cpu()
+    total = torch.zeros(0)
+    for flip in (False, True):
+        for turns in range(4):
+            x = image.flip(-1) if flip else image
+            probs = once(torch.rot90(x, turns, (-2, -1))).float().softmax(0)
+            probs = torch.rot90(probs, -turns, (-2, -1))
+            probs = probs.flip(-1) if flip else probs
+            total = probs if total.numel() == 0 else total + probs
+    return (total / 8).clamp_min(1e-12).log().cpu()
+
+
+def to_instances(classes: np.ndarray, post: PostConfig) -> np.ndarray:
+    """Instance labels from a predicted class map (foreground = every class ≥ 1)."""
+    return instances_from_classes(classes > 0, min_size=post.min_size, expand=post.expand)

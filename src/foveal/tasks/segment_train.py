@@ -15,11 +15,11 @@ from foveal.models.hub import weights_record
 from foveal.tasks.scaffold import TrainingRun, fit, place_model, run_training
 from foveal.tasks.segment import (
     TASK,
+    TTA_MODES,
     SegmentConfig,
     TrainingTiles,
     attach_context,
     build_segmenter,
-    check_task,
     class_names,
     collate,
     init_encoder,
@@ -27,11 +27,11 @@ from foveal.tasks.segment import (
     prepare,
     tile_input,
 )
-from foveal.tasks.segment_eval import TTA_MODES, evaluate
+from foveal.tasks.segment_eval import evaluate
 
 
 def train(
-    cfg: SegmentConfig,
+    cfg: SegmentConfig | None,
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -40,15 +40,7 @@ def train(
 
     Returns the final validation metrics (fg_iou, f1_50, ... and "run_dir").
     """
-    return run_training(
-        cfg,
-        _train,
-        command="foveal train segment",
-        check_task=check_task,
-        run_dir=run_dir,
-        resume=resume,
-        device=device,
-    )
+    return run_training(SegmentConfig, cfg, _train, task=TASK, run_dir=run_dir, resume=resume, device=device)
 
 
 def _check_config(setup: TrainingRun[SegmentConfig]) -> None:

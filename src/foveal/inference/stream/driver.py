@@ -75,7 +75,7 @@ def segment_large(
 ) -> StreamResult:
     """Segment an image of any size without holding it: read tiles, predict, write labels tile by tile.
 
-    The labels equal those of the whole-image path (:func:`foveal.tasks.segment_eval.predict_logits`, arg-max, and
+    The labels equal those of the whole-image path (:func:`foveal.tasks.segment.predict_logits`, arg-max, and
     :func:`foveal.data.instances.instances_from_classes` with 4-connectivity, ``min_size``, ``expand``) bit for bit.
 
     Args:

@@ -60,7 +60,7 @@ def segment_gradcam(model: nn.Module, image: Tensor, tile: int | None = None) ->
         ((H, W) non-negative Grad-CAM map, (H, W) int64 predicted class map).
     """
     from foveal.inference.tiling import TileGeometry, reflect_pad
-    from foveal.tasks.segment_eval import predict_logits
+    from foveal.tasks.segment import predict_logits
 
     height, width = image.shape[-2:]
     stride, border = int(model.stride), int(model.border)  # type: ignore[arg-type]

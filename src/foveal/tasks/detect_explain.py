@@ -63,7 +63,7 @@ def explain_detector(checkpoint: Path, files: list[Path], out_dir: Path, opt: Ex
     detections (above ``opt.score_thresh``, default the checkpoint's) gets a record with empty lists and no
     figure."""
     from foveal.data.box_transforms import collate_detection
-    from foveal.tasks.detect_eval import fp32_output, load_detector
+    from foveal.tasks.detect import fp32_output, load_detector
 
     # Grad-CAM needs gradients: direct convolutions (no Winograd), BatchNorm folded only in bf16 / fp16
     det = load_detector(checkpoint, fast=False, device=opt.device, precision=opt.precision)
