@@ -10,7 +10,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms import v2
 
 from foveal.config import check_data_keys, to_dict
 from foveal.errors import FovealError
@@ -45,6 +44,10 @@ def train(
 
 def train_transform(resolution: int, augment: str) -> Callable[[Tensor], Tensor]:
     """The training augmentation ``augment`` ("autoaugment", "crop-flip", "flip", else none) at ``resolution``."""
+    # deferred: torchvision imports torch._dynamo (about a second), which the task's inference does not need; the
+    # task table imports this module with the rest of the task
+    from torchvision.transforms import v2
+
     if augment == "autoaugment":
         return v2.Compose(
             [
