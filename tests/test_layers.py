@@ -5,8 +5,11 @@ name crosses a module boundary. Imports inside functions count like those at mod
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -205,3 +208,64 @@ def test_every_package_folder_has_an_init() -> None:
         if folder.is_dir() and any(folder.glob("*.py")) and not (folder / "__init__.py").exists()
     )
     assert missing == []
+
+
+FLAG = re.compile(r"--[A-Za-z]")
+QUOTED_COMMAND = re.compile(r"'(?:foveal|ray|\{command\}) [^']*'")
+
+
+def _message_text(node: ast.expr) -> str:
+    """The literal text of a message expression: its string constants and f-string parts, each placeholder written as
+    ``{expression}``."""
+    if isinstance(node, ast.JoinedStr):
+        return "".join(
+            part.value if isinstance(part, ast.Constant) else "{" + ast.unparse(part.value) + "}"  # type: ignore[attr-defined]
+            for part in node.values
+        )
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return " ".join(_message_text(child) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
+
+
+def _flags_in_errors(source: str) -> list[tuple[int, str]]:
+    """``(line, text)`` of every ``FovealError(...)`` whose message names a command-line flag (``--name``) outside a
+    quoted command (``'foveal predict … --resume'``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name != "FovealError":
+            continue
+        text = " ".join(_message_text(arg) for arg in node.args)
+        if FLAG.search(QUOTED_COMMAND.sub("", text)):
+            found.append((node.lineno, text))
+    return found
+
+
+def test_library_errors_name_parameters_not_flags() -> None:
+    """A library message names the caller's parameters as the Python API spells them (``batch_size``) and lists them
+    in ``options=``; only the CLI writes them as flags (``--batch-size``)."""
+    flagged = sorted(
+        (str(path.relative_to(SRC)), line, text)
+        for path in (SRC / "foveal").rglob("*.py")
+        if path.name != "cli.py" or path.parent.name != "foveal"
+        for line, text in _flags_in_errors(path.read_text())
+    )
+    assert flagged == []
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ('raise FovealError(f"--batch-size {n}: use a positive number")', True),
+        ('raise errors.FovealError("pass " + "--out FOLDER")', True),
+        ('raise FovealError(f"{n} images" if n else "see --help")', True),
+        ('raise FovealError(f"batch_size {n}: use a positive number", options=("batch_size",))', False),
+        ("raise FovealError(\"continue with 'foveal train detect --resume RUN'\")", False),
+        ("raise FovealError(f\"continue with '{command} --resume {where}'\")", False),
+        ('raise ValueError("--batch-size 0")', False),
+    ],
+)
+def test_flag_guard_sees_flags(source: str, flagged: bool) -> None:
+    assert bool(_flags_in_errors(source)) is flagged

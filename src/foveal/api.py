@@ -461,7 +461,10 @@ def plan_training(
     spec = task_spec(task)
     if resume is not None:
         if overrides or config is not None:
-            raise FovealError("--resume continues a run with its stored config: drop --config and key=value overrides")
+            raise FovealError(
+                "resume continues a run with the settings it stored: drop config and key=value overrides",
+                options=("resume", "config"),
+            )
         return TrainPlan(task, None, Path(resume), resume=True)
     cfg = load_config(spec.config, recipe_path(None if config is None else str(config), task), list(overrides))
     # the device (the config's train.device when none is given) and the precision, checked before the run directory
@@ -469,12 +472,15 @@ def plan_training(
     resolve_precision(cfg.train.precision_name, resolve_device(device or cfg.train.device), training=True)
     run_dir = Path(out or cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
-        raise FovealError(f"run directory {run_dir} is a file: pass a folder with --out (it is created if missing)")
+        raise FovealError(
+            f"run directory {run_dir} is a file: pass a folder as out (it is created if missing)", options=("out",)
+        )
     writable_dir(run_dir, "run directory")
     if run_dir.exists() and any((run_dir / "checkpoints").glob("step-*")) and not overwrite:
         raise FovealError(
-            f"run directory {run_dir} already holds checkpoints: continue it with --resume {run_dir}, choose another "
-            "--out, or pass --overwrite to train over it"
+            f"run directory {run_dir} already holds checkpoints: continue it with resume {run_dir}, choose another "
+            "out, or pass overwrite to train over it",
+            options=("resume", "out", "overwrite"),
         )
     return TrainPlan(task, cfg, run_dir)
 

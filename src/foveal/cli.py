@@ -43,10 +43,17 @@ _FLAGS = {"fmt": "--format", "inputs": "INPUTS", "checkpoint": "CHECKPOINT"}
 def as_flags(exc: FovealError) -> str:
     """The message of ``exc`` with the API parameters it names (``exc.options``) written as this command line's flags:
     "tta applies to …" → "--tta applies to …"."""
-    text = str(exc)
-    for name in exc.options:
+    return _flagged(str(exc), exc.options)
+
+
+def _flagged(text: str, options: tuple[str, ...]) -> str:
+    """``text`` with each of ``options`` written as its flag where it stands as a word of its own (not inside a path,
+    a ``key=value`` or a dotted key such as ``data.train``, a quoted name such as a file's "box_format" key, a quoted
+    command such as 'ray start', a noun after an upper-case word: "CUDA device", or a verb after "to": "nothing to
+    resume")."""
+    for name in options:
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-        text = re.sub(rf"(?<![\w.=/-]){re.escape(name)}(?![\w/-])", flag, text)
+        text = re.sub(rf"(?<![\w.=/\-'\"\[])(?<![A-Z] )(?<!\bto ){re.escape(name)}(?![\w/\-'\"\[\]]|\.\w)", flag, text)
     return text
 
 
@@ -152,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from foveal.data.images import IMAGE_OPTIONS
     from foveal.tasks.predict import PredictRequest, run_predict
 
     options = {k: getattr(args, k) for k in ("top_k", "tile", "probabilities", "tta", "batch_size", "workers")}
@@ -164,8 +172,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"nothing to resume in {done.out}: its run had finished; its outputs are unchanged")
     if done.table:
         print(done.table)
-    for reason in done.reasons:
-        print(f"foveal: skipped: {reason}", file=sys.stderr)
+    for reason in done.reasons:  # an image's own message, naming the pixel limit as the API does
+        print(f"foveal: skipped: {_flagged(reason, IMAGE_OPTIONS)}", file=sys.stderr)
     if done.summary.failed > len(done.reasons) and not done.finished_before:
         print(f"foveal: skipped {done.summary.failed - len(done.reasons)} more (see errors.jsonl)", file=sys.stderr)
     print(done.summary.format(lasting=done.out is not None))

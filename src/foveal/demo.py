@@ -118,7 +118,7 @@ def run_demo(
     place = Placement(str(where), resolve_precision(precision, where).requested)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FovealError(f"demo output {out} exists and is not a folder: choose another --out")
+        raise FovealError(f"demo output {out} exists and is not a folder: choose another out", options=("out",))
     started = time.time()
     records = []
     for name, stage in STAGES:

@@ -278,7 +278,8 @@ def locked_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise FovealError(
-                    f"another foveal process is writing to {path}; wait for it to finish or choose another --out"
+                    f"another foveal process is writing to {path}; wait for it to finish or choose another out",
+                    options=("out",),
                 ) from None
             raise FovealError(f"cannot lock output folder {path}: {exc.strerror or exc}") from None
         yield path
@@ -375,8 +376,9 @@ def _check_owner(final: Path, owner: Mapping[str, Any], previous: Mapping[str, A
     """Refuse to mix ``owner``'s outputs into a folder that holds another command's or model's."""
     fix = "replace them" if previous.get("command") == owner.get("command") else "write into it anyway"
     raise FovealError(
-        f"output folder {final} already holds {_describe(previous)}: choose another --out for the "
-        f"{_describe(owner)}, or pass --overwrite to {fix}"
+        f"output folder {final} already holds {_describe(previous)}: choose another out for the "
+        f"{_describe(owner)}, or pass overwrite to {fix}",
+        options=("out", "overwrite"),
     )
 
 
@@ -400,8 +402,9 @@ def check_unmixed(folder: PathLike, command: str) -> None:
     previous = folder_owner(folder) if Path(folder).is_dir() else None
     if previous is not None and previous.get("command") != command:
         raise FovealError(
-            f"output folder {folder} already holds {_describe(previous)}: choose another --out for the "
-            f"{_describe({'command': command})}"
+            f"output folder {folder} already holds {_describe(previous)}: choose another out for the "
+            f"{_describe({'command': command})}",
+            options=("out",),
         )
 
 
@@ -483,7 +486,10 @@ def staged_output(
     if owner is not None and Path(out).is_dir():
         _foreign_owner(Path(out), owner, overwrite, resume)  # refused before the lock file is made, then again under it
     if resume and not (Path(out) / STAGING_NAME).exists():  # so too a resume of nothing: no folder or lock is made
-        raise FovealError(f"nothing to resume in {out}: no interrupted run left its files there; run without --resume")
+        raise FovealError(
+            f"nothing to resume in {out}: no interrupted run left its files there; run without resume",
+            options=("resume",),
+        )
     with locked_folder(out) as final:
         staging = final / STAGING_NAME
         if (staging / _COMMIT_MARK).exists():
@@ -491,7 +497,8 @@ def staged_output(
         leftover = staging.exists()
         if resume and not leftover:
             raise FovealError(
-                f"nothing to resume in {final}: no interrupted run left its files there; run without --resume"
+                f"nothing to resume in {final}: no interrupted run left its files there; run without resume",
+                options=("resume",),
             )
         previous = _foreign_owner(final, owner, overwrite, resume) if owner is not None else None
         if leftover and not resume:

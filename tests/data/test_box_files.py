@@ -31,7 +31,7 @@ def test_json_object_list_and_stated_format(tmp_path: Path) -> None:
     assert entries[0].boxes == ((1, 2, 5, 6),) and entries[0].label == "cat" and entries[1].boxes == ((0, 0, 3, 3),)
     (tmp_path / "c.json").write_text(json.dumps({"x.png": {"boxes": [[1, 1, 4, 4]], "label": "dog"}}))
     assert read_box_file(tmp_path / "c.json", "xyxy")[0].label == "dog"
-    with pytest.raises(FovealError, match="--box-format xyxy"):
+    with pytest.raises(FovealError, match="box_format xyxy"):
         read_box_file(tmp_path / "a.json")  # the format must be stated
     with pytest.raises(FovealError, match="drop one"):
         read_box_file(tmp_path / "b.json", "xywh")

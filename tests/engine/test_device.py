@@ -26,7 +26,7 @@ def test_auto_takes_cuda_when_there_is_one(monkeypatch):
 
 def test_a_device_that_is_not_there_is_one_clear_error(monkeypatch):
     _pretend_gpus(monkeypatch, 0)
-    with pytest.raises(FovealError, match=r"device 'cuda': torch sees no CUDA device here; use --device cpu"):
+    with pytest.raises(FovealError, match=r"device 'cuda': torch sees no CUDA device here; use device cpu"):
         resolve_device("cuda")
     _pretend_gpus(monkeypatch, 1)
     with pytest.raises(FovealError, match=r"device 'cuda:7': this machine has 1 CUDA device \(cuda:0 … cuda:0\)"):
@@ -41,7 +41,7 @@ def test_precision_names_and_fp16_only_on_cuda():
     assert resolve_precision(None, cpu).dtype == torch.float32
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16 and resolve_precision("BF16", cpu).reduced
     assert resolve_precision("fp16", torch.device("cuda", 0)).dtype == torch.float16
-    with pytest.raises(FovealError, match="fp16 runs on CUDA only: use --precision auto or fp32 on the CPU"):
+    with pytest.raises(FovealError, match="fp16 runs on CUDA only: use precision auto or fp32 on the CPU"):
         resolve_precision("fp16", cpu)
     with pytest.raises(FovealError, match="unknown precision 'int8'"):
         resolve_precision("int8", cpu)

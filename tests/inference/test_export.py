@@ -141,7 +141,7 @@ def test_export_options_are_checked_before_anything_is_loaded() -> None:
 
     assert check_export_options(17, None) is None
     assert check_export_options(17, [64]) == (64, 64) and check_export_options(11, [64, 96]) == (64, 96)
-    with pytest.raises(FovealError, match="--opset 6 is not supported by this torch: choose 7 to"):
+    with pytest.raises(FovealError, match="opset 6 is not supported by this torch: choose 7 to"):
         check_export_options(6, None)
     for size in ([0], [64, 64, 64]):
         with pytest.raises(FovealError, match="give the input's H"):

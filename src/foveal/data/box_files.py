@@ -131,7 +131,7 @@ def read_box_file(path: str | Path, box_format: str | None = None, split: str = 
 
 def _fixed_format(given: str | None, fixed: str, what: str) -> None:
     if given is not None and given != fixed:
-        raise FovealError(f"{what} boxes are {fixed}, not {given}: drop --box-format")
+        raise FovealError(f"{what} boxes are {fixed}, not {given}: drop box_format", options=("box_format",))
 
 
 def _merge(entries: Iterable[BoxEntry]) -> list[BoxEntry]:
@@ -180,7 +180,8 @@ def _box(values: Sequence[Any], box_format: str, where: str) -> Box:
     if x2 <= x1 or y2 <= y1:
         raise FovealError(
             f"{where}: box {list(values)} ({_format_names(box_format)}) has zero area: fix it or remove it"
-            + ("; if the numbers are x, y, width, height, pass --box-format xywh" if box_format == "xyxy" else "")
+            + ("; if the numbers are x, y, width, height, pass box_format xywh" if box_format == "xyxy" else ""),
+            options=("box_format",),
         )
     return (x1, y1, x2, y2)
 
@@ -219,13 +220,15 @@ def _read_json(path: Path, box_format: str | None) -> list[BoxEntry]:
             raise FovealError(f'{path}: "box_format" is {_shown(stated)}; use "xyxy" or "xywh"')
         if stated is not None and box_format is not None and stated != box_format:
             raise FovealError(
-                f'{path} states "box_format": {_shown(stated)} but --box-format is {box_format}: drop one'
+                f'{path} states "box_format": {_shown(stated)} but box_format is {box_format}: drop one',
+                options=("box_format",),
             )
         box_format, doc = box_format or stated, doc["images"]
     if box_format is None:
         raise FovealError(
-            f"box file {path} does not say how its boxes are written: pass --box-format xyxy (x1, y1, x2, y2) or "
-            'xywh (x, y, width, height), or add "box_format" next to "images"'
+            f"box file {path} does not say how its boxes are written: pass box_format xyxy (x1, y1, x2, y2) or "
+            'xywh (x, y, width, height), or add "box_format" next to "images"',
+            options=("box_format",),
         )
     if isinstance(doc, dict):
         items = [(str(k), v, f"{path}: image {k}") for k, v in doc.items()]
@@ -277,12 +280,16 @@ def _read_csv(path: Path, box_format: str | None) -> list[BoxEntry]:
     if columns is not None:
         rows = rows[1:]
         if stated is not None and box_format is not None and stated != box_format:
-            raise FovealError(f"{path}: its header says {stated} but --box-format is {box_format}: drop --box-format")
+            raise FovealError(
+                f"{path}: its header says {stated} but box_format is {box_format}: drop box_format",
+                options=("box_format",),
+            )
         box_format = stated or box_format
     if box_format is None:
         raise FovealError(
             f"box file {path} has no header naming its box columns: add one (image,x1,y1,x2,y2[,label] or "
-            "image,x,y,w,h[,label]) or pass --box-format xyxy or xywh"
+            "image,x,y,w,h[,label]) or pass box_format xyxy or xywh",
+            options=("box_format",),
         )
     image_col, box_cols, label_col = columns or (0, [1, 2, 3, 4], 5)
     entries = []
@@ -433,7 +440,10 @@ def match_images(entries: Sequence[BoxEntry], root: str | Path) -> list[tuple[Pa
     """
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise FovealError(f"data folder {folder} not found: pass the folder that holds the box file's images (--data)")
+        raise FovealError(
+            f"image folder {folder} not found: pass as data the folder that holds the box file's images",
+            options=("data",),
+        )
     files = list_images(folder, recursive=True)
     relative = {f.relative_to(folder).as_posix(): f for f in files}
     by_name: dict[str, list[Path]] = {}
@@ -481,7 +491,8 @@ def check_inside(entry: BoxEntry, height: int, width: int, file: Path | str) -> 
         ):
             raise FovealError(
                 f"{entry.where_of(i)}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside image {file} ({width} × "
-                f"{height} px): fix the box, its format (--box-format xyxy or xywh), or the image"
+                f"{height} px): fix the box, its format (box_format xyxy or xywh), or the image",
+                options=("box_format",),
             )
         kept.append((max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))))
     return tuple(kept)

@@ -174,8 +174,9 @@ def open_dataset(spec: str, split: str = "train", channels: int | None = None) -
     path = Path(spec).expanduser()
     if not path.exists():
         raise FovealError(
-            f"dataset {path} does not exist: set data.train (training) or --data (eval) to fashion-mnist, "
-            "fashion-mnist-sample, a folder of IDX files, or an image folder with one sub-folder per class"
+            f"dataset {path} does not exist: set data.train (training) or data (eval) to fashion-mnist, "
+            "fashion-mnist-sample, a folder of IDX files, or an image folder with one sub-folder per class",
+            options=("data",),
         )
     if not path.is_dir():
         hint = "the folder that holds it" if _IDX_NAME.search(path.name) else "a folder"

@@ -44,6 +44,9 @@ from foveal.io import missing_reason
 #: The largest image read by default, in pixels (pages × height × width).
 DEFAULT_MAX_PIXELS = 2**30
 _max_pixels = DEFAULT_MAX_PIXELS
+#: The parameters an image's own error message names (the pixel limit): a caller that passes such a message on in
+#: its own error lists them too, so that the command line writes them as its flags.
+IMAGE_OPTIONS = ("max_pixels",)
 
 #: File extensions (lower case) treated as images when listing folders and globs.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -63,7 +66,9 @@ def pixel_limit(limit: float | None) -> Iterator[int]:
     if limit is None:
         limit = DEFAULT_MAX_PIXELS
     if isinstance(limit, bool) or not isinstance(limit, int | float) or not (math.isfinite(limit) and limit >= 1):
-        raise FovealError(f"--max-pixels {limit:g}: use a positive number of pixels, e.g. --max-pixels {2**30}")
+        raise FovealError(
+            f"max_pixels {limit:g}: use a positive number of pixels, e.g. max_pixels {2**30}", options=IMAGE_OPTIONS
+        )
     before, _max_pixels = _max_pixels, int(limit)
     try:
         yield _max_pixels
@@ -93,7 +98,8 @@ def check_pixels(path: str | Path, shape: Sequence[int], role: str = "image") ->
     size = " × ".join(map(str, dims))
     raise FovealError(
         f"{role} {path} is too large: its header gives {size} = {pixels:,} pixels, more than the limit of "
-        f"{_max_pixels:,}; if the file is genuine and fits in memory, raise the limit with --max-pixels {pixels}"
+        f"{_max_pixels:,}; if the file is genuine and fits in memory, raise the limit with max_pixels {pixels}",
+        options=IMAGE_OPTIONS,
     )
 
 

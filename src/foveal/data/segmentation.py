@@ -352,9 +352,10 @@ def open_segmentation(
         pairs = [(NUCLEI_SAMPLE / "image_top.tif", NUCLEI_SAMPLE / "labels_top.tif")]
     elif not path.exists():
         raise FovealError(
-            f"dataset {path} does not exist: set data.train (training), --data (eval) or weightmap's DATA to "
+            f"dataset {path} does not exist: set data.train (training), data (eval) or weightmap's DATA to "
             f"'{NUCLEI_SAMPLE_SPEC}', a folder with images/ and masks/ sub-folders, or a .tif stack with "
-            "<stem>_labels.tif beside it"
+            "<stem>_labels.tif beside it",
+            options=("data",),
         )
     else:
         pairs = _folder_pairs(path) if path.is_dir() else [_stack_pair(path)]

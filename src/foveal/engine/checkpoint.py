@@ -206,8 +206,9 @@ def load_resume_point(run_dir: str | Path, command: str) -> Checkpoint:
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise FovealError(
-            f"nothing to resume in {run_dir}: it holds no checkpoints/step-* directory; pass the --out folder of an "
-            f"earlier '{command}' run, or start a new run there without --resume"
+            f"nothing to resume in {run_dir}: it holds no checkpoints/step-* directory; pass the out folder of an "
+            f"earlier '{command}' run, or start a new run there without resume",
+            options=("out", "resume"),
         )
     return load_checkpoint(latest, with_state=True)
 

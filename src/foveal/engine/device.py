@@ -52,7 +52,9 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise FovealError(f"unknown device {spec!r}: use {DEVICES}")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise FovealError(f"device {spec!r}: torch sees no CUDA device here; use --device cpu (or auto)")
+        raise FovealError(
+            f"device {spec!r}: torch sees no CUDA device here; use device cpu (or auto)", options=("device",)
+        )
     index = int(match.group(1)) if match.group(1) is not None else torch.cuda.current_device()
     if index >= count:
         raise FovealError(
@@ -235,8 +237,11 @@ def resolve_precision(name: str | torch.dtype | None, device: torch.device, trai
     """
     name = precision_name(name)
     if name == "fp16" and device.type != "cuda":
-        flag = "train.precision" if training else "--precision"
-        raise FovealError(f"precision fp16 runs on CUDA only: use {flag} auto or fp32 on the CPU (or a CUDA device)")
+        name_of = "train.precision" if training else "precision"
+        raise FovealError(
+            f"precision fp16 runs on CUDA only: use {name_of} auto or fp32 on the CPU (or a CUDA device)",
+            options=() if training else ("precision",),
+        )
     if name in ("fp32", "fp16"):
         return Precision(name, device, name, "asked for")
     native, why = native_bf16(device)

@@ -235,10 +235,11 @@ class Trainer:
     def _stop_non_finite(self, what: str) -> None:
         latest = ckpt_io.latest_checkpoint(self.final_dir or self.run_dir)
         kept = f"the last good checkpoint, {latest}, is intact" if latest else "no checkpoint was written"
-        resume = f"; continue from it with --resume {self.final_dir or self.run_dir}" if latest else ""
+        resume = f"; continue from it with resume {self.final_dir or self.run_dir}" if latest else ""
         raise FovealError(
             f"training stopped at step {self.step}: {what} became NaN or infinite; {kept}. Lower optim.lr or set "
-            f"optim.grad_clip (e.g. 1.0) and train again{resume}"
+            f"optim.grad_clip (e.g. 1.0) and train again{resume}",
+            options=("resume",),
         )
 
     # -- run directory -----------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from foveal.data.images import IMAGE_OPTIONS
 from foveal.errors import FovealError
 from foveal.io import StagedOutput, atomic_output
 
@@ -329,8 +330,9 @@ def check_run(out: StagedOutput, settings: dict[str, Any]) -> None:
         if before != settings:
             changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
             raise FovealError(
-                f"--resume continues the interrupted run in {out.final}, which was started with other "
-                f"{', '.join(changed)}: repeat its command, or run without --resume to start over"
+                f"resume continues the interrupted run in {out.final}, which was started with other "
+                f"{', '.join(changed)}: repeat its command, or run without resume to start over",
+                options=("resume",),
             )
         return
     with atomic_output(path) as handle:
@@ -355,8 +357,9 @@ def append_records(handle: Any, records: list[dict[str, Any]], strict: bool) -> 
     errors = [r for r in records if "error" in r]
     if errors and strict:
         raise FovealError(
-            f"{errors[0]['error']} (--strict stops at the first unreadable image; without it such images are "
-            "skipped and listed in errors.jsonl)"
+            f"{errors[0]['error']} (strict stops at the first unreadable image; without it such images are "
+            "skipped and listed in errors.jsonl)",
+            options=("strict", *IMAGE_OPTIONS),
         )
     handle.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
     handle.flush()
@@ -394,9 +397,15 @@ def predict_stream(
             reasons of the first ones in the message); an output could not be written (a full disk: named).
     """
     if batch_size < 1:
-        raise FovealError(f"--batch-size {batch_size}: use a positive number of images per forward pass, e.g. 32")
+        raise FovealError(
+            f"batch_size {batch_size}: use a positive number of images per forward pass, e.g. 32",
+            options=("batch_size",),
+        )
     if workers is not None and workers < 0:
-        raise FovealError(f"--workers {workers}: use 0 (decode in this process) or a positive number of workers")
+        raise FovealError(
+            f"workers {workers}: use 0 (decode in this process) or a positive number of worker processes",
+            options=("workers",),
+        )
     check_run(out, settings)
     total = count_inputs(inputs)
     if total == 0:
@@ -416,19 +425,19 @@ def predict_stream(
             try:
                 append_records(handle, write_batch(writer, items, prepared, results, out), strict)
             except OSError as exc:  # a full disk, a quota, an I/O error: the run stops, --resume continues it
-                raise FovealError(write_failed(exc, out, resumable)) from None
+                raise FovealError(write_failed(exc, out, resumable), options=("resume",)) from None
             bar.update(len(items))
 
         def predict(items: list[Item], prepared: list[Any]) -> dict[int, Any]:
             try:
                 return predict_good(predictor, writer, items, prepared, out)
             except OSError as exc:  # a streamed image's files could not be written
-                raise FovealError(write_failed(exc, out, resumable)) from None
+                raise FovealError(write_failed(exc, out, resumable), options=("resume",)) from None
 
         _pipeline(loader, stream, predict, write)
     failed = count_errors(records_path)
     if failed == total:
-        raise FovealError(nothing_predicted(records_path, total))
+        raise FovealError(nothing_predicted(records_path, total), options=IMAGE_OPTIONS)
     finish(writer, records_path, out)
     return StreamSummary(total, done, failed, out.final)
 
@@ -460,7 +469,7 @@ def _pipeline(
 
 def write_failed(exc: OSError, out: StagedOutput, resumable: bool) -> str:
     """The message of an error writing a stream's outputs: the disk or folder, the problem, how to go on."""
-    again = "continue with --resume (the images done so far are kept)" if resumable else "run the command again"
+    again = "continue with resume (the images done so far are kept)" if resumable else "run the command again"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk holding {out.final} is full ({exc.strerror}): free space there, then {again}"
     where = f" {exc.filename}" if exc.filename else ""
@@ -491,7 +500,8 @@ def skip_done(stream: Iterator[Item], done: int, last_file: str | None, out: Sta
         now = "missing" if item is None or item.index != done - 1 else str(item.path)
         raise FovealError(
             f"the inputs changed since the interrupted run in {out.final} (image {done} was {last_file}, now "
-            f"{now}): repeat the same inputs, or run without --resume"
+            f"{now}): repeat the same inputs, or run without resume",
+            options=("resume",),
         )
 
 

@@ -133,8 +133,9 @@ def _memory_named(channels: int, height: int, width: int) -> Iterator[None]:
         if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)):
             raise
         raise FovealError(
-            f"not enough memory to export at {height}×{width} px ({channels} channel(s)): pass a smaller --size, "
-            "such as the size the model runs at (the default)"
+            f"not enough memory to export at {height}×{width} px ({channels} channel(s)): pass a smaller size, "
+            "such as the one the model runs at (the default)",
+            options=("size",),
         ) from None
 
 
@@ -281,17 +282,19 @@ def check_export_options(opset: int, size: Sequence[int] | None) -> tuple[int, i
     if opset not in ONNX_OPSETS:
         low, high = ONNX_OPSETS[0], ONNX_OPSETS[-1]
         raise FovealError(
-            f"--opset {opset} is not supported by this torch: choose {low} to {high} (default {DEFAULT_OPSET})"
+            f"opset {opset} is not supported by this torch: choose {low} to {high} (default {DEFAULT_OPSET})",
+            options=("opset",),
         )
     if size is None:
         return None
     shown = " ".join(map(str, size))
     if not 1 <= len(size) <= 2 or min(size) < 1:
-        raise FovealError(f"--size {shown}: give the input's H (and W) in pixels, e.g. --size 512")
+        raise FovealError(f"size {shown}: give the input's H (and W) in pixels, e.g. size 512", options=("size",))
     if max(size) > MAX_SIDE:
         raise FovealError(
-            f"--size {shown} is larger than an export takes (at most {MAX_SIDE} px a side): export at the size the "
-            "model runs at (leave out --size), and resize or tile larger images before running the graph"
+            f"size {shown} is larger than an export takes (at most {MAX_SIDE} px a side): export at the model's own "
+            "input (no size), and resize or tile larger images before running the graph",
+            options=("size",),
         )
     return int(size[0]), int(size[-1])
 

@@ -77,7 +77,7 @@ def _connect(address: str | None) -> bool:
     try:
         import ray
     except ImportError:
-        raise FovealError("--ray needs Ray: pip install 'foveal[ray]' (or 'ray[data]')") from None
+        raise FovealError("ray needs Ray: pip install 'foveal[ray]' (or 'ray[data]')", options=("ray",)) from None
     if ray.is_initialized():
         return False
     try:
@@ -85,7 +85,8 @@ def _connect(address: str | None) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local instance"
         raise FovealError(
-            f"cannot connect to Ray at {where}: {exc} (start one with 'ray start --head', or pass --ray alone)"
+            f"cannot connect to Ray at {where}: {exc} (start one with 'ray start --head', or pass ray alone)",
+            options=("ray",),
         ) from None
     return True
 
@@ -114,7 +115,10 @@ def predict_on_ray(
         actors: predictor actors (None: one per CPU of the cluster, at most the number of batches).
     """
     if batch_size < 1:
-        raise FovealError(f"--batch-size {batch_size}: use a positive number of images per forward pass, e.g. 32")
+        raise FovealError(
+            f"batch_size {batch_size}: use a positive number of images per forward pass, e.g. 32",
+            options=("batch_size",),
+        )
     check_run(out, settings)
     total = count_inputs(inputs)
     records_path = out.staging / RECORDS

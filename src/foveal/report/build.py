@@ -29,7 +29,9 @@ def report_kind(folder: Path) -> str:
         return "localization"
     raise FovealError(
         f"{folder} holds no foveal results (no checkpoints/, metrics.json, localization.json, explanations.json or a "
-        "demo's run_info.json): pass a folder written by foveal train, eval --out, explain --out or demo"
+        "demo's run_info.json): pass a run directory of foveal train, the out folder of eval or explain, or the "
+        "demo's folder",
+        options=("out",),
     )
 
 

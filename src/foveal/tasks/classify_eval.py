@@ -114,7 +114,7 @@ def evaluate_accuracy(
     cfg_data = clf.meta.get("config", {}).get("data", {})
     spec = data or cfg_data.get("val") or cfg_data.get("train")
     if spec is None:
-        raise FovealError("the checkpoint names no dataset: pass --data")
+        raise FovealError("the checkpoint names no dataset: pass data", options=("data",))
     dataset = open_dataset(spec, split, channels=clf.channels)
     if len(dataset.classes) != len(clf.classes):
         raise FovealError(

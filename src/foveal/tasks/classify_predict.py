@@ -51,7 +51,7 @@ class ClassifyPredictor:
         precision: str = "auto",
     ) -> None:
         if top_k < 1:
-            raise FovealError(f"--top-k {top_k}: use a positive number of classes, e.g. --top-k 5")
+            raise FovealError(f"top_k {top_k}: use a positive number of classes, e.g. top_k 5", options=("top_k",))
         if isinstance(checkpoint, LoadedClassifier):  # already loaded (device and precision as it was loaded)
             self.clf = checkpoint
         else:

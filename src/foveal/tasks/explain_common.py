@@ -58,7 +58,7 @@ def check_options(
     if method not in METHODS:
         raise FovealError(f"unknown method {method!r}: use 'cam' (class activation maps) or 'gradcam'")
     if not isinstance(top_k, int) or top_k < 1:
-        raise FovealError(f"top_k={top_k!r}: explain at least one class per image, e.g. --top-k 5")
+        raise FovealError(f"top_k={top_k!r}: explain at least one class per image, e.g. top_k=5", options=("top_k",))
     if not 0.0 <= threshold <= 1.0:
         raise FovealError(f"threshold={threshold}: use a fraction of the map in [0, 1] (the paper uses 0.2)")
     if relative_to not in ("max", "range"):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foveal.data.images import IMAGE_OPTIONS
 from foveal.errors import FovealError
 from foveal.inference.batch_predict import (
     ERRORS,
@@ -223,7 +224,7 @@ def _on_ray(
         progress=req.progress,
     )
     if summary.failed == summary.total:
-        raise FovealError(nothing_predicted(staged.staged(RECORDS), summary.total))
+        raise FovealError(nothing_predicted(staged.staged(RECORDS), summary.total), options=IMAGE_OPTIONS)
     return summary
 
 

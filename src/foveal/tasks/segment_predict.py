@@ -333,7 +333,9 @@ class OutputTile:
             except FovealError:
                 down = None
             options = " or ".join(str(v) for v in (down, up) if v)
-            raise FovealError(f"--size {edge}: this U-Net cannot take a {edge}-px input; use {options}")
+            raise FovealError(
+                f"size {edge}: this U-Net cannot take a {edge}-px input; use {options}", options=("size",)
+            )
         border = int(getattr(self.model, "border", 0))
         h, w = size[0] - 2 * border, size[1] - 2 * border
         return f"; a {size[0]}×{size[1]} input gives a {h}×{w} output tile (overlap-tile larger images)"

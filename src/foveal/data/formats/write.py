@@ -45,10 +45,10 @@ def convert(
     from foveal.data.formats import open_detection
 
     if to not in TARGETS:
-        raise FovealError(f"--to {to}: choose one of {', '.join(TARGETS)}")
+        raise FovealError(f"to {to}: choose one of {', '.join(TARGETS)}", options=("to",))
     root = Path(out).expanduser()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FovealError(f"--out {root} exists and is not an empty folder: choose a new folder")
+        raise FovealError(f"out {root} exists and is not an empty folder: choose a new folder", options=("out",))
     sets: dict[str, DetectionData] = {}
     for split in dict.fromkeys(splits):
         data = open_detection(src, split=split, format=source_format)
