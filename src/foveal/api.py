@@ -462,7 +462,7 @@ def plan_training(
     if resume is not None:
         if overrides or config is not None:
             raise FovealError(
-                "resume continues a run with the settings it stored: drop config and key=value overrides",
+                "resume continues a run with its stored configuration: drop config and key=value overrides",
                 options=("resume", "config"),
             )
         return TrainPlan(task, None, Path(resume), resume=True)

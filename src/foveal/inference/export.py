@@ -293,7 +293,7 @@ def check_export_options(opset: int, size: Sequence[int] | None) -> tuple[int, i
     if max(size) > MAX_SIDE:
         raise FovealError(
             f"size {shown} is larger than an export takes (at most {MAX_SIDE} px a side): export at the model's own "
-            "input (no size), and resize or tile larger images before running the graph",
+            "input (leave out size), and resize or tile larger images before running the graph",
             options=("size",),
         )
     return int(size[0]), int(size[-1])
