@@ -20,8 +20,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
+# Test files are shared out to one process per core (at most 4), each with its share of the cores' threads
+# (tests/conftest.py), so the suite takes about half the time on 2 cores; `$(PY) -m pytest` alone runs it in one.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # The numerically sensitive tests once more with the kernels of an older CPU (oneDNN and ATen limited to AVX2), so a
 # test that depends on one kernel's rounding or on the order of tied scores fails on every machine.
@@ -31,7 +33,8 @@ test-other-isa: $(STAMP)
 	@if [ "$$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')" = "AVX2" ]; then \
 		echo "test-other-isa: this CPU runs AVX2 kernels already, so make test was the AVX2 run"; \
 	else \
-		ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest $(SENSITIVE_TESTS); \
+		ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile \
+			$(SENSITIVE_TESTS); \
 	fi
 
 bench: $(STAMP)

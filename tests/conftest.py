@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,16 @@ def ckpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_copy(ckpt_run: Path, tmp_path: Path) -> Path:
     """A copy of the trained run that a test may point a failing command at."""
     return Path(shutil.copytree(ckpt_run, tmp_path / "run"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test``): each worker process gets its share of the cores as torch threads, for
+    itself and the processes its tests start, so that two workers on two cores do not each run two threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
