@@ -23,7 +23,7 @@ lint: $(STAMP)
 # Test files are shared out to one process per core (at most 4), each with its share of the cores' threads
 # (tests/conftest.py), so the suite takes about half the time on 2 cores; `$(PY) -m pytest` alone runs it in one.
 test: lint
-	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 # The numerically sensitive tests once more with the kernels of an older CPU (oneDNN and ATen limited to AVX2), so a
 # test that depends on one kernel's rounding or on the order of tied scores fails on every machine.
@@ -33,7 +33,7 @@ test-other-isa: $(STAMP)
 	@if [ "$$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')" = "AVX2" ]; then \
 		echo "test-other-isa: this CPU runs AVX2 kernels already, so make test was the AVX2 run"; \
 	else \
-		ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile \
+		ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal \
 			$(SENSITIVE_TESTS); \
 	fi
 

@@ -84,8 +84,9 @@ def _mutated(draw: st.DrawFn) -> object:
                 entries[i][key] = draw(_extreme)
             elif action == "drop":
                 entries[i].pop(key, None)
-            elif action == "bbox" and isinstance(entries[i].get("bbox"), list):
-                entries[i]["bbox"][draw(st.integers(0, 3))] = draw(_extreme)
+            elif action == "bbox" and isinstance(entries[i].get("bbox"), list) and entries[i]["bbox"]:
+                box = entries[i]["bbox"]  # an earlier mutation may have left fewer than 4 numbers
+                box[draw(st.integers(0, len(box) - 1))] = draw(_extreme)
             else:
                 entries[i][key] = draw(st.one_of(_extreme, _value))
     return doc
