@@ -88,8 +88,9 @@ def _images(folder: Path, n: int, size: int, rgb: bool, suffix: str) -> Path:
 def _forward(checkpoint: Path, task: str, folder: Path, batch: int) -> Callable[[], Any]:
     """The network's forward pass on one batch of prepared images, as the task's predictor runs it."""
     from foveal.tasks.predict import PredictRequest, build
+    from foveal.tasks.table import task_spec
 
-    predictor, _ = build(task, PredictRequest(str(checkpoint), (str(folder),)))
+    predictor, _ = build(task_spec(task), PredictRequest(str(checkpoint), (str(folder),)))
     paths = sorted(folder.iterdir())[:batch]
     prepared = [predictor.prepare(p) for p in paths]
     if task == "classify":
