@@ -25,7 +25,7 @@ import json
 import numbers
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,16 +35,16 @@ import torch
 from torch import nn
 
 from foveal import api_args as args
-from foveal.config import load_config, recipe_path
 from foveal.engine.allocator import keep_freed_memory
 from foveal.engine.device import resolve_device, resolve_precision
 from foveal.errors import FovealError, missing_message, path_note
 from foveal.inference.batch_predict import Item, Streamed
 from foveal.inference.export import ExportReport, ExportSpec, check_export_options, export_checked
-from foveal.inference.inputs import Images, InMemory, batches, gather
+from foveal.inference.inputs import Images, InMemory, as_files, batches, gather
 from foveal.io import missing_reason, writable_dir
 from foveal.tasks.explain_common import check_options
 from foveal.tasks.table import TASK_NAMES, TaskSpec, checkpoint_spec, task_spec
+from foveal.tasks.training_plan import plan_training, run_training
 
 if TYPE_CHECKING:
     from foveal.results import (
@@ -183,7 +183,7 @@ class Model:
             args.flag(flip, "flip"),
         )
         options = replace(options, device=str(self.device), precision=self._asked)
-        with _as_files(images, self._file_pixels) as (inputs, names), _folder(out) as folder:
+        with as_files(images, self._file_pixels) as (inputs, names), _folder(out) as folder:
             records = explain(self.path, inputs, folder, options)
         return [
             replace(r, file=names.get(r.file, r.file), figures=r.figures if out is not None else []) for r in records
@@ -433,67 +433,6 @@ def load(path: str | Path, device: str | torch.device = "auto", precision: str |
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainPlan:
-    """A training to run: the task, its checked config and the run directory (``resume``: continue the run there
-    with the config stored in it; ``config`` is then None)."""
-
-    task: str
-    config: Any
-    run_dir: Path
-    resume: bool = False
-
-
-def plan_training(
-    task: str,
-    config: str | Path | None = None,
-    out: str | Path | None = None,
-    *,
-    resume: str | Path | None = None,
-    overwrite: bool = False,
-    overrides: Sequence[str] = (),
-    device: str | None = None,
-) -> TrainPlan:
-    """Check a training before it starts: the config (a YAML path or a bundled recipe such as ``classify_cpu``, with
-    ``key=value`` overrides), the config's ``train.device`` when no ``device`` is given, ``train.precision``, and the
-    run directory (``out``, default the config's ``out``); ``resume`` continues the run in that directory with its
-    stored config."""
-    spec = task_spec(task)
-    if resume is not None:
-        if overrides or config is not None:
-            raise FovealError(
-                "resume continues a run with its stored configuration: drop config and key=value overrides",
-                options=("resume", "config"),
-            )
-        return TrainPlan(task, None, Path(resume), resume=True)
-    cfg = load_config(spec.config, recipe_path(None if config is None else str(config), task), list(overrides))
-    # the device (the config's train.device when none is given) and the precision, checked before the run directory
-    # is made (a bf16 the device emulates is warned about here)
-    resolve_precision(cfg.train.precision_name, resolve_device(device or cfg.train.device), training=True)
-    run_dir = Path(out or cfg.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FovealError(
-            f"run directory {run_dir} is a file: pass a folder as out (it is created if missing)", options=("out",)
-        )
-    writable_dir(run_dir, "run directory")
-    if run_dir.exists() and any((run_dir / "checkpoints").glob("step-*")) and not overwrite:
-        raise FovealError(
-            f"run directory {run_dir} already holds checkpoints: continue it with resume {run_dir}, choose another "
-            "out, or pass overwrite to train over it",
-            options=("resume", "out", "overwrite"),
-        )
-    return TrainPlan(task, cfg, run_dir)
-
-
-def run_training(plan: TrainPlan, device: str | torch.device | None = None) -> dict[str, Any]:
-    """Run ``plan``; returns the final validation metrics with "run_dir" and "step" (``device`` None: the config's
-    ``train.device``)."""
-    train = task_spec(plan.task).train
-    if plan.resume:
-        return train(plan.config, resume=plan.run_dir, device=device)
-    return train(plan.config, run_dir=plan.run_dir, device=device)
-
-
 def train(
     task: str,
     config: str | Path | None = None,
@@ -571,41 +510,6 @@ def _override(key: str, value: Any) -> str:
         raise FovealError(
             f"{key}={value!r:.60} ({type(value).__name__}): pass a str, number, bool, None, or a list of them"
         ) from None
-
-
-@contextlib.contextmanager
-def _as_files(
-    images: Images, pixels_of: Callable[[InMemory], np.ndarray]
-) -> Iterator[tuple[list[str], dict[str, str]]]:
-    """Paths of ``images`` for the functions that read files: paths as they are, in-memory images written losslessly
-    (``pixels_of`` them: PNG for 8-bit gray or RGB, TIFF otherwise) to a temporary folder; with the map of those files
-    back to the images' names."""
-    items = gather(images)
-    with tempfile.TemporaryDirectory(prefix="foveal-images-") as tmp:
-        paths, names = [], {}
-        for i, x in enumerate(items):
-            if isinstance(x, InMemory):
-                path = _write_lossless(pixels_of(x), Path(tmp) / f"image-{i}")
-                paths.append(str(path))
-                names[str(path)] = x.name
-            else:
-                paths.append(str(x))
-        yield paths, names
-
-
-def _write_lossless(pixels: np.ndarray, stem: Path) -> Path:
-    """``pixels`` (H, W, C) as ``stem``.png (uint8, 1 or 3 channels) or ``stem``.tif (any other), exactly."""
-    from PIL import Image
-
-    flat = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
-    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3):
-        Image.fromarray(np.ascontiguousarray(flat)).save(stem.with_suffix(".png"))
-        return stem.with_suffix(".png")
-    import tifffile
-
-    photometric = "rgb" if flat.ndim == 3 and flat.shape[-1] == 3 else "minisblack"
-    tifffile.imwrite(stem.with_suffix(".tif"), flat, photometric=photometric)
-    return stem.with_suffix(".tif")
 
 
 @contextlib.contextmanager

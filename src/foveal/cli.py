@@ -65,7 +65,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from foveal.api import plan_training, run_training
+    from foveal.tasks.training_plan import plan_training, run_training
 
     plan = plan_training(
         args.task,

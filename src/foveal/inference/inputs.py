@@ -15,13 +15,16 @@ memory is read as an image file holding the same pixels would be:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image
 from torch import Tensor
@@ -153,3 +156,32 @@ def native_pixels(item: InMemory) -> np.ndarray:
 def batches(items: list[Path | InMemory], size: int) -> list[list[Path | InMemory]]:
     """``items`` in consecutive batches of ``size``."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@contextlib.contextmanager
+def as_files(images: Images, pixels_of: Callable[[InMemory], np.ndarray]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Paths of ``images`` for the functions that read files: paths as they are, in-memory images written losslessly
+    (``pixels_of`` them: PNG for 8-bit gray or RGB, TIFF otherwise) to a temporary folder; with the map of those files
+    back to the images' names."""
+    items = gather(images)
+    with tempfile.TemporaryDirectory(prefix="foveal-images-") as tmp:
+        paths, names = [], {}
+        for i, x in enumerate(items):
+            if isinstance(x, InMemory):
+                path = write_lossless(pixels_of(x), Path(tmp) / f"image-{i}")
+                paths.append(str(path))
+                names[str(path)] = x.name
+            else:
+                paths.append(str(x))
+        yield paths, names
+
+
+def write_lossless(pixels: np.ndarray, stem: Path) -> Path:
+    """``pixels`` (H, W, C) as ``stem``.png (uint8, 1 or 3 channels) or ``stem``.tif (any other), exactly."""
+    flat = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3):
+        Image.fromarray(np.ascontiguousarray(flat)).save(stem.with_suffix(".png"))
+        return stem.with_suffix(".png")
+    photometric = "rgb" if flat.ndim == 3 and flat.shape[-1] == 3 else "minisblack"
+    tifffile.imwrite(stem.with_suffix(".tif"), flat, photometric=photometric)
+    return stem.with_suffix(".tif")
