@@ -26,7 +26,8 @@ test: lint
 	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 # The numerically sensitive tests once more with the kernels of an older CPU (oneDNN and ATen limited to AVX2), so a
-# test that depends on one kernel's rounding or on the order of tied scores fails on every machine.
+# test that depends on one kernel's rounding or on the order of tied scores fails on every machine (the end-to-end
+# runs marked slow, demo stages and multi-process trainings, ran in make test already).
 SENSITIVE_TESTS := tests/tasks tests/inference tests/explain tests/models
 # On a CPU whose kernels already run at AVX2 (e.g. AMD EPYC Zen 3) `make test` was that run: it is not repeated.
 test-other-isa: $(STAMP)
@@ -34,7 +35,7 @@ test-other-isa: $(STAMP)
 		echo "test-other-isa: this CPU runs AVX2 kernels already, so make test was the AVX2 run"; \
 	else \
 		ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal \
-			$(SENSITIVE_TESTS); \
+			-m "not slow" $(SENSITIVE_TESTS); \
 	fi
 
 bench: $(STAMP)
