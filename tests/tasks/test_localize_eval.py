@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from foveal.cli import main
 from foveal.config import CONFIG_DIR, load_config
 from foveal.data.localization_set import LocalizationData, build_localization_set
 from foveal.errors import FovealError
@@ -173,7 +174,11 @@ def test_cli_eval_with_boxes(setup, tmp_path: Path) -> None:
         ("no-data", "--boxes needs --data FOLDER"),
     ],
 )
-def test_cli_bad_box_files_one_clear_error(setup, tmp_path: Path, case: str, needle: str) -> None:
+def test_cli_bad_box_files_one_clear_error(
+    setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, needle: str
+) -> None:
+    """Run in this process through the CLI's ``main`` (exit code, stderr, nothing written); the one subprocess run of
+    ``foveal eval --boxes`` is :func:`test_cli_eval_with_boxes`."""
     run, images, test = setup
     row = {
         "unknown": "nothere.png,1,1,5,5",
@@ -186,8 +191,10 @@ def test_cli_bad_box_files_one_clear_error(setup, tmp_path: Path, case: str, nee
         boxes.write_text(f"image,x1,y1,x2,y2\n{row}\n")
     data = [] if case == "no-data" else ["--data", str(images)]
     out = tmp_path / "out"
-    result = _foveal("eval", str(run), *data, "--boxes", str(boxes), "--out", str(out))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("foveal: error: ") and needle in lines[0], result.stderr
+    capsys.readouterr()
+    assert main(["eval", str(run), *data, "--boxes", str(boxes), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("foveal: error: ") and needle in lines[0], err
     assert not (out / "localization.json").exists()
