@@ -454,6 +454,14 @@ def _publish(staging: Path, final: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _nothing_to_resume(folder: str | os.PathLike[str]) -> FovealError:
+    """The error of a ``resume`` into a folder where no interrupted run left its files."""
+    return FovealError(
+        f"nothing to resume in {folder}: no interrupted run left its files there; run without resume",
+        options=("resume",),
+    )
+
+
 @contextlib.contextmanager
 def staged_output(
     out: str | os.PathLike[str],
@@ -486,20 +494,14 @@ def staged_output(
     if owner is not None and Path(out).is_dir():
         _foreign_owner(Path(out), owner, overwrite, resume)  # refused before the lock file is made, then again under it
     if resume and not (Path(out) / STAGING_NAME).exists():  # so too a resume of nothing: no folder or lock is made
-        raise FovealError(
-            f"nothing to resume in {out}: no interrupted run left its files there; run without resume",
-            options=("resume",),
-        )
+        raise _nothing_to_resume(out)
     with locked_folder(out) as final:
         staging = final / STAGING_NAME
         if (staging / _COMMIT_MARK).exists():
             _publish(staging, final)  # a crash during an earlier move: finish it first
         leftover = staging.exists()
         if resume and not leftover:
-            raise FovealError(
-                f"nothing to resume in {final}: no interrupted run left its files there; run without resume",
-                options=("resume",),
-            )
+            raise _nothing_to_resume(final)
         previous = _foreign_owner(final, owner, overwrite, resume) if owner is not None else None
         if leftover and not resume:
             shutil.rmtree(staging)

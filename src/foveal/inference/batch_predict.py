@@ -24,6 +24,7 @@ in which no image could be predicted is an error, so a command that produced not
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -396,16 +397,7 @@ def predict_stream(
         FovealError: a bad option; the inputs changed since the interrupted run; no image could be predicted (the
             reasons of the first ones in the message); an output could not be written (a full disk: named).
     """
-    if batch_size < 1:
-        raise FovealError(
-            f"batch_size {batch_size}: use a positive number of images per forward pass, e.g. 32",
-            options=("batch_size",),
-        )
-    if workers is not None and workers < 0:
-        raise FovealError(
-            f"workers {workers}: use 0 (decode in this process) or a positive number of worker processes",
-            options=("workers",),
-        )
+    _check_options(batch_size, workers)
     check_run(out, settings)
     total = count_inputs(inputs)
     if total == 0:
@@ -422,17 +414,13 @@ def predict_stream(
     with open(records_path, "a", encoding="utf-8") as handle, progress_bar(total, done, progress) as bar:
 
         def write(items: list[Item], prepared: list[Any], results: dict[int, Any]) -> None:
-            try:
+            with _writing(out, resumable):
                 append_records(handle, write_batch(writer, items, prepared, results, out), strict)
-            except OSError as exc:  # a full disk, a quota, an I/O error: the run stops, --resume continues it
-                raise FovealError(write_failed(exc, out, resumable), options=("resume",)) from None
             bar.update(len(items))
 
         def predict(items: list[Item], prepared: list[Any]) -> dict[int, Any]:
-            try:
+            with _writing(out, resumable):  # a streamed image's files are written here
                 return predict_good(predictor, writer, items, prepared, out)
-            except OSError as exc:  # a streamed image's files could not be written
-                raise FovealError(write_failed(exc, out, resumable), options=("resume",)) from None
 
         _pipeline(loader, stream, predict, write)
     failed = count_errors(records_path)
@@ -440,6 +428,29 @@ def predict_stream(
         raise FovealError(nothing_predicted(records_path, total), options=IMAGE_OPTIONS)
     finish(writer, records_path, out)
     return StreamSummary(total, done, failed, out.final)
+
+
+def _check_options(batch_size: int, workers: int | None) -> None:
+    if batch_size < 1:
+        raise FovealError(
+            f"batch_size {batch_size}: use a positive number of images per forward pass, e.g. 32",
+            options=("batch_size",),
+        )
+    if workers is not None and workers < 0:
+        raise FovealError(
+            f"workers {workers}: use 0 (decode in this process) or a positive number of worker processes",
+            options=("workers",),
+        )
+
+
+@contextlib.contextmanager
+def _writing(out: StagedOutput, resumable: bool) -> Iterator[None]:
+    """Around writing a stream's outputs: a full disk, a quota, an I/O error stops the run with one message (resume
+    continues it)."""
+    try:
+        yield
+    except OSError as exc:
+        raise FovealError(write_failed(exc, out, resumable), options=("resume",)) from None
 
 
 def _pipeline(
